@@ -1,0 +1,213 @@
+//! The broker's shared state, built once at start: configuration, clock, store, keys,
+//! verifier, policies, audit log and metrics.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use zeroize::Zeroizing;
+
+use crate::audit::{AuditKey, AuditLog};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::crypto::rootkey::Purpose;
+use crate::crypto::{Keyring, RootKey};
+use crate::metrics::Metrics;
+use crate::mint::jwt::Signers;
+use crate::oidc::{Verifier, VerifierOptions};
+use crate::policy::{Grant, GrantKind, PolicySet, ServerCapabilities};
+use crate::store::Store;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration problem.
+    #[error("{0}")]
+    Config(String),
+    /// Root key problem.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Invalid policies.
+    #[error("invalid policies:\n{0}")]
+    Policy(String),
+    /// Audit log problem.
+    #[error("audit log: {0}")]
+    Audit(String),
+    /// Issuer configuration problem.
+    #[error("issuers: {0}")]
+    Oidc(String),
+    /// TLS problem.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Listener problem.
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The dev-mode issuer (only ever set by `serve --dev`).
+#[derive(Debug, Clone)]
+pub struct DevIssuer {
+    /// Its issuer URL.
+    pub url: String,
+    /// Its public JWKS (JSON text).
+    pub jwks: String,
+}
+
+/// What the server can serve, for policy validation.
+pub struct Capabilities<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+}
+
+impl ServerCapabilities for Capabilities<'_> {
+    fn knows_issuer(&self, url: &str) -> bool {
+        self.config.issuer.iter().any(|i| i.url == url)
+    }
+
+    fn supports_grant(&self, grant: &Grant) -> Result<(), String> {
+        match &grant.kind {
+            GrantKind::Token { .. } | GrantKind::Jwt { .. } => Ok(()),
+            other => Err(format!(
+                "grant kind `{}` is not supported by this server version",
+                other.name()
+            )),
+        }
+    }
+}
+
+/// Shared state of a running broker.
+pub struct App {
+    /// Configuration.
+    pub config: Config,
+    /// Time source.
+    pub clock: SharedClock,
+    /// Store.
+    pub store: Store,
+    /// Data keys.
+    pub keyring: Arc<Keyring>,
+    /// JWT signing keys.
+    pub signers: Signers,
+    /// Source-token verifier.
+    pub verifier: Verifier,
+    /// Current policy set (swapped atomically on reload).
+    pub policies: ArcSwap<PolicySet>,
+    /// Audit log.
+    pub audit: AuditLog,
+    /// Key of audit fingerprints.
+    pub audit_key: AuditKey,
+    /// Key of broker-token digests.
+    pub token_key: ring::hmac::Key,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Base URL of this broker.
+    pub public_url: String,
+    /// Dev-mode issuer, if running with `--dev`.
+    pub dev: Option<DevIssuer>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the root key the configuration names.
+pub fn load_root_key(config: &Config) -> Result<RootKey, StartError> {
+    match (&config.keys.root_key_file, &config.keys.root_key_env) {
+        (Some(f), _) => {
+            if !f.exists() {
+                return Err(StartError::Config(format!(
+                    "root key file {} does not exist; create one with `jobpass keys generate --out {}`",
+                    f.display(),
+                    f.display()
+                )));
+            }
+            Ok(RootKey::load_file(f)?)
+        }
+        (None, Some(var)) => Ok(RootKey::from_env(var)?),
+        (None, None) => Err(StartError::Config(
+            "no root key: set keys.root_key_file or keys.root_key_env".into(),
+        )),
+    }
+}
+
+/// The audit key derived from a root key.
+pub fn audit_key(root: &RootKey) -> AuditKey {
+    AuditKey::from_bytes(*root.derive(Purpose::Audit))
+}
+
+/// Loads and validates the policy directory against the configuration.
+pub fn load_policies(config: &Config) -> Result<PolicySet, String> {
+    PolicySet::load_dir(&config.policies, &Capabilities { config }).map_err(|e| e.to_string())
+}
+
+impl App {
+    /// Builds the state: opens the store, audit log and policies. Refuses to start on an
+    /// invalid policy or a missing root key.
+    pub async fn build(
+        config: Config,
+        clock: SharedClock,
+        dev: Option<DevIssuer>,
+    ) -> Result<Arc<App>, StartError> {
+        let root = load_root_key(&config)?;
+        let policies = load_policies(&config).map_err(StartError::Policy)?;
+        let store = Store::open(&config.store).await?;
+        let keyring = Arc::new(Keyring::new(
+            root.derive(Purpose::Wrap),
+            store.clone(),
+            clock.clone(),
+        ));
+        let signers = Signers::new(store.clone(), keyring.clone(), clock.clone());
+        let verifier = Verifier::new(
+            &config.issuer,
+            clock.clone(),
+            VerifierOptions {
+                leeway: config.leeway,
+                max_token_bytes: 16 * 1024,
+                jwks_min_refresh: std::time::Duration::from_secs(30),
+                jwks_max_age: std::time::Duration::from_secs(15 * 60),
+            },
+        )
+        .map_err(|e| StartError::Oidc(e.to_string()))?;
+        if let Some(d) = &dev {
+            verifier
+                .add_static_issuer(&d.url, &d.jwks)
+                .map_err(|e| StartError::Oidc(e.to_string()))?;
+        }
+        let audit = AuditLog::open(
+            &config.audit.file,
+            audit_key(&root),
+            clock.clone(),
+            config.audit.replica.clone(),
+            config.audit.stdout,
+        )
+        .map_err(|e| StartError::Audit(e.to_string()))?;
+        let token_key_bytes: Zeroizing<[u8; 32]> = root.derive(Purpose::TokenHash);
+        let token_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &token_key_bytes[..]);
+        let public_url = config.public_url();
+        Ok(Arc::new(App {
+            audit_key: audit_key(&root),
+            config,
+            clock,
+            store,
+            keyring,
+            signers,
+            verifier,
+            policies: ArcSwap::from_pointee(policies),
+            audit,
+            token_key,
+            metrics: Metrics::new(),
+            public_url,
+            dev,
+        }))
+    }
+
+    /// Issuer URL of an environment's minted JWTs.
+    pub fn env_issuer(&self, env: &str) -> String {
+        format!("{}/v1/envs/{env}", self.public_url)
+    }
+}

@@ -1,0 +1,302 @@
+//! Server configuration (SPEC §8): a TOML file plus `JOBPASS_*` environment variables, read
+//! with the `config` crate. Unknown keys and bad values are startup errors that name the key.
+//! Relative paths are resolved against the directory of the config file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::oidc::IssuerConfig;
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or a variable could not be read or has a bad value.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Base URL of this broker (issuer URLs of minted JWTs derive from it).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// `sqlite://…` or `postgres://…`.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Directory of policy files.
+    #[serde(default = "default_policies")]
+    pub policies: PathBuf,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", with = "humantime_serde_compat")]
+    pub leeway: Duration,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Serve plain HTTP instead of HTTPS (development only).
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// TLS settings.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Root key source.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// Audit log settings.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Issuers environments may trust.
+    #[serde(default)]
+    pub issuer: Vec<IssuerConfig>,
+    /// Targets for `postgres` grants.
+    #[serde(default)]
+    pub postgres: BTreeMap<String, PostgresTarget>,
+    /// Exchanges per second allowed per source subject (0 = unlimited).
+    #[serde(default = "default_rate")]
+    pub rate_limit_per_subject: u32,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA whose client certificates may use `/v1/admin/`.
+    pub admin_client_ca: Option<PathBuf>,
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// File holding the base64 root key (mode 0600).
+    pub root_key_file: Option<PathBuf>,
+    /// Name of an environment variable holding the base64 root key.
+    pub root_key_env: Option<String>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit log file (JSON lines).
+    #[serde(default = "default_audit_file")]
+    pub file: PathBuf,
+    /// Also print every record on standard output.
+    #[serde(default)]
+    pub stdout: bool,
+    /// Replica name written into every record.
+    #[serde(default)]
+    pub replica: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            file: default_audit_file(),
+            stdout: false,
+            replica: None,
+        }
+    }
+}
+
+/// `[postgres.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTarget {
+    /// Connection URL of the administrative connection.
+    pub url: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_store() -> String {
+    "sqlite://data/jobpass.db".into()
+}
+fn default_policies() -> PathBuf {
+    PathBuf::from("policies")
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_audit_file() -> PathBuf {
+    PathBuf::from("data/audit.log")
+}
+fn default_rate() -> u32 {
+    0
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+    }
+}
+
+impl Config {
+    /// Reads `file` (if given) and the `JOBPASS_*` variables of the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(file, vars)
+    }
+
+    /// Like [`Config::load`] with an explicit set of environment variables (testable).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "file {} does not exist",
+                    f.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(f).format(config::FileFormat::Toml));
+        }
+        let env: std::collections::HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("JOBPASS_") && !RESERVED_ENV.contains(&k.as_str()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("JOBPASS")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let base = file
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        cfg.resolve_paths(&base);
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.policies);
+        fix(&mut self.audit.file);
+        for p in [
+            &mut self.tls.cert,
+            &mut self.tls.key,
+            &mut self.tls.admin_client_ca,
+            &mut self.keys.root_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        for i in &mut self.issuer {
+            for p in [&mut i.ca_file, &mut i.jwks_file].into_iter().flatten() {
+                fix(p);
+            }
+        }
+        if let Some(rest) = self.store.strip_prefix("sqlite://") {
+            let p = Path::new(rest);
+            if p.is_relative() && !base.as_os_str().is_empty() && !rest.starts_with(':') {
+                self.store = format!("sqlite://{}", base.join(p).display());
+            }
+        }
+    }
+
+    /// The broker's public base URL, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => {
+                let scheme = if self.insecure_http { "http" } else { "https" };
+                format!("{scheme}://{}", self.listen)
+            }
+        }
+    }
+}
+
+/// Variables with the JOBPASS_ prefix that are not configuration keys.
+const RESERVED_ENV: &[&str] = &[
+    "JOBPASS_ROOT_KEY",
+    "JOBPASS_LOG",
+    "JOBPASS_TOKEN",
+    "JOBPASS_CONFIG",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("jobpass.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "listen = \"127.0.0.1:1\"\nlisen_typo = 1\n");
+        let e = Config::load_with_env(Some(&p), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen_typo"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "leeway = \"soon\"\n");
+        let e = Config::load_with_env(Some(&p), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("leeway") || e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_and_paths_are_relative_to_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "[tls]\ncert = \"a.pem\"\n");
+        let cfg = Config::load_with_env(
+            Some(&p),
+            vec![
+                ("JOBPASS_TLS__KEY".into(), "k.pem".into()),
+                ("JOBPASS_LEEWAY".into(), "5s".into()),
+                ("JOBPASS_ROOT_KEY".into(), "ignored".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.tls.cert.unwrap(), d.path().join("a.pem"));
+        assert_eq!(cfg.tls.key.unwrap(), d.path().join("k.pem"));
+        assert_eq!(cfg.leeway, Duration::from_secs(5));
+        assert_eq!(cfg.policies, d.path().join("policies"));
+    }
+}

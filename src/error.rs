@@ -1,0 +1,131 @@
+//! The one place where errors become HTTP answers: every error of every module maps to one of
+//! the SPEC's JSON error codes, `{"error": "<code>", "message": "<sentence>"}`. Messages are
+//! written for the client and never echo token contents, SQL errors or secret values; the
+//! details of server-side failures go to the service log only.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::audit::AuditError;
+use crate::crypto::CryptoError;
+use crate::mint::MintError;
+use crate::oidc::OidcError;
+use crate::store::StoreError;
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `invalid_request`.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 413 `invalid_request`: body over the limit.
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// 401 `invalid_token`.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// 403 `access_denied`.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// 403 `environment_frozen`.
+    #[error("environment `{0}` is frozen")]
+    Frozen(String),
+    /// 404 `not_found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409 `token_replayed`.
+    #[error("this token was already exchanged")]
+    Replayed,
+    /// 429 `rate_limited`.
+    #[error("too many requests; retry later")]
+    RateLimited,
+    /// 503 `unavailable`: the store, the audit log or an issuer failed; nothing was minted.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// HTTP status and error code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            ApiError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            ApiError::AccessDenied(_) => (StatusCode::FORBIDDEN, "access_denied"),
+            ApiError::Frozen(_) => (StatusCode::FORBIDDEN, "environment_frozen"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Replayed => (StatusCode::CONFLICT, "token_replayed"),
+            ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+
+    /// The error code.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
+    /// 503 after logging the internal cause (which never reaches the client).
+    pub fn unavailable(what: &str, cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, "{what} failed");
+        ApiError::Unavailable(format!("{what} is unavailable; nothing was issued"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut resp = (
+            status,
+            axum::Json(json!({"error": code, "message": self.to_string()})),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::unavailable("the store", &e)
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        ApiError::unavailable("the audit log", &e)
+    }
+}
+
+impl From<CryptoError> for ApiError {
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::Destroyed(env) => ApiError::Unavailable(format!(
+                "the keys of environment `{env}` were destroyed; its records cannot be decrypted"
+            )),
+            other => ApiError::unavailable("key material", &other),
+        }
+    }
+}
+
+impl From<MintError> for ApiError {
+    fn from(e: MintError) -> Self {
+        ApiError::unavailable("credential minting", &e)
+    }
+}
+
+impl From<OidcError> for ApiError {
+    fn from(e: OidcError) -> Self {
+        if e.is_client_error() {
+            ApiError::InvalidToken(e.to_string())
+        } else {
+            ApiError::Unavailable(format!("token verification is unavailable: {e}"))
+        }
+    }
+}

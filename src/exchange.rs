@@ -1,0 +1,428 @@
+//! The exchange path (SPEC §2): **verify → policy → mint → seal → store → audit**, then answer.
+//!
+//! Guarantees:
+//! - nothing is minted for a token that fails verification, replay or policy;
+//! - a source token is used at most once (primary key on issuer + jti, or the token hash);
+//! - no credential leaves the broker unless its lease is committed to the store AND its audit
+//!   record is durable: the audit record is written inside the store transaction, before the
+//!   commit; if it cannot be written the transaction rolls back and the answer is 503;
+//! - every outcome (allowed, denied, replayed, failed) is audited, values masked.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+
+use crate::app::App;
+use crate::audit::{Actor, AuditEvent, MaskedCredential, Outcome};
+use crate::clock::rfc3339;
+use crate::crypto::{random, sha256, token_digest};
+use crate::error::ApiError;
+use crate::mint::{self, MintError};
+use crate::oidc::VerifiedToken;
+use crate::policy::{Denial, GrantKind, Role};
+use crate::store::{CredentialRow, LeaseRow};
+
+/// An exchange request (from `/v1/exchange` or `/v1/oauth/token`).
+pub struct ExchangeRequest {
+    /// The source OIDC token.
+    pub token: SecretString,
+    /// Environment asked for.
+    pub environment: String,
+    /// Role asked for (None: the environment's default role).
+    pub role: Option<String>,
+}
+
+/// One minted credential.
+pub struct IssuedCredential {
+    /// Grant name.
+    pub name: String,
+    /// Grant kind.
+    pub kind: &'static str,
+    /// The value (broker token or JWT).
+    pub value: SecretString,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// A successful exchange.
+pub struct Issued {
+    /// Lease id.
+    pub lease_id: String,
+    /// Environment.
+    pub environment: String,
+    /// Role.
+    pub role: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Credentials.
+    pub credentials: Vec<IssuedCredential>,
+}
+
+impl Issued {
+    /// The SPEC §2 response body. This is the only place minted values are exposed.
+    pub fn to_json(&self) -> Value {
+        let creds: Vec<Value> = self
+            .credentials
+            .iter()
+            .map(|c| {
+                json!({"name": c.name, "kind": c.kind, "token": c.value.expose_secret(),
+                       "expires_at": rfc3339(c.expires_at)})
+            })
+            .collect();
+        json!({"lease_id": self.lease_id, "environment": self.environment, "role": self.role,
+               "expires_at": rfc3339(self.expires_at), "credentials": creds})
+    }
+}
+
+/// Claims copied into the audit actor and the lease's searchable claims, when present.
+pub const ACTOR_CLAIMS: &[&str] = &[
+    "repository",
+    "repository_owner",
+    "ref",
+    "ref_path",
+    "environment",
+    "event_name",
+    "workflow",
+    "job_workflow_ref",
+    "run_id",
+    "run_attempt",
+    "actor",
+    "project_path",
+    "namespace_path",
+    "pipeline_id",
+    "job_id",
+    "organization_slug",
+    "pipeline_slug",
+    "build_number",
+];
+
+/// Largest claim value kept in the searchable index.
+const MAX_INDEXED_VALUE: usize = 512;
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The audit actor of a verified source token.
+pub fn token_actor(t: &VerifiedToken) -> Actor {
+    let mut claims = Map::new();
+    for name in ACTOR_CLAIMS {
+        if let Some(v) = t.claims.get(*name).and_then(scalar_text) {
+            claims.insert((*name).to_string(), Value::String(v));
+        }
+    }
+    Actor {
+        kind: "token".into(),
+        subject: Some(t.subject.clone()),
+        issuer: Some(t.issuer.clone()),
+        role: None,
+        claims,
+    }
+}
+
+fn indexed_claims(t: &VerifiedToken) -> Vec<(String, String)> {
+    t.claims
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "exp" | "iat" | "nbf" | "aud"))
+        .filter_map(|(k, v)| scalar_text(v).map(|s| (k.clone(), s)))
+        .filter(|(k, v)| k.len() <= 128 && v.len() <= MAX_INDEXED_VALUE)
+        .collect()
+}
+
+/// Replay key: SHA-256 of issuer and jti, or of the whole token when it has no jti.
+fn replay_key(t: &VerifiedToken) -> [u8; 32] {
+    match &t.jti {
+        Some(jti) => sha256(format!("{}\u{0}{jti}", t.issuer).as_bytes()),
+        None => t.token_sha256,
+    }
+}
+
+impl App {
+    async fn audit_denial(&self, mut ev: AuditEvent, err: &ApiError) {
+        ev.reason = Some(err.to_string());
+        ev.details
+            .insert("error".into(), Value::String(err.code().into()));
+        self.metrics.exchange(err.code());
+        if let Err(e) = self.audit.append(ev).await {
+            tracing::error!(error = %e, "audit log write failed for a denial");
+        }
+    }
+
+    /// Runs one exchange end to end.
+    pub async fn exchange(&self, req: ExchangeRequest) -> Result<Issued, ApiError> {
+        let started = std::time::Instant::now();
+        let r = self.exchange_inner(req).await;
+        self.metrics.observe_exchange(started.elapsed());
+        r
+    }
+
+    async fn exchange_inner(&self, req: ExchangeRequest) -> Result<Issued, ApiError> {
+        let policies = self.policies.load_full();
+        let mut ev = AuditEvent::new("exchange", Outcome::Denied);
+        ev.environment = Some(req.environment.clone());
+        ev.role = req.role.clone();
+        ev.policy_version = Some(policies.version().to_string());
+
+        let Some(env) = policies.environment(&req.environment) else {
+            let err =
+                ApiError::InvalidRequest(format!("unknown environment `{}`", req.environment));
+            self.audit_denial(ev, &err).await;
+            return Err(err);
+        };
+        // Resolve the role before verifying, so unknown roles cost nothing.
+        let role_name = match req.role.as_deref().filter(|r| !r.is_empty()) {
+            Some(r) => r.to_string(),
+            None => match &env.default_role {
+                Some(r) => r.clone(),
+                None => {
+                    let err = ApiError::InvalidRequest(
+                        "no role given and the environment has no default role".into(),
+                    );
+                    self.audit_denial(ev, &err).await;
+                    return Err(err);
+                }
+            },
+        };
+        ev.role = Some(role_name.clone());
+        if env.role(&role_name).is_none() {
+            let err = ApiError::InvalidRequest(format!(
+                "unknown role `{role_name}` in environment `{}`",
+                env.name
+            ));
+            self.audit_denial(ev, &err).await;
+            return Err(err);
+        }
+
+        let mut trusted = env.issuers.clone();
+        if let Some(dev) = &self.dev {
+            trusted.push(dev.url.clone());
+        }
+        let verified = match self
+            .verifier
+            .verify(req.token.expose_secret(), &trusted, &env.audience)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                let err = ApiError::from(e);
+                self.audit_denial(ev, &err).await;
+                return Err(err);
+            }
+        };
+        ev.actor = token_actor(&verified);
+
+        if self.store.environment_frozen(&env.name).await?.is_some() {
+            let err = ApiError::Frozen(env.name.clone());
+            self.audit_denial(ev, &err).await;
+            return Err(err);
+        }
+
+        // Policy evaluation is pure; its verdict is reported after the replay check.
+        let decision = env.evaluate(Some(&role_name), &verified.claims);
+        if let Ok(role) = &decision {
+            // Load or create key material before the write transaction holds the writer.
+            self.keyring.prepare(&env.name).await?;
+            if role
+                .grants
+                .iter()
+                .any(|g| matches!(g.kind, GrantKind::Jwt { .. }))
+            {
+                self.signers.for_env(&env.name).await?;
+            }
+        }
+
+        let now = self.clock.unix();
+        let mut tx = self.store.begin().await?;
+        let replay_expiry =
+            verified.expires_at + i64::try_from(self.config.leeway.as_secs()).unwrap_or(0);
+        if !tx
+            .claim_replay(&replay_key(&verified), &verified.issuer, now, replay_expiry)
+            .await?
+        {
+            drop(tx);
+            let mut rev = ev.clone();
+            rev.event = "replay".into();
+            rev.reason = Some("source token presented again: possible token theft".into());
+            if let Some(j) = &verified.jti {
+                rev.details.insert("jti".into(), Value::String(j.clone()));
+            }
+            self.metrics.exchange("token_replayed");
+            self.audit.append(rev).await?;
+            return Err(ApiError::Replayed);
+        }
+
+        let role = match decision {
+            Ok(r) => r,
+            Err(denial) => {
+                drop(tx);
+                if let Denial::Condition { claim, .. } = &denial {
+                    ev.details
+                        .insert("claim".into(), Value::String(claim.clone()));
+                    self.metrics.denial(claim);
+                }
+                let err = ApiError::AccessDenied(denial.public_message());
+                self.audit_denial(ev, &err).await;
+                return Err(err);
+            }
+        };
+
+        let ttl = i64::try_from(role.ttl.min(env.max_ttl).as_secs()).unwrap_or(0);
+        let expires_at = now + ttl;
+        let lease_id = random::time_ordered_id("lse_", u64::try_from(now).unwrap_or(0) * 1000)
+            .map_err(|e| ApiError::unavailable("randomness", &e))?;
+        let (credentials, rows) = self
+            .mint_grants(role, &env.name, &lease_id, &verified, now, expires_at)
+            .await?;
+
+        let masked: Vec<MaskedCredential> = credentials
+            .iter()
+            .map(|c| {
+                MaskedCredential::new(&self.audit_key, &c.name, c.kind, c.value.expose_secret())
+            })
+            .collect();
+        let details = json!({
+            "claims": Value::Object(verified.claims.clone()),
+            "credentials": masked.iter().zip(&rows).map(|(m, r)| json!({
+                "id": r.id, "name": m.name, "kind": m.kind, "masked": m.masked, "fingerprint": m.fingerprint,
+            })).collect::<Vec<_>>(),
+        });
+        let (key_version, sealed) = self
+            .keyring
+            .seal(
+                &env.name,
+                "leases",
+                &lease_id,
+                details.to_string().as_bytes(),
+            )
+            .await?;
+        let lease = LeaseRow {
+            id: lease_id.clone(),
+            env: env.name.clone(),
+            role: role.name.clone(),
+            issuer: verified.issuer.clone(),
+            subject: verified.subject.clone(),
+            policy_version: policies.version().to_string(),
+            issued_at: now,
+            expires_at,
+            revoked_at: None,
+            revoke_reason: None,
+            key_version,
+            sealed,
+        };
+        tx.insert_lease(&lease, &indexed_claims(&verified)).await?;
+        for row in &rows {
+            tx.insert_credential(row).await?;
+        }
+
+        ev.outcome = Outcome::Success;
+        ev.lease_id = Some(lease_id.clone());
+        ev.credentials = masked;
+        ev.details
+            .insert("expires_at".into(), Value::String(rfc3339(expires_at)));
+        if let Err(e) = self.audit.append(ev.clone()).await {
+            // Fail closed: the transaction is dropped (rolled back), nothing was stored.
+            drop(tx);
+            self.metrics.exchange("unavailable");
+            return Err(ApiError::from(e));
+        }
+        if let Err(e) = tx.commit().await {
+            let mut abort = ev;
+            abort.event = "exchange_aborted".into();
+            abort.outcome = Outcome::Failure;
+            abort.reason = Some("the store could not commit the lease; nothing was issued".into());
+            if let Err(ae) = self.audit.append(abort).await {
+                tracing::error!(error = %ae, "audit log write failed");
+            }
+            self.metrics.exchange("unavailable");
+            return Err(ApiError::from(e));
+        }
+        self.metrics.exchange("success");
+        Ok(Issued {
+            lease_id,
+            environment: env.name.clone(),
+            role: role.name.clone(),
+            expires_at,
+            credentials,
+        })
+    }
+
+    async fn mint_grants(
+        &self,
+        role: &Role,
+        env: &str,
+        lease_id: &str,
+        src: &VerifiedToken,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(Vec<IssuedCredential>, Vec<CredentialRow>), ApiError> {
+        let mut creds = Vec::with_capacity(role.grants.len());
+        let mut rows = Vec::with_capacity(role.grants.len());
+        for grant in &role.grants {
+            let id = random::time_ordered_id("crd_", u64::try_from(now).unwrap_or(0) * 1000)
+                .map_err(|e| ApiError::unavailable("randomness", &e))?;
+            let (kind, value, token_hash, scope) = match &grant.kind {
+                GrantKind::Token { secrets } => {
+                    let t = mint::token::mint()?;
+                    let digest = token_digest(&self.token_key, t.expose_secret());
+                    let scope = serde_json::to_string(secrets).unwrap_or_else(|_| "[]".into());
+                    ("token", t, Some(digest), scope)
+                }
+                GrantKind::Jwt { audience, claims } => {
+                    let signer = self.signers.for_env(env).await?;
+                    let mut body = claims.clone();
+                    let mut src_claims = Map::new();
+                    for name in ACTOR_CLAIMS {
+                        if let Some(v) = src.claims.get(*name) {
+                            src_claims.insert((*name).to_string(), v.clone());
+                        }
+                    }
+                    src_claims.insert("iss".into(), Value::String(src.issuer.clone()));
+                    for (k, v) in [
+                        ("iss", Value::String(self.env_issuer(env))),
+                        ("sub", Value::String(src.subject.clone())),
+                        ("aud", Value::String(audience.clone())),
+                        ("iat", json!(now)),
+                        ("nbf", json!(now)),
+                        ("exp", json!(expires_at)),
+                        ("jti", Value::String(id.clone())),
+                        ("env", Value::String(env.to_string())),
+                        ("role", Value::String(role.name.clone())),
+                        ("lease_id", Value::String(lease_id.to_string())),
+                        ("src", Value::Object(src_claims)),
+                    ] {
+                        body.insert(k.to_string(), v);
+                    }
+                    let jwt = signer.sign(&Value::Object(body))?;
+                    ("jwt", SecretString::from(jwt), None, "[]".to_string())
+                }
+                other => {
+                    return Err(ApiError::from(MintError::Crypto(format!(
+                        "grant kind `{}` is not supported",
+                        other.name()
+                    ))));
+                }
+            };
+            rows.push(CredentialRow {
+                id,
+                lease_id: lease_id.to_string(),
+                env: env.to_string(),
+                name: grant.name.clone(),
+                kind: kind.to_string(),
+                token_hash,
+                scope,
+                expires_at,
+            });
+            creds.push(IssuedCredential {
+                name: grant.name.clone(),
+                kind,
+                value,
+                expires_at,
+            });
+        }
+        Ok((creds, rows))
+    }
+}

@@ -1,0 +1,346 @@
+//! Admin API (`/v1/admin/…`, SPEC §4): callers authenticate with a TLS client certificate
+//! from the configured admin CA whose subject OU names their role. Every call, refused ones
+//! included, is audited with the certificate's common name and role.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::ConnInfo;
+use super::body::JsonBody;
+use super::routes::secret_record_id;
+use crate::app::App;
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::clock::rfc3339;
+use crate::error::ApiError;
+use crate::store::{LeaseFilter, SecretRow};
+use crate::tls::{AdminIdentity, AdminRole};
+
+/// Admin routes (nested under `/v1/admin`).
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/secrets/{env}", get(list_secrets))
+        .route(
+            "/secrets/{env}/{*path}",
+            get(get_secret).put(put_secret).delete(delete_secret),
+        )
+        .route("/leases", get(list_leases))
+}
+
+fn actor(id: &AdminIdentity) -> Actor {
+    Actor {
+        kind: "admin".into(),
+        subject: Some(id.common_name.clone()),
+        issuer: None,
+        role: Some(role_name(id.role).into()),
+        claims: Map::new(),
+    }
+}
+
+fn role_name(r: AdminRole) -> &'static str {
+    match r {
+        AdminRole::Admin => "admin",
+        AdminRole::Security => "security",
+        AdminRole::Auditor => "auditor",
+    }
+}
+
+/// Checks the caller's role; audits a refusal. Returns the identity and the audit event
+/// to complete.
+async fn guard(
+    app: &App,
+    conn: &ConnInfo,
+    allowed: &[AdminRole],
+    call: &str,
+    env: Option<&str>,
+) -> Result<(AdminIdentity, AuditEvent), ApiError> {
+    let mut ev = AuditEvent::new("admin_call", Outcome::Denied);
+    ev.environment = env.map(str::to_string);
+    ev.details.insert("call".into(), Value::String(call.into()));
+    let id = match &conn.admin {
+        Some(id) => id.clone(),
+        None => {
+            let err = ApiError::AccessDenied(if conn.client_cert {
+                "the client certificate carries no admin role (OU=admin|security|auditor)".into()
+            } else {
+                "an admin client certificate is required".into()
+            });
+            ev.reason = Some(err.to_string());
+            app.audit.append(ev).await?;
+            return Err(err);
+        }
+    };
+    ev.actor = actor(&id);
+    if !allowed.contains(&id.role) {
+        let err =
+            ApiError::AccessDenied(format!("role `{}` may not call {call}", role_name(id.role)));
+        ev.reason = Some(err.to_string());
+        app.audit.append(ev).await?;
+        return Err(err);
+    }
+    ev.outcome = Outcome::Success;
+    Ok((id, ev))
+}
+
+fn check_env(app: &App, env: &str) -> Result<(), ApiError> {
+    if app.policies.load().environment(env).is_none() {
+        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), ApiError> {
+    let ok = !path.is_empty()
+        && path.len() <= 512
+        && !path.starts_with('/')
+        && !path.ends_with('/')
+        && !path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./@+=".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(
+            "a secret path is segments of letters, digits and -_.@+= separated by single slashes"
+                .into(),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutSecret {
+    data: Map<String, Value>,
+}
+
+fn secret_meta(path: &str, rows: &[SecretRow]) -> Value {
+    json!({
+        "path": path,
+        "current_version": rows.first().map(|r| r.version),
+        "versions": rows.iter().map(|r| json!({
+            "version": r.version, "fields": r.fields, "created_at": rfc3339(r.created_at),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn put_secret(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((env, path)): Path<(String, String)>,
+    JsonBody(body): JsonBody<PutSecret>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, mut ev) = guard(&app, &conn, &[AdminRole::Admin], "secrets.put", Some(&env)).await?;
+    check_env(&app, &env)?;
+    check_path(&path)?;
+    if body.data.is_empty() || body.data.values().any(|v| !v.is_string()) {
+        return Err(ApiError::InvalidRequest(
+            "`data` must be a non-empty object of string fields".into(),
+        ));
+    }
+    let fields: Vec<String> = body.data.keys().cloned().collect();
+    let plain = zeroize::Zeroizing::new(Value::Object(body.data).to_string());
+    let now = app.clock.unix();
+    app.keyring.prepare(&env).await?;
+    let mut tx = app.store.begin().await?;
+    let version = tx.next_secret_version(&env, &path).await?;
+    let (key_version, sealed) = app
+        .keyring
+        .seal(
+            &env,
+            "secrets",
+            &secret_record_id(&path, version),
+            plain.as_bytes(),
+        )
+        .await?;
+    tx.insert_secret(
+        &env,
+        &path,
+        &SecretRow {
+            version,
+            fields: fields.clone(),
+            key_version,
+            sealed,
+            created_at: now,
+        },
+    )
+    .await?;
+    ev.event = "secret_put".into();
+    ev.details
+        .insert("path".into(), Value::String(path.clone()));
+    ev.details.insert("version".into(), json!(version));
+    ev.details.insert("fields".into(), json!(fields));
+    app.audit.append(ev).await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({"path": path, "version": version, "fields": fields, "created_at": rfc3339(now)}),
+    ))
+}
+
+async fn get_secret(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((env, path)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, mut ev) = guard(
+        &app,
+        &conn,
+        &[AdminRole::Admin, AdminRole::Auditor],
+        "secrets.get",
+        Some(&env),
+    )
+    .await?;
+    let rows = app.store.secret_versions(&env, &path).await?;
+    ev.details
+        .insert("path".into(), Value::String(path.clone()));
+    app.audit.append(ev).await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound(format!("no secret at `{path}`")));
+    }
+    Ok(Json(secret_meta(&path, &rows)))
+}
+
+async fn list_secrets(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(env): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let (_, ev) = guard(
+        &app,
+        &conn,
+        &[AdminRole::Admin, AdminRole::Auditor],
+        "secrets.list",
+        Some(&env),
+    )
+    .await?;
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or_default();
+    let prefix = params
+        .iter()
+        .find(|(k, _)| k == "prefix")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let paths = app.store.secret_paths(&env, &prefix).await?;
+    app.audit.append(ev).await?;
+    Ok(Json(json!({"environment": env, "paths": paths})))
+}
+
+async fn delete_secret(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path((env, path)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, mut ev) = guard(
+        &app,
+        &conn,
+        &[AdminRole::Admin],
+        "secrets.delete",
+        Some(&env),
+    )
+    .await?;
+    ev.event = "secret_delete".into();
+    ev.details
+        .insert("path".into(), Value::String(path.clone()));
+    app.audit.append(ev).await?;
+    let n = app.store.delete_secret(&env, &path).await?;
+    if n == 0 {
+        return Err(ApiError::NotFound(format!("no secret at `{path}`")));
+    }
+    Ok(Json(json!({"path": path, "deleted_versions": n})))
+}
+
+async fn list_leases(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
+    let mut f = LeaseFilter {
+        limit: 100,
+        ..LeaseFilter::default()
+    };
+    for (k, v) in params {
+        match k.as_str() {
+            "environment" => f.env = Some(v),
+            "role" => f.role = Some(v),
+            "after" => f.after = Some(v),
+            "active" => match v.as_str() {
+                "true" => f.active_at = Some(app.clock.unix()),
+                "false" => {}
+                _ => {
+                    return Err(ApiError::InvalidRequest(
+                        "active must be true or false".into(),
+                    ));
+                }
+            },
+            "limit" => {
+                f.limit = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| ApiError::InvalidRequest("limit must be 1..10000".into()))?;
+            }
+            other => match other.strip_prefix("claim.") {
+                Some(name) if !name.is_empty() => f.claims.push((name.to_string(), v)),
+                _ => {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "unknown query parameter `{other}`"
+                    )));
+                }
+            },
+        }
+    }
+    let (_, mut ev) = guard(
+        &app,
+        &conn,
+        &[AdminRole::Admin, AdminRole::Security, AdminRole::Auditor],
+        "leases.list",
+        f.env.as_deref(),
+    )
+    .await?;
+    let rows = app.store.leases(&f).await?;
+    let now = app.clock.unix();
+    let mut out = Vec::with_capacity(rows.len());
+    for l in &rows {
+        let details: Option<Value> = match app
+            .keyring
+            .open(&l.env, "leases", &l.id, l.key_version, &l.sealed)
+            .await
+        {
+            Ok(p) => serde_json::from_slice(&p).ok(),
+            Err(_) => None,
+        };
+        let status = if l.revoked_at.is_some() {
+            "revoked"
+        } else if l.expires_at <= now {
+            "expired"
+        } else {
+            "active"
+        };
+        out.push(json!({
+            "lease_id": l.id, "environment": l.env, "role": l.role, "issuer": l.issuer,
+            "subject": l.subject, "policy_version": l.policy_version,
+            "issued_at": rfc3339(l.issued_at), "expires_at": rfc3339(l.expires_at),
+            "revoked_at": l.revoked_at.map(rfc3339), "revoke_reason": l.revoke_reason,
+            "status": status,
+            "credentials": details.as_ref().map(|d| d["credentials"].clone()),
+            "claims": details.as_ref().map(|d| d["claims"].clone()),
+        }));
+    }
+    ev.details.insert("count".into(), json!(out.len()));
+    app.audit.append(ev).await?;
+    let next = if i64::try_from(rows.len()).unwrap_or(0) == f.limit {
+        rows.last().map(|l| l.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(json!({"leases": out, "next_after": next})))
+}

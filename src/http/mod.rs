@@ -1,0 +1,23 @@
+//! HTTPS front: the accept loop (TLS, timeouts, graceful shutdown), the public routes and the
+//! admin routes (client certificates). Every handler error becomes JSON through
+//! [`crate::error::ApiError`].
+
+pub mod admin;
+pub mod body;
+pub mod routes;
+pub mod server;
+
+use std::net::SocketAddr;
+
+use crate::tls::AdminIdentity;
+
+/// Per-connection facts the accept loop puts into every request's extensions.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// Verified admin identity from the client certificate, if any.
+    pub admin: Option<AdminIdentity>,
+    /// Whether the client presented a verified certificate at all.
+    pub client_cert: bool,
+    /// Remote address.
+    pub peer: SocketAddr,
+}

@@ -1,0 +1,363 @@
+//! Public routes: exchange, OAuth token exchange / revocation / introspection, secret reads
+//! with broker tokens, self-revocation, per-environment OIDC metadata, health and metrics.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::body::{FormBody, JsonBody};
+use crate::app::App;
+use crate::audit::{Actor, AuditEvent, MaskedCredential, Outcome};
+use crate::crypto::token_digest;
+use crate::error::ApiError;
+use crate::exchange::ExchangeRequest;
+use crate::policy::glob_match;
+use crate::store::TokenGrant;
+
+/// The whole router (public, admin and, in dev mode, the dev issuer).
+pub fn router(app: Arc<App>) -> Router {
+    let mut r = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/exchange", post(exchange))
+        .route("/v1/oauth/token", post(oauth_token))
+        .route("/v1/secrets/{env}/{*path}", get(read_secret))
+        .route("/v1/revoke/self", post(revoke_self))
+        .route(
+            "/v1/envs/{env}/.well-known/openid-configuration",
+            get(env_discovery),
+        )
+        .route("/v1/envs/{env}/jwks.json", get(env_jwks))
+        .nest("/v1/admin", super::admin::router());
+    if app.dev.is_some() {
+        r = r
+            .route(
+                "/dev/oidc/.well-known/openid-configuration",
+                get(dev_discovery),
+            )
+            .route("/dev/oidc/jwks.json", get(dev_jwks));
+    }
+    r.fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            app.config.max_body_bytes,
+        ))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => ApiError::unavailable("the store", &e).into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExchangeBody {
+    token: SecretString,
+    environment: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+async fn exchange(
+    State(app): State<Arc<App>>,
+    JsonBody(body): JsonBody<ExchangeBody>,
+) -> Result<Json<Value>, ApiError> {
+    let issued = app
+        .exchange(ExchangeRequest {
+            token: body.token,
+            environment: body.environment,
+            role: body.role,
+        })
+        .await?;
+    Ok(Json(issued.to_json()))
+}
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+fn form_get<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// RFC 8693 token exchange: `audience` = environment, `scope` = role; answers the role's
+/// `token` credential.
+async fn oauth_token(
+    State(app): State<Arc<App>>,
+    FormBody(form): FormBody,
+) -> Result<Json<Value>, ApiError> {
+    if form_get(&form, "grant_type") != Some(TOKEN_EXCHANGE) {
+        return Err(ApiError::InvalidRequest(format!(
+            "grant_type must be {TOKEN_EXCHANGE}"
+        )));
+    }
+    let token = form_get(&form, "subject_token")
+        .ok_or_else(|| ApiError::InvalidRequest("subject_token is required".into()))?;
+    match form_get(&form, "subject_token_type") {
+        Some(ID_TOKEN_TYPE | JWT_TYPE) => {}
+        _ => {
+            return Err(ApiError::InvalidRequest(format!(
+                "subject_token_type must be {ID_TOKEN_TYPE} or {JWT_TYPE}"
+            )));
+        }
+    }
+    let env = form_get(&form, "audience")
+        .ok_or_else(|| ApiError::InvalidRequest("audience (the environment) is required".into()))?;
+    let issued = app
+        .exchange(ExchangeRequest {
+            token: SecretString::from(token.to_string()),
+            environment: env.to_string(),
+            role: form_get(&form, "scope").map(str::to_string),
+        })
+        .await?;
+    let now = app.clock.unix();
+    let cred = issued
+        .credentials
+        .iter()
+        .find(|c| c.kind == "token")
+        .or_else(|| issued.credentials.first())
+        .ok_or_else(|| ApiError::InvalidRequest("the role grants no credential".into()))?;
+    let issued_type = if cred.kind == "jwt" {
+        JWT_TYPE
+    } else {
+        ACCESS_TOKEN_TYPE
+    };
+    Ok(Json(json!({
+        "access_token": cred.value.expose_secret(),
+        "issued_token_type": issued_type,
+        "token_type": "Bearer",
+        "expires_in": (cred.expires_at - now).max(0),
+        "scope": issued.role,
+    })))
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<SecretString> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then(|| SecretString::from(token.to_string()))
+}
+
+impl App {
+    /// Resolves a broker token to its live grant: 401 when unknown, expired or revoked.
+    pub async fn live_token_grant(&self, token: &SecretString) -> Result<TokenGrant, ApiError> {
+        let digest = token_digest(&self.token_key, token.expose_secret());
+        let grant = self
+            .store
+            .token_grant(&digest)
+            .await?
+            .ok_or_else(|| ApiError::InvalidToken("unknown broker token".into()))?;
+        if grant.revoked_at.is_some() {
+            return Err(ApiError::InvalidToken("this credential was revoked".into()));
+        }
+        if grant.expires_at <= self.clock.unix() {
+            return Err(ApiError::InvalidToken("this credential has expired".into()));
+        }
+        Ok(grant)
+    }
+}
+
+fn grant_actor(g: &TokenGrant) -> Actor {
+    Actor {
+        kind: "token".into(),
+        subject: Some(g.subject.clone()),
+        issuer: Some(g.issuer.clone()),
+        role: None,
+        claims: serde_json::Map::new(),
+    }
+}
+
+async fn read_secret(
+    State(app): State<Arc<App>>,
+    Path((env, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let mut ev = AuditEvent::new("secret_read", Outcome::Denied);
+    ev.environment = Some(env.clone());
+    ev.details
+        .insert("path".into(), Value::String(path.clone()));
+    let result = read_secret_inner(&app, &env, &path, &headers, &mut ev).await;
+    match &result {
+        Ok(_) => {
+            ev.outcome = Outcome::Success;
+            app.metrics.secret_read("success");
+        }
+        Err(e) => {
+            ev.reason = Some(e.to_string());
+            app.metrics.secret_read(e.code());
+        }
+    }
+    // A read whose audit record cannot be written is refused (fail closed).
+    app.audit.append(ev).await?;
+    result
+}
+
+async fn read_secret_inner(
+    app: &App,
+    env: &str,
+    path: &str,
+    headers: &HeaderMap,
+    ev: &mut AuditEvent,
+) -> Result<Json<Value>, ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::InvalidToken("a broker token is required (Authorization: Bearer)".into())
+    })?;
+    ev.credentials.push(MaskedCredential::new(
+        &app.audit_key,
+        "bearer",
+        "token",
+        token.expose_secret(),
+    ));
+    let grant = app.live_token_grant(&token).await?;
+    ev.actor = grant_actor(&grant);
+    ev.role = Some(grant.role.clone());
+    ev.lease_id = Some(grant.lease_id.clone());
+    if grant.env != env || !grant.scope.iter().any(|g| glob_match(g, path)) {
+        return Err(ApiError::AccessDenied(format!(
+            "this token may not read `{path}` in environment `{env}`"
+        )));
+    }
+    let row = app
+        .store
+        .latest_secret(env, path)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no secret at `{path}`")))?;
+    let plain = app
+        .keyring
+        .open(
+            env,
+            "secrets",
+            &secret_record_id(path, row.version),
+            row.key_version,
+            &row.sealed,
+        )
+        .await?;
+    let data: Value =
+        serde_json::from_slice(&plain).map_err(|e| ApiError::unavailable("secret decoding", &e))?;
+    ev.details.insert("version".into(), json!(row.version));
+    Ok(Json(
+        json!({"path": path, "version": row.version, "data": data}),
+    ))
+}
+
+/// Record identity of a secret version (associated data of its ciphertext).
+pub fn secret_record_id(path: &str, version: i64) -> String {
+    format!("{path}#{version}")
+}
+
+async fn revoke_self(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let token = bearer(&headers).ok_or_else(|| {
+        ApiError::InvalidToken("a broker token is required (Authorization: Bearer)".into())
+    })?;
+    let grant = app.live_token_grant(&token).await?;
+    let now = app.clock.unix();
+    let mut ev = AuditEvent::new("revoke", Outcome::Success);
+    ev.actor = grant_actor(&grant);
+    ev.environment = Some(grant.env.clone());
+    ev.role = Some(grant.role.clone());
+    ev.lease_id = Some(grant.lease_id.clone());
+    ev.reason = Some("revoked by its own job (revoke/self)".into());
+    // Audit first: a revocation is safe to record even if the store then fails.
+    app.audit.append(ev).await?;
+    app.store
+        .revoke_lease(&grant.lease_id, now, "revoke/self")
+        .await?;
+    Ok(Json(json!({"revoked": 1, "lease_ids": [grant.lease_id]})))
+}
+
+async fn env_discovery(
+    State(app): State<Arc<App>>,
+    Path(env): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if app.policies.load().environment(&env).is_none() {
+        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
+    }
+    let iss = app.env_issuer(&env);
+    Ok(Json(json!({
+        "issuer": iss,
+        "jwks_uri": format!("{iss}/jwks.json"),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "env", "role", "lease_id", "src"],
+    })))
+}
+
+async fn env_jwks(
+    State(app): State<Arc<App>>,
+    Path(env): Path<String>,
+) -> Result<Response, ApiError> {
+    if app.policies.load().environment(&env).is_none() {
+        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
+    }
+    let signer = app.signers.for_env(&env).await?;
+    Ok((
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        Json(json!({"keys": [signer.jwk()]})),
+    )
+        .into_response())
+}
+
+async fn dev_discovery(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let dev = app
+        .dev
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("no such route".into()))?;
+    Ok(Json(json!({
+        "issuer": dev.url,
+        "jwks_uri": format!("{}/jwks.json", dev.url),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+    })))
+}
+
+async fn dev_jwks(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let dev = app
+        .dev
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("no such route".into()))?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        dev.jwks.clone(),
+    )
+        .into_response())
+}

@@ -1,0 +1,27 @@
+//! jobpass — a secrets broker for CI.
+//!
+//! A CI job presents the OIDC ID token its platform gave it; jobpass verifies it, checks it
+//! against the policy of the environment the job asks for, and mints scoped, short-lived
+//! credentials. The exchange path reads, module by module:
+//! [`oidc`] (verify) → [`policy`] (match) → [`mint`] (mint) → [`crypto`] (seal) →
+//! [`store`] (store) → [`audit`] (audit), orchestrated by [`exchange`]. Errors become HTTP
+//! answers in one place, [`error`].
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod dev;
+pub mod error;
+pub mod exchange;
+pub mod http;
+pub mod metrics;
+pub mod mint;
+pub mod oidc;
+pub mod policy;
+pub mod reload;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,103 @@
+//! Prometheus metrics (`GET /metrics`): exchanges by outcome, denials by failing claim,
+//! exchange latency, secret reads by outcome. An explicit registry, no global recorder.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// The broker's metrics.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    exchanges: Family<Labels, Counter>,
+    denials: Family<Labels, Counter>,
+    secret_reads: Family<Labels, Counter>,
+    latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("jobpass");
+        let exchanges = Family::<Labels, Counter>::default();
+        let denials = Family::<Labels, Counter>::default();
+        let secret_reads = Family::<Labels, Counter>::default();
+        let latency = Histogram::new(
+            [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]
+            .into_iter(),
+        );
+        registry.register("exchanges", "Token exchanges by outcome", exchanges.clone());
+        registry.register(
+            "denials",
+            "Exchanges denied by policy, by the first claim that did not match",
+            denials.clone(),
+        );
+        registry.register(
+            "secret_reads",
+            "Secret reads by outcome",
+            secret_reads.clone(),
+        );
+        registry.register(
+            "exchange_duration_seconds",
+            "Time to answer an exchange",
+            latency.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            exchanges,
+            denials,
+            secret_reads,
+            latency,
+        }
+    }
+
+    /// Counts an exchange outcome (`success` or an error code).
+    pub fn exchange(&self, outcome: &str) {
+        self.exchanges
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+
+    /// Counts a policy denial by claim name.
+    pub fn denial(&self, claim: &str) {
+        let claim: String = claim.chars().take(64).collect();
+        self.denials
+            .get_or_create(&vec![("claim".into(), claim)])
+            .inc();
+    }
+
+    /// Counts a secret read outcome.
+    pub fn secret_read(&self, outcome: &str) {
+        self.secret_reads
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
+
+    /// Records an exchange's duration.
+    pub fn observe_exchange(&self, d: Duration) {
+        self.latency.observe(d.as_secs_f64());
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = encode(&mut out, &r);
+        }
+        out
+    }
+}

@@ -1,0 +1,196 @@
+//! `kind = "jwt"`: JWTs signed ES256 with the environment's own key (ring, P-256, fixed-width
+//! r‖s signatures as JWS requires). The private key is created on first use, sealed with the
+//! environment's data key and stored; the public half is served as the environment's JWKS.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::MintError;
+use crate::clock::SharedClock;
+use crate::crypto::{Keyring, sha256};
+use crate::store::{SigningKeyRow, Store};
+
+/// An ES256 signing key with its key id and public JWK.
+pub struct JwtSigner {
+    kid: String,
+    pair: EcdsaKeyPair,
+    jwk: Value,
+}
+
+impl std::fmt::Debug for JwtSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSigner")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtSigner {
+    /// A new random key, returned with its PKCS#8 encoding (to be sealed and stored).
+    pub fn generate() -> Result<(Self, Zeroizing<Vec<u8>>), MintError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| MintError::Crypto("key generation failed".into()))?;
+        let pkcs8 = Zeroizing::new(pkcs8.as_ref().to_vec());
+        Ok((Self::from_pkcs8(&pkcs8)?, pkcs8))
+    }
+
+    /// Loads a key from PKCS#8 DER.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, MintError> {
+        let rng = SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+            .map_err(|_| MintError::Key("stored signing key is not a P-256 PKCS#8 key".into()))?;
+        let public = pair.public_key().as_ref();
+        // Uncompressed point: 0x04 ‖ x ‖ y.
+        if public.len() != 65 {
+            return Err(MintError::Key("unexpected public key encoding".into()));
+        }
+        let x = B64.encode(&public[1..33]);
+        let y = B64.encode(&public[33..65]);
+        // RFC 7638 thumbprint: members in lexicographic order, no whitespace.
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let kid = B64.encode(sha256(canonical.as_bytes()));
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
+        Ok(Self { kid, pair, jwk })
+    }
+
+    /// Key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Public JWK.
+    pub fn jwk(&self) -> &Value {
+        &self.jwk
+    }
+
+    /// Signs `claims` as a compact JWS with header `{"alg":"ES256","typ":"JWT","kid":…}`.
+    pub fn sign(&self, claims: &Value) -> Result<String, MintError> {
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
+        let mut out = String::with_capacity(512);
+        out.push_str(&B64.encode(header.to_string()));
+        out.push('.');
+        out.push_str(&B64.encode(claims.to_string()));
+        let sig = self
+            .pair
+            .sign(&SystemRandom::new(), out.as_bytes())
+            .map_err(|_| MintError::Crypto("signing failed".into()))?;
+        out.push('.');
+        out.push_str(&B64.encode(sig.as_ref()));
+        Ok(out)
+    }
+}
+
+const PURPOSE: &str = "jwt";
+
+/// The signing keys of every environment, loaded or created on first use.
+pub struct Signers {
+    store: Store,
+    keyring: Arc<Keyring>,
+    clock: SharedClock,
+    cache: RwLock<HashMap<String, Arc<JwtSigner>>>,
+}
+
+impl Signers {
+    /// Signers over the store.
+    pub fn new(store: Store, keyring: Arc<Keyring>, clock: SharedClock) -> Self {
+        Self {
+            store,
+            keyring,
+            clock,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets a cached key (after key destruction).
+    pub fn invalidate(&self, env: &str) {
+        if let Ok(mut c) = self.cache.write() {
+            c.remove(env);
+        }
+    }
+
+    /// The environment's signer.
+    pub async fn for_env(&self, env: &str) -> Result<Arc<JwtSigner>, MintError> {
+        if let Some(s) = self.cache.read().ok().and_then(|c| c.get(env).cloned()) {
+            return Ok(s);
+        }
+        let key_err = |e: &dyn std::fmt::Display| MintError::Key(e.to_string());
+        let row = match self
+            .store
+            .signing_key(env, PURPOSE)
+            .await
+            .map_err(|e| key_err(&e))?
+        {
+            Some(r) => r,
+            None => {
+                let (signer, pkcs8) = JwtSigner::generate()?;
+                let (key_version, sealed) = self
+                    .keyring
+                    .seal(env, "signing_key", signer.kid(), &pkcs8)
+                    .await
+                    .map_err(|e| key_err(&e))?;
+                let row = SigningKeyRow {
+                    kid: signer.kid().to_string(),
+                    key_version,
+                    sealed,
+                    public_jwk: signer.jwk().to_string(),
+                };
+                self.store
+                    .insert_signing_key(env, PURPOSE, &row, self.clock.unix())
+                    .await
+                    .map_err(|e| key_err(&e))?;
+                // Another writer may have stored its key first: the stored one wins.
+                self.store
+                    .signing_key(env, PURPOSE)
+                    .await
+                    .map_err(|e| key_err(&e))?
+                    .ok_or_else(|| MintError::Key("signing key vanished".into()))?
+            }
+        };
+        let pkcs8 = self
+            .keyring
+            .open(env, "signing_key", &row.kid, row.key_version, &row.sealed)
+            .await
+            .map_err(|e| key_err(&e))?;
+        let signer = Arc::new(JwtSigner::from_pkcs8(&pkcs8)?);
+        if let Ok(mut c) = self.cache.write() {
+            c.insert(env.to_string(), signer.clone());
+        }
+        Ok(signer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_verifies_with_the_public_jwk() {
+        let (s, pkcs8) = JwtSigner::generate().unwrap();
+        let again = JwtSigner::from_pkcs8(&pkcs8).unwrap();
+        assert_eq!(s.kid(), again.kid());
+        let jwt = s.sign(&json!({"sub": "x"})).unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let sig = B64.decode(parts[2]).unwrap();
+        assert_eq!(sig.len(), 64, "fixed r||s");
+        let jwk = s.jwk();
+        let mut point = vec![4u8];
+        point.extend(B64.decode(jwk["x"].as_str().unwrap()).unwrap());
+        point.extend(B64.decode(jwk["y"].as_str().unwrap()).unwrap());
+        let pk = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            point,
+        );
+        let msg = format!("{}.{}", parts[0], parts[1]);
+        pk.verify(msg.as_bytes(), &sig).unwrap();
+        assert!(!format!("{s:?}").contains(&B64.encode(&pkcs8[..])));
+    }
+}

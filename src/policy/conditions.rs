@@ -1,0 +1,278 @@
+//! Claim conditions: the `[role.match]` and `[environment.require]` tables.
+//!
+//! Guarantees (SPEC §1):
+//! - a key is a claim name taken literally (dots and slashes included), unless it starts with
+//!   `/`, in which case it is an RFC 6901 JSON pointer into nested claims;
+//! - a missing claim, or a JSON `null`, never matches, whatever the operator (`not` included);
+//! - string, number and boolean claims are compared as text (`"42"`, `"true"`);
+//! - an array or object claim matches only through `in` (arrays) or a pointer to a scalar
+//!   inside it; globs, lists, `regex` and `not` never match one;
+//! - `regex` is anchored at both ends;
+//! - conditions are evaluated in the order they are written; the first failure is reported.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use super::glob::glob_match;
+
+/// How one claim is tested.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    /// A glob, or a list of globs of which any may match.
+    Globs(Vec<String>),
+    /// A regular expression anchored at both ends (`source` as written in the policy).
+    Regex {
+        /// The pattern as written.
+        source: String,
+        /// `^(?:source)$`.
+        regex: Regex,
+    },
+    /// The claim is present and matches none of these globs.
+    Not(Vec<String>),
+    /// The claim is an array with at least one scalar element matching one of these globs.
+    In(Vec<String>),
+}
+
+impl Matcher {
+    /// Parses a condition value as written in TOML (a glob, a list of globs, or a table
+    /// with exactly one operator). The error is a human sentence naming `key`.
+    pub(super) fn from_toml(key: &str, value: &toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::Array(items) => Ok(Self::Globs(glob_list(key, items)?)),
+            toml::Value::Table(table) => {
+                let mut operators = table.iter();
+                let (Some((op, arg)), None) = (operators.next(), operators.next()) else {
+                    return Err(format!(
+                        "condition `{key}`: a table needs exactly one operator \
+                         (`regex`, `not` or `in`), found {}",
+                        table.len()
+                    ));
+                };
+                match op.as_str() {
+                    "regex" => {
+                        let toml::Value::String(source) = arg else {
+                            return Err(format!("condition `{key}`: `regex` must be a string"));
+                        };
+                        let regex = Regex::new(&format!("^(?:{source})$")).map_err(|e| {
+                            format!("condition `{key}`: invalid regex: {}", regex_reason(&e))
+                        })?;
+                        Ok(Self::Regex {
+                            source: source.clone(),
+                            regex,
+                        })
+                    }
+                    "not" => match arg {
+                        toml::Value::Array(items) => Ok(Self::Not(glob_list(key, items)?)),
+                        single => Ok(Self::Not(vec![scalar_glob(key, single)?])),
+                    },
+                    "in" => match arg {
+                        toml::Value::Array(items) => Ok(Self::In(glob_list(key, items)?)),
+                        _ => Err(format!("condition `{key}`: `in` must be a list of globs")),
+                    },
+                    other => Err(format!(
+                        "condition `{key}`: unknown operator `{other}` (expected `regex`, `not` or `in`)"
+                    )),
+                }
+            }
+            scalar => Ok(Self::Globs(vec![scalar_glob(key, scalar)?])),
+        }
+    }
+
+    /// Human text of what the matcher expects. For offline tools only: the HTTP API never
+    /// shows it.
+    #[must_use]
+    pub fn expected(&self) -> String {
+        match self {
+            Self::Globs(globs) if globs.len() == 1 => quoted(&globs[0]),
+            Self::Globs(globs) => format!("one of {}", quoted_list(globs)),
+            Self::Regex { source, .. } => format!("a match for regex {}", quoted(source)),
+            Self::Not(globs) if globs.len() == 1 => format!("anything but {}", quoted(&globs[0])),
+            Self::Not(globs) => format!("none of {}", quoted_list(globs)),
+            Self::In(globs) => format!("an array containing one of {}", quoted_list(globs)),
+        }
+    }
+
+    /// Does the (present, non-null) claim value satisfy this matcher?
+    fn matches(&self, claim: &Value) -> bool {
+        match self {
+            Self::In(globs) => match claim {
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(scalar_text)
+                    .any(|text| any_glob(globs, &text)),
+                _ => false,
+            },
+            other => {
+                let Some(text) = scalar_text(claim) else {
+                    return false;
+                };
+                match other {
+                    Self::Globs(globs) => any_glob(globs, &text),
+                    Self::Regex { regex, .. } => regex.is_match(&text),
+                    Self::Not(globs) => !any_glob(globs, &text),
+                    Self::In(_) => false,
+                }
+            }
+        }
+    }
+}
+
+/// One condition: a claim key as written in the policy, and its matcher.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// The key as written (`repository`, `oidc.circleci.com/vcs-origin`, `/a/b`).
+    pub key: String,
+    /// How the claim is tested.
+    pub matcher: Matcher,
+}
+
+/// An ordered list of conditions, all of which must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    entries: Vec<Condition>,
+}
+
+impl Conditions {
+    pub(super) fn new(entries: Vec<Condition>) -> Self {
+        Self { entries }
+    }
+
+    /// True when there is no condition (everything matches).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of conditions.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The conditions in policy order.
+    pub fn iter(&self) -> impl Iterator<Item = &Condition> {
+        self.entries.iter()
+    }
+
+    /// Checks every condition in order against `claims`. On the first failure returns
+    /// `(key as written, expected text, claim was missing or null)`.
+    ///
+    /// # Errors
+    /// The first condition that does not hold.
+    pub fn evaluate(&self, claims: &Map<String, Value>) -> Result<(), (String, String, bool)> {
+        for condition in &self.entries {
+            match lookup(claims, &condition.key) {
+                None | Some(Value::Null) => {
+                    return Err((condition.key.clone(), condition.matcher.expected(), true));
+                }
+                Some(value) if !condition.matcher.matches(value) => {
+                    return Err((condition.key.clone(), condition.matcher.expected(), false));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a condition key: non-empty; a pointer (leading `/`) must use only `~0`/`~1`
+/// escapes.
+pub(super) fn validate_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("a condition key must not be empty".to_owned());
+    }
+    if key.starts_with('/') {
+        let mut chars = key.chars();
+        while let Some(c) = chars.next() {
+            if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+                return Err(format!(
+                    "condition key `{key}` is not a valid JSON pointer (`~` must be followed by 0 or 1)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds the claim a key designates: a literal top-level claim, or an RFC 6901 pointer.
+fn lookup<'c>(claims: &'c Map<String, Value>, key: &str) -> Option<&'c Value> {
+    let Some(pointer) = key.strip_prefix('/') else {
+        return claims.get(key);
+    };
+    let (first, rest) = match pointer.find('/') {
+        Some(at) => (&pointer[..at], &pointer[at..]),
+        None => (pointer, ""),
+    };
+    let first = first.replace("~1", "/").replace("~0", "~");
+    let top = claims.get(&first)?;
+    if rest.is_empty() {
+        Some(top)
+    } else {
+        top.pointer(rest)
+    }
+}
+
+/// Text of a scalar claim (string, number, boolean); `None` for null, arrays and objects.
+fn scalar_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+fn any_glob(globs: &[String], text: &str) -> bool {
+    globs.iter().any(|g| glob_match(g, text))
+}
+
+/// A glob written as a TOML string; integers and booleans are accepted as their text
+/// (`ref_protected = true` means `"true"`).
+fn scalar_glob(key: &str, value: &toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "condition `{key}`: expected a glob string, a list of globs or an operator table, found {}",
+            other.type_str()
+        )),
+    }
+}
+
+fn glob_list(key: &str, items: &[toml::Value]) -> Result<Vec<String>, String> {
+    if items.is_empty() {
+        return Err(format!("condition `{key}`: an empty list never matches"));
+    }
+    items.iter().map(|item| scalar_glob(key, item)).collect()
+}
+
+/// The meaningful line of a regex error (the crate's message spans several lines).
+fn regex_reason(error: &regex::Error) -> String {
+    let text = error.to_string();
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("error: "))
+        .map_or_else(
+            || text.split_whitespace().collect::<Vec<_>>().join(" "),
+            str::to_owned,
+        )
+}
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn quoted_list(items: &[String]) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{item:?}");
+    }
+    out.push(']');
+    out
+}

@@ -1,0 +1,500 @@
+//! SQLite implementation: one writer connection (SQLite allows one writer; queuing in the pool
+//! beats busy-waiting) and a small pool of readers.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use super::{
+    CredentialRow, DataKeyRow, LeaseFilter, LeaseRow, Result, SecretRow, SigningKeyRow, StoreError,
+    TokenGrant,
+};
+
+/// The store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+/// An open write transaction; rolled back when dropped without `commit`.
+pub struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+impl Store {
+    /// Opens (creating) the store at `url` and runs migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .ok_or_else(|| StoreError::Url(url.split("://").next().unwrap_or("").to_string()))?;
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone())
+            .await?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Store { writer, reader })
+    }
+
+    /// Checks the store answers (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE`).
+    pub async fn begin(&self) -> Result<WriteTx> {
+        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx })
+    }
+
+    // ---- data keys ----
+
+    /// Every version of an environment's data key, oldest first.
+    pub async fn data_keys(&self, env: &str) -> Result<Vec<DataKeyRow>> {
+        let rows =
+            sqlx::query("SELECT version, wrapped FROM data_keys WHERE env = $1 ORDER BY version")
+                .bind(env)
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DataKeyRow {
+                    version: r.try_get("version")?,
+                    wrapped: r.try_get("wrapped")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Inserts a data key version; false when that version already exists (another writer won).
+    pub async fn insert_data_key(
+        &self,
+        env: &str,
+        version: i64,
+        wrapped: &[u8],
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO data_keys (env, version, wrapped, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (env, version) DO NOTHING",
+        )
+        .bind(env)
+        .bind(version)
+        .bind(wrapped)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- signing keys ----
+
+    /// The environment's signing key for `purpose`.
+    pub async fn signing_key(&self, env: &str, purpose: &str) -> Result<Option<SigningKeyRow>> {
+        let row = sqlx::query(
+            "SELECT kid, key_version, sealed, public_jwk FROM signing_keys WHERE env = $1 AND purpose = $2",
+        )
+        .bind(env)
+        .bind(purpose)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(SigningKeyRow {
+                kid: r.try_get("kid")?,
+                key_version: r.try_get("key_version")?,
+                sealed: r.try_get("sealed")?,
+                public_jwk: r.try_get("public_jwk")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores a signing key unless one exists; false when another writer stored one first.
+    pub async fn insert_signing_key(
+        &self,
+        env: &str,
+        purpose: &str,
+        row: &SigningKeyRow,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO signing_keys (env, purpose, kid, key_version, sealed, public_jwk, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (env, purpose) DO NOTHING",
+        )
+        .bind(env)
+        .bind(purpose)
+        .bind(&row.kid)
+        .bind(row.key_version)
+        .bind(&row.sealed)
+        .bind(&row.public_jwk)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- broker tokens ----
+
+    /// The grant behind a broker token digest, with its lease's state.
+    pub async fn token_grant(&self, digest: &[u8]) -> Result<Option<TokenGrant>> {
+        let row = sqlx::query(
+            "SELECT c.id, c.name, c.scope, c.expires_at, l.id AS lease_id, l.env, l.role, l.subject,
+                    l.issuer, l.revoked_at
+             FROM credentials c JOIN leases l ON l.id = c.lease_id
+             WHERE c.token_hash = $1",
+        )
+        .bind(digest)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let scope: String = r.try_get("scope")?;
+        Ok(Some(TokenGrant {
+            credential_id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            lease_id: r.try_get("lease_id")?,
+            env: r.try_get("env")?,
+            role: r.try_get("role")?,
+            subject: r.try_get("subject")?,
+            issuer: r.try_get("issuer")?,
+            scope: serde_json::from_str(&scope).unwrap_or_default(),
+            expires_at: r.try_get("expires_at")?,
+            revoked_at: r.try_get("revoked_at")?,
+        }))
+    }
+
+    /// Credentials of a lease.
+    pub async fn lease_credentials(&self, lease_id: &str) -> Result<Vec<CredentialRow>> {
+        let rows = sqlx::query(
+            "SELECT id, lease_id, env, name, kind, token_hash, scope, expires_at FROM credentials
+             WHERE lease_id = $1 ORDER BY id",
+        )
+        .bind(lease_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(credential_from_row).collect()
+    }
+
+    // ---- leases ----
+
+    /// One lease.
+    pub async fn lease(&self, id: &str) -> Result<Option<LeaseRow>> {
+        let row = sqlx::query(LEASE_SELECT_BY_ID)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(lease_from_row).transpose()
+    }
+
+    /// Leases matching `f`, newest first.
+    pub async fn leases(&self, f: &LeaseFilter) -> Result<Vec<LeaseRow>> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT id, env, role, issuer, subject, policy_version, issued_at, expires_at, revoked_at,
+                    revoke_reason, key_version, sealed FROM leases l WHERE 1 = 1",
+        );
+        if let Some(env) = &f.env {
+            q.push(" AND env = ").push_bind(env.clone());
+        }
+        if let Some(role) = &f.role {
+            q.push(" AND role = ").push_bind(role.clone());
+        }
+        if let Some(now) = f.active_at {
+            q.push(" AND revoked_at IS NULL AND expires_at > ")
+                .push_bind(now);
+        }
+        if let Some(after) = &f.after {
+            q.push(" AND id < ").push_bind(after.clone());
+        }
+        for (name, value) in &f.claims {
+            q.push(
+                " AND EXISTS (SELECT 1 FROM lease_claims c WHERE c.lease_id = l.id AND c.name = ",
+            )
+            .push_bind(name.clone())
+            .push(" AND c.value = ")
+            .push_bind(value.clone())
+            .push(")");
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
+        let rows = q.build().fetch_all(&self.reader).await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    /// Marks a lease revoked; false when it was already revoked or does not exist.
+    pub async fn revoke_lease(&self, id: &str, now: i64, reason: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE leases SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Deletes a lease (used to undo a lease whose audit record could not be written).
+    pub async fn delete_lease(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    // ---- environments ----
+
+    /// The freeze reason when the environment is frozen.
+    pub async fn environment_frozen(&self, env: &str) -> Result<Option<String>> {
+        let row =
+            sqlx::query("SELECT frozen_reason FROM environments WHERE env = $1 AND frozen = 1")
+                .bind(env)
+                .fetch_optional(&self.reader)
+                .await?;
+        row.map(|r| {
+            Ok(r.try_get::<Option<String>, _>("frozen_reason")?
+                .unwrap_or_default())
+        })
+        .transpose()
+    }
+
+    // ---- secrets ----
+
+    /// Latest version of a secret.
+    pub async fn latest_secret(&self, env: &str, path: &str) -> Result<Option<SecretRow>> {
+        let row = sqlx::query(
+            "SELECT version, fields, key_version, sealed, created_at FROM secrets
+             WHERE env = $1 AND path = $2 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(env)
+        .bind(path)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(secret_from_row).transpose()
+    }
+
+    /// Every version of a secret, newest first.
+    pub async fn secret_versions(&self, env: &str, path: &str) -> Result<Vec<SecretRow>> {
+        let rows = sqlx::query(
+            "SELECT version, fields, key_version, sealed, created_at FROM secrets
+             WHERE env = $1 AND path = $2 ORDER BY version DESC",
+        )
+        .bind(env)
+        .bind(path)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(secret_from_row).collect()
+    }
+
+    /// Paths of an environment's secrets with a prefix.
+    pub async fn secret_paths(&self, env: &str, prefix: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT path FROM secrets WHERE env = $1 AND substr(path, 1, length($2)) = $2 ORDER BY path",
+        )
+        .bind(env)
+        .bind(prefix)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("path")?)).collect()
+    }
+
+    /// Deletes every version of a secret; the number of versions removed.
+    pub async fn delete_secret(&self, env: &str, path: &str) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM secrets WHERE env = $1 AND path = $2")
+            .bind(env)
+            .bind(path)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected())
+    }
+}
+
+impl WriteTx {
+    /// Records a source token as used; false when it was already used (a replay).
+    pub async fn claim_replay(
+        &mut self,
+        key: &[u8],
+        issuer: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO replay (key, issuer, seen_at, expires_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(issuer)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Inserts a lease with its indexed claims.
+    pub async fn insert_lease(&mut self, l: &LeaseRow, claims: &[(String, String)]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO leases (id, env, role, issuer, subject, policy_version, issued_at, expires_at,
+                                 key_version, sealed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&l.id)
+        .bind(&l.env)
+        .bind(&l.role)
+        .bind(&l.issuer)
+        .bind(&l.subject)
+        .bind(&l.policy_version)
+        .bind(l.issued_at)
+        .bind(l.expires_at)
+        .bind(l.key_version)
+        .bind(&l.sealed)
+        .execute(&mut *self.tx)
+        .await?;
+        for (name, value) in claims {
+            sqlx::query("INSERT INTO lease_claims (lease_id, name, value) VALUES ($1, $2, $3)")
+                .bind(&l.id)
+                .bind(name)
+                .bind(value)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts a credential row.
+    pub async fn insert_credential(&mut self, c: &CredentialRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO credentials (id, lease_id, env, name, kind, token_hash, scope, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&c.id)
+        .bind(&c.lease_id)
+        .bind(&c.env)
+        .bind(&c.name)
+        .bind(&c.kind)
+        .bind(c.token_hash.as_deref())
+        .bind(&c.scope)
+        .bind(c.expires_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Next version number of a secret.
+    pub async fn next_secret_version(&mut self, env: &str, path: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(version), 0) + 1 AS v FROM secrets WHERE env = $1 AND path = $2",
+        )
+        .bind(env)
+        .bind(path)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(row.try_get("v")?)
+    }
+
+    /// Inserts a secret version.
+    pub async fn insert_secret(&mut self, env: &str, path: &str, s: &SecretRow) -> Result<()> {
+        let fields = serde_json::to_string(&s.fields).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "INSERT INTO secrets (env, path, version, fields, key_version, sealed, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(env)
+        .bind(path)
+        .bind(s.version)
+        .bind(fields)
+        .bind(s.key_version)
+        .bind(&s.sealed)
+        .bind(s.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Makes every write of the transaction durable.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Discards every write of the transaction.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+const LEASE_SELECT_BY_ID: &str =
+    "SELECT id, env, role, issuer, subject, policy_version, issued_at, expires_at, revoked_at,
+        revoke_reason, key_version, sealed FROM leases WHERE id = $1";
+
+fn lease_from_row(r: &SqliteRow) -> Result<LeaseRow> {
+    Ok(LeaseRow {
+        id: r.try_get("id")?,
+        env: r.try_get("env")?,
+        role: r.try_get("role")?,
+        issuer: r.try_get("issuer")?,
+        subject: r.try_get("subject")?,
+        policy_version: r.try_get("policy_version")?,
+        issued_at: r.try_get("issued_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        revoke_reason: r.try_get("revoke_reason")?,
+        key_version: r.try_get("key_version")?,
+        sealed: r.try_get("sealed")?,
+    })
+}
+
+fn credential_from_row(r: &SqliteRow) -> Result<CredentialRow> {
+    Ok(CredentialRow {
+        id: r.try_get("id")?,
+        lease_id: r.try_get("lease_id")?,
+        env: r.try_get("env")?,
+        name: r.try_get("name")?,
+        kind: r.try_get("kind")?,
+        token_hash: r.try_get("token_hash")?,
+        scope: r.try_get("scope")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
+fn secret_from_row(r: &SqliteRow) -> Result<SecretRow> {
+    let fields: String = r.try_get("fields")?;
+    Ok(SecretRow {
+        version: r.try_get("version")?,
+        fields: serde_json::from_str(&fields).unwrap_or_default(),
+        key_version: r.try_get("key_version")?,
+        sealed: r.try_get("sealed")?,
+        created_at: r.try_get("created_at")?,
+    })
+}

@@ -1,0 +1,175 @@
+//! The audit log (SPEC §6): no issued value anywhere it must not be, a verifiable chain that
+//! reports the first altered, removed or reordered line, fingerprints that find a leaked
+//! value, and fail-closed exchanges when the log cannot be written.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::support::{Broker, Options, binary, logs};
+
+fn verify(config: &Path, file: &Path) -> (bool, String) {
+    let out = Command::new(binary())
+        .args(["audit", "verify", "--config"])
+        .arg(config)
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn read_all_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_file() {
+            all.extend(std::fs::read(e.path()).unwrap());
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn issued_values_never_reach_the_audit_log_the_service_log_or_the_store() {
+    let b = Broker::start().await;
+    let secret_value = format!("secret-{}", crate::support::uuid_like());
+    b.put_secret("prod", "deploy/web/api", json!({"key": secret_value}))
+        .await;
+    let source = b.github_token();
+    let (s, v) = b.exchange(&source, "prod", Some("deploy-web")).await;
+    assert_eq!(s, 200);
+    let token = v["credentials"][0]["token"].as_str().unwrap().to_string();
+    let jwt = v["credentials"][1]["token"].as_str().unwrap().to_string();
+    let (s, r) = b.get("/v1/secrets/prod/deploy/web/api", Some(&token)).await;
+    assert_eq!(
+        (s, r["data"]["key"].as_str()),
+        (200, Some(secret_value.as_str()))
+    );
+    // A replay and a denial put the source token through the error paths too.
+    assert_eq!(b.exchange(&source, "prod", Some("deploy-web")).await.0, 409);
+
+    let store_and_audit = read_all_bytes(b.dir.path());
+    let service_log = logs::text();
+    for value in [&token, &jwt, &secret_value, &source] {
+        // The JWT's signature part is its unique, secret-bearing piece.
+        let needle = value.rsplit('.').next().unwrap();
+        assert!(
+            !contains(&store_and_audit, needle),
+            "found an issued value in the data dir"
+        );
+        assert!(
+            !service_log.contains(needle),
+            "found an issued value in the service log"
+        );
+    }
+    // The audit record shows the token masked, and `audit find` matches the leaked value.
+    let issued = b
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event"] == "exchange" && r["outcome"] == "success")
+        .unwrap();
+    let masked = issued["credentials"][0]["masked"].as_str().unwrap();
+    assert_eq!(masked, format!("{}…", &token[..4]));
+    let out = Command::new(binary())
+        .args(["audit", "find", "--config"])
+        .arg(&b.config_path)
+        .args(["--value", &token])
+        .arg(b.audit_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(v["lease_id"].as_str().unwrap()), "{text}");
+    let out = Command::new(binary())
+        .args(["audit", "find", "--config"])
+        .arg(&b.config_path)
+        .args(["--value", "jpt_not-a-real-token"])
+        .arg(b.audit_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn audit_verify_passes_then_names_the_tampered_line() {
+    let b = Broker::start().await;
+    for _ in 0..3 {
+        assert_eq!(
+            b.exchange(&b.github_token(), "prod", Some("deploy-web"))
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            b.exchange("garbage", "prod", Some("deploy-web")).await.0,
+            401
+        );
+    }
+    let original = b.audit_text();
+    let lines: Vec<&str> = original.lines().collect();
+    assert_eq!(lines.len(), 6);
+    let (ok, out) = verify(&b.config_path, &b.audit_path());
+    assert!(ok, "{out}");
+    assert!(out.contains("OK") && out.contains("6 records"), "{out}");
+
+    let tampered = b.dir.path().join("tampered.log");
+    // One byte of line 3 changed.
+    let mut bytes = original.clone().into_bytes();
+    let offset = lines[0].len() + lines[1].len() + 2 + 20;
+    bytes[offset] = if bytes[offset] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&tampered, &bytes).unwrap();
+    let (ok, out) = verify(&b.config_path, &tampered);
+    assert!(!ok);
+    assert!(out.contains("line 3"), "{out}");
+    // Line 4 deleted.
+    let mut l: Vec<&str> = lines.clone();
+    l.remove(3);
+    std::fs::write(&tampered, l.join("\n") + "\n").unwrap();
+    let (ok, out) = verify(&b.config_path, &tampered);
+    assert!(!ok);
+    assert!(out.contains("line 4"), "{out}");
+    // Lines 2 and 3 swapped.
+    let mut l: Vec<&str> = lines.clone();
+    l.swap(1, 2);
+    std::fs::write(&tampered, l.join("\n") + "\n").unwrap();
+    let (ok, out) = verify(&b.config_path, &tampered);
+    assert!(!ok);
+    assert!(out.contains("line 2"), "{out}");
+}
+
+#[tokio::test]
+async fn exchange_fails_closed_when_the_audit_log_cannot_be_written() {
+    let b = Broker::start_with(Options {
+        audit_file: Some("/dev/full".into()),
+    })
+    .await;
+    let (s, v) = b
+        .exchange(&b.github_token(), "prod", Some("deploy-web"))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"], "unavailable");
+    assert!(v.get("credentials").is_none());
+    assert_eq!(b.lease_count().await, 0, "nothing stored");
+    // Reads through the admin API are refused too: nothing happens unaudited.
+    let (s, _) = b
+        .request(
+            &b.admin(jobpass::tls::AdminRole::Admin),
+            "GET",
+            "/v1/admin/leases",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, 503);
+}

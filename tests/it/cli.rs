@@ -1,0 +1,297 @@
+//! The real `jobpass` binary: the README's five-minute walk-through with `serve --dev`, and the
+//! offline tools.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::support::{binary, client_with};
+
+fn repo_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dev_mode_walk_through_from_the_readme() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo_policies(), &dir.path().join("policies"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("https://{listen}");
+    let mut server = Server(
+        Command::new(binary())
+            .current_dir(dir.path())
+            .args(["serve", "--dev", "--listen", &listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait for readiness (bounded): the dev CA exists once the server prepared its data dir.
+    let ca_path = dir.path().join(".jobpass-dev/certs/ca.pem");
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(ca) = std::fs::read_to_string(&ca_path) {
+            let c = client_with(Some(&ca), None);
+            if let Ok(r) = c.get(format!("{url}/readyz")).send().await {
+                if r.status().is_success() {
+                    ready = true;
+                    break;
+                }
+            }
+        }
+        if let Ok(Some(status)) = server.0.try_wait() {
+            panic!("server exited: {status}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "dev server became ready");
+
+    // A dev token, exchanged with the CLI.
+    let (code, token, err) = run(dir.path(), &["dev", "token", "--env", "dev"]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    let ca = ca_path.to_str().unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &[
+            "exchange", "--server", &url, "--ca", ca, "--env", "dev", "--token", &token,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["role"], "ci", "the default role");
+    let broker_token = v["credentials"][0]["token"].as_str().unwrap().to_string();
+
+    // An admin stores a secret with the dev admin certificate; the job reads it.
+    let certs = dir.path().join(".jobpass-dev/certs");
+    let cert = certs.join("admin.pem");
+    let key = certs.join("admin-key.pem");
+    let (code, _, err) = run(
+        dir.path(),
+        &[
+            "secrets",
+            "put",
+            "dev",
+            "dev/app/db",
+            "password=dev-password-123",
+            "--server",
+            &url,
+            "--ca",
+            ca,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let c = client_with(Some(&std::fs::read_to_string(&ca_path).unwrap()), None);
+    let r = c
+        .get(format!("{url}/v1/secrets/dev/dev/app/db"))
+        .bearer_auth(&broker_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["data"]["password"], "dev-password-123");
+    // The same dev token cannot be exchanged twice.
+    let (code, _, err) = run(
+        dir.path(),
+        &[
+            "exchange", "--server", &url, "--ca", ca, "--env", "dev", "--token", &token,
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("token_replayed"), "{err}");
+
+    // The service log (stdout and stderr) never shows the issued values.
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let mut logs = String::new();
+    server
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    server
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.contains("dev token"),
+        "the banner explains how to get a token: {logs}"
+    );
+    for v in [
+        &broker_token,
+        "dev-password-123",
+        token.rsplit('.').next().unwrap(),
+    ] {
+        assert!(!logs.contains(v), "issued value in the service log");
+    }
+    // And the audit chain verifies with the dev config's root key.
+    let cfg = dir.path().join("verify.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keys]\nroot_key_file = \"{}\"\n",
+            dir.path().join(".jobpass-dev/root.key").display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &[
+            "audit",
+            "verify",
+            "--config",
+            cfg.to_str().unwrap(),
+            ".jobpass-dev/audit.log",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn serve_refuses_an_unknown_config_key_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("jobpass.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\nstorre = \"sqlite://x.db\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(dir.path(), &["serve", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("storre"), "{err}");
+}
+
+#[test]
+fn serve_refuses_a_missing_or_group_readable_root_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo_policies(), &dir.path().join("policies"));
+    let cfg = dir.path().join("jobpass.toml");
+    std::fs::write(
+        &cfg,
+        "insecure_http = true\nlisten = \"127.0.0.1:0\"\n[keys]\nroot_key_file = \"root.key\"\n\
+         [[issuer]]\nurl = \"https://token.actions.githubusercontent.com\"\n\
+         [[issuer]]\nurl = \"https://gitlab.com\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(dir.path(), &["serve", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("keys generate"), "{err}");
+    let (code, _, err) = run(dir.path(), &["keys", "generate", "--out", "root.key"]);
+    assert_eq!(code, 0, "{err}");
+    let key = dir.path().join("root.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run(dir.path(), &["serve", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("group or others"), "{err}");
+}
+
+#[test]
+fn policy_check_and_test_work_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &["policy", "check", repo_policies().to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 environments"), "{out}");
+
+    let bad = dir.path().join("bad");
+    copy_dir(&repo_policies(), &bad);
+    let prod = bad.join("prod.toml");
+    let text = std::fs::read_to_string(&prod)
+        .unwrap()
+        .replace("ttl = \"15m\"", "ttl = \"15m\"\nttl_typo = \"1m\"");
+    std::fs::write(&prod, text).unwrap();
+    let (code, _, err) = run(dir.path(), &["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("prod.toml:") && err.contains("ttl_typo"),
+        "{err}"
+    );
+
+    let claims = dir.path().join("claims.json");
+    let fixture = serde_json::json!({
+        "repository": "octo-org/octo-repo", "repository_owner": "octo-org", "ref": "refs/heads/feature",
+        "event_name": "push", "environment": "prod", "runner_environment": "github-hosted",
+        "job_workflow_ref": "octo-org/octo-repo/.github/workflows/deploy.yml@refs/heads/main"
+    });
+    std::fs::write(&claims, fixture.to_string()).unwrap();
+    let p = repo_policies();
+    let args = [
+        "policy",
+        "test",
+        p.to_str().unwrap(),
+        "--env",
+        "prod",
+        "--role",
+        "deploy-web",
+        "--claims",
+        claims.to_str().unwrap(),
+    ];
+    let (code, out, _) = run(dir.path(), &args);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("deny") && out.contains("`ref`") && out.contains("guardrail"),
+        "{out}"
+    );
+    let mut fixed = fixture.clone();
+    fixed["ref"] = "refs/heads/main".into();
+    std::fs::write(&claims, fixed.to_string()).unwrap();
+    let (code, out, _) = run(dir.path(), &args);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("allow"), "{out}");
+}

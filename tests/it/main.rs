@@ -1,0 +1,18 @@
+//! Integration tests: one binary, driving the real router over HTTPS on loopback against a
+//! real OIDC issuer served by the tests, and the real `jobpass` binary for the CLI.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+mod admin;
+mod audit_log;
+mod cli;
+mod exchange;
+mod refusals;
+mod reload;
+mod secrets;
+mod support;

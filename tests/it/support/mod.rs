@@ -1,0 +1,399 @@
+//! Test harness: a real loopback OIDC issuer (discovery + JWKS over HTTP), the broker's real
+//! router over real TLS on port 0 with a generated PKI, a temporary SQLite store and audit log.
+
+#![allow(dead_code)]
+
+pub mod issuer;
+pub mod logs;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jobpass::app::App;
+use jobpass::clock::SystemClock;
+use jobpass::config::Config;
+use jobpass::crypto::RootKey;
+use jobpass::http::server::{Running, serve};
+use jobpass::store::LeaseFilter;
+use jobpass::tls::{AdminRole, DevPki, generate_pki};
+use openidconnect::reqwest;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+pub use issuer::TestIssuer;
+
+/// The audience every test environment expects.
+pub const AUDIENCE: &str = "https://jobpass.test";
+
+/// Options of a test broker.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Audit file instead of `<dir>/audit.log` (e.g. `/dev/full`).
+    pub audit_file: Option<PathBuf>,
+}
+
+/// A running broker with its issuers and files.
+pub struct Broker {
+    pub dir: tempfile::TempDir,
+    pub app: Arc<App>,
+    pub url: String,
+    pub gh: TestIssuer,
+    pub gl: TestIssuer,
+    pub pki: DevPki,
+    pub config_path: PathBuf,
+    running: Option<Running>,
+}
+
+pub fn policies(gh: &str, gl: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "prod.toml",
+            format!(
+                r#"
+[environment]
+name = "prod"
+issuers = ["{gh}"]
+audience = "{AUDIENCE}"
+max_ttl = "30m"
+
+[environment.require]
+ref = "refs/heads/main"
+
+[[role]]
+name = "deploy-web"
+ttl = "1m"
+[role.match]
+repository = "acme/web"
+event_name = ["push", "workflow_dispatch"]
+
+[[role.grant]]
+name = "api"
+kind = "token"
+secrets = ["deploy/web/*"]
+
+[[role.grant]]
+name = "deploy"
+kind = "jwt"
+audience = "https://deploy.internal"
+claims = {{ scope = "deploy:web" }}
+
+[[role]]
+name = "any-branch"
+ttl = "10m"
+[role.match]
+repository = "acme/*"
+
+[[role.grant]]
+name = "api"
+kind = "token"
+secrets = ["shared/*"]
+"#
+            ),
+        ),
+        (
+            "staging.toml",
+            format!(
+                r#"
+[environment]
+name = "staging"
+issuers = ["{gh}", "{gl}"]
+audience = "{AUDIENCE}"
+max_ttl = "20m"
+default_role = "gitlab-deploy"
+
+[environment.require]
+ref_type = "branch"
+
+[[role]]
+name = "gitlab-deploy"
+ttl = "5m"
+[role.match]
+project_path = "my-group/my-project"
+ref_path = ["refs/heads/main", "refs/heads/release/*"]
+ref_protected = "true"
+runner_id = "1"
+
+[[role.grant]]
+name = "api"
+kind = "token"
+secrets = ["staging/*"]
+"#
+            ),
+        ),
+    ]
+}
+
+/// GitHub Actions claims (shape of the fixture) allowed by prod/deploy-web.
+pub fn github_claims(iss: &str) -> Value {
+    let now = now();
+    json!({
+        "jti": uuid_like(), "sub": "repo:acme/web:ref:refs/heads/main", "environment": "prod",
+        "aud": AUDIENCE, "ref": "refs/heads/main", "sha": "15a5ebfa3fb5ddf10c4b4250e14496bec7f03a56",
+        "repository": "acme/web", "repository_owner": "acme", "repository_owner_id": "46576199",
+        "repository_id": "1104004353", "repository_visibility": "private", "actor": "octocat",
+        "actor_id": "1492007", "run_id": "19677834613", "run_number": "4", "run_attempt": "1",
+        "runner_environment": "github-hosted", "workflow": "CI",
+        "workflow_ref": "acme/web/.github/workflows/ci.yml@refs/heads/main",
+        "job_workflow_ref": "acme/web/.github/workflows/ci.yml@refs/heads/main",
+        "head_ref": "", "base_ref": "", "event_name": "push", "ref_type": "branch",
+        "ref_protected": "false", "check_run_id": "56363837828", "iss": iss,
+        "nbf": now - 300, "iat": now, "exp": now + 300
+    })
+}
+
+/// GitLab CI claims (shape of the fixture) allowed by staging/gitlab-deploy.
+pub fn gitlab_claims(iss: &str) -> Value {
+    let now = now();
+    json!({
+        "namespace_id": "72", "namespace_path": "my-group", "project_id": "20",
+        "project_path": "my-group/my-project", "user_id": "1", "user_login": "sample-user",
+        "user_email": "sample-user@example.com", "user_access_level": "owner",
+        "pipeline_id": "574", "pipeline_source": "push", "job_id": "302", "ref": "main",
+        "ref_type": "branch", "ref_path": "refs/heads/main", "ref_protected": "true",
+        "environment": "production", "environment_protected": "true",
+        "deployment_tier": "production", "environment_action": "start", "runner_id": 1,
+        "runner_environment": "self-hosted", "sha": "714a629c0b401fdce83e847fc9589983fc6f46bc",
+        "project_visibility": "private", "jti": uuid_like(), "iss": iss, "iat": now,
+        "nbf": now - 5, "exp": now + 3600,
+        "sub": "project_path:my-group/my-project:ref_type:branch:ref:main", "aud": AUDIENCE
+    })
+}
+
+pub fn now() -> i64 {
+    jobpass::clock::unix_seconds(std::time::SystemTime::now())
+}
+
+pub fn uuid_like() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn write_config(dir: &Path, gh: &TestIssuer, gl: &TestIssuer, opts: &Options) -> PathBuf {
+    let audit = opts
+        .audit_file
+        .clone()
+        .unwrap_or_else(|| dir.join("audit.log"));
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+public_url = "https://127.0.0.1:1"
+store = "sqlite://{db}"
+policies = "policies"
+leeway = "30s"
+
+[tls]
+cert = "certs/server.pem"
+key = "certs/server-key.pem"
+admin_client_ca = "certs/ca.pem"
+
+[keys]
+root_key_file = "root.key"
+
+[audit]
+file = "{audit}"
+
+[[issuer]]
+url = "{gh}"
+allow_http = true
+
+[[issuer]]
+url = "{gl}"
+allow_http = true
+"#,
+        db = dir.join("jobpass.db").display(),
+        audit = audit.display(),
+        gh = gh.issuer_url(),
+        gl = gl.issuer_url(),
+    );
+    let p = dir.join("jobpass.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+impl Broker {
+    pub async fn start() -> Broker {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> Broker {
+        logs::init();
+        let gh = TestIssuer::start().await;
+        let gl = TestIssuer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("policies");
+        std::fs::create_dir_all(&pdir).unwrap();
+        for (name, text) in policies(&gh.issuer_url(), &gl.issuer_url()) {
+            std::fs::write(pdir.join(name), text).unwrap();
+        }
+        let pki = generate_pki(&[], &SystemClock).unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::write(certs.join("ca.pem"), &pki.ca_pem).unwrap();
+        std::fs::write(certs.join("server.pem"), &pki.server_pem).unwrap();
+        std::fs::write(
+            certs.join("server-key.pem"),
+            pki.server_key_pem.expose_secret(),
+        )
+        .unwrap();
+        RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+        let config_path = write_config(dir.path(), &gh, &gl, &opts);
+        let mut broker = Broker {
+            app: Self::build_app(&config_path).await,
+            dir,
+            url: String::new(),
+            gh,
+            gl,
+            pki,
+            config_path,
+            running: None,
+        };
+        broker.listen().await;
+        broker
+    }
+
+    async fn build_app(config_path: &Path) -> Arc<App> {
+        let config = Config::load_with_env(Some(config_path), Vec::new()).unwrap();
+        App::build(config, Arc::new(SystemClock), None)
+            .await
+            .unwrap()
+    }
+
+    async fn listen(&mut self) {
+        let c = &self.app.config;
+        let tls = jobpass::tls::server_config(
+            c.tls.cert.as_ref().unwrap(),
+            c.tls.key.as_ref().unwrap(),
+            c.tls.admin_client_ca.as_deref(),
+        )
+        .unwrap();
+        let running = serve(self.app.clone(), "127.0.0.1:0".parse().unwrap(), Some(tls))
+            .await
+            .unwrap();
+        self.url = format!("https://{}", running.addr);
+        self.running = Some(running);
+    }
+
+    /// Stops the server and starts a new one on the same files (a restart).
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        self.app = Self::build_app(&self.config_path).await;
+        self.listen().await;
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        client_with(Some(&self.pki.ca_pem), None)
+    }
+
+    pub fn admin(&self, role: AdminRole) -> reqwest::Client {
+        let (cert, key) = self.pki.client(role).unwrap();
+        client_with(Some(&self.pki.ca_pem), Some((cert, key.expose_secret())))
+    }
+
+    pub async fn request(
+        &self,
+        client: &reqwest::Client,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        let method = openidconnect::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = client.request(method, format!("{}{path}", self.url));
+        if let Some(t) = bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> (u16, Value) {
+        self.request(&self.client(), "GET", path, bearer, None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request(&self.client(), "POST", path, None, Some(body.to_string()))
+            .await
+    }
+
+    pub async fn exchange(&self, token: &str, env: &str, role: Option<&str>) -> (u16, Value) {
+        let mut body = json!({"token": token, "environment": env});
+        if let Some(r) = role {
+            body["role"] = Value::String(r.into());
+        }
+        self.post("/v1/exchange", body).await
+    }
+
+    /// A fresh GitHub-shaped token for prod/deploy-web.
+    pub fn github_token(&self) -> String {
+        self.gh.sign(github_claims(&self.gh.issuer_url()))
+    }
+
+    pub async fn put_secret(&self, env: &str, path: &str, data: Value) {
+        let (s, v) = self
+            .request(
+                &self.admin(AdminRole::Admin),
+                "PUT",
+                &format!("/v1/admin/secrets/{env}/{path}"),
+                None,
+                Some(json!({"data": data}).to_string()),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    pub async fn lease_count(&self) -> usize {
+        self.app
+            .store
+            .leases(&LeaseFilter {
+                limit: 10_000,
+                ..LeaseFilter::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.app.config.audit.file.clone()
+    }
+
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(self.audit_path()).unwrap_or_default()
+    }
+
+    pub fn audit_records(&self) -> Vec<Value> {
+        self.audit_text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+}
+
+pub fn client_with(ca: Option<&str>, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let tls =
+        jobpass::tls::client_config(ca, identity.map(|i| i.0), identity.map(|i| i.1)).unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Path of the built `jobpass` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jobpass"))
+}
