@@ -14,6 +14,14 @@ pub trait Clock: Send + Sync + 'static {
     fn unix(&self) -> i64 {
         unix_seconds(self.now())
     }
+
+    /// The current time as milliseconds since the Unix epoch (0 before it).
+    fn unix_millis(&self) -> u64 {
+        self.now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
 }
 
 /// Shared handle to a clock.

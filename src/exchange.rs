@@ -272,7 +272,7 @@ impl App {
 
         let ttl = i64::try_from(role.ttl.min(env.max_ttl).as_secs()).unwrap_or(0);
         let expires_at = now + ttl;
-        let lease_id = random::time_ordered_id("lse_", u64::try_from(now).unwrap_or(0) * 1000)
+        let lease_id = random::time_ordered_id("lse_", self.clock.unix_millis())
             .map_err(|e| ApiError::unavailable("randomness", &e))?;
         let (credentials, rows) = self
             .mint_grants(role, &env.name, &lease_id, &verified, now, expires_at)
@@ -362,7 +362,7 @@ impl App {
         let mut creds = Vec::with_capacity(role.grants.len());
         let mut rows = Vec::with_capacity(role.grants.len());
         for grant in &role.grants {
-            let id = random::time_ordered_id("crd_", u64::try_from(now).unwrap_or(0) * 1000)
+            let id = random::time_ordered_id("crd_", self.clock.unix_millis())
                 .map_err(|e| ApiError::unavailable("randomness", &e))?;
             let (kind, value, token_hash, scope) = match &grant.kind {
                 GrantKind::Token { secrets } => {

@@ -34,12 +34,9 @@ impl Metrics {
         let exchanges = Family::<Labels, Counter>::default();
         let denials = Family::<Labels, Counter>::default();
         let secret_reads = Family::<Labels, Counter>::default();
-        let latency = Histogram::new(
-            [
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]
-            .into_iter(),
-        );
+        let latency = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
         registry.register("exchanges", "Token exchanges by outcome", exchanges.clone());
         registry.register(
             "denials",

@@ -75,10 +75,10 @@ pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
         let (tx, mut rx) = mpsc::channel::<&'static str>(16);
         let fs_tx = tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if !ev.kind.is_access() {
-                    let _ = fs_tx.try_send("file change");
-                }
+            if let Ok(ev) = res
+                && !ev.kind.is_access()
+            {
+                let _ = fs_tx.try_send("file change");
             }
         });
         let _watcher = match watcher {

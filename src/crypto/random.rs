@@ -15,12 +15,16 @@ pub fn bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(b)
 }
 
-/// An identifier `<prefix><12 hex digits of unix milliseconds><16 random hex digits>`: unique,
-/// and sorting by text sorts by creation time (used for lease pagination).
+static SEQUENCE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// An identifier `<prefix><12 hex: unix milliseconds><4 hex: process sequence><12 hex: random>`:
+/// unique, and sorting by text sorts by creation time (used for lease pagination; ids made in
+/// the same millisecond by one process keep their order).
 pub fn time_ordered_id(prefix: &str, unix_millis: u64) -> Result<String, CryptoError> {
-    let r = bytes::<8>()?;
+    let r = bytes::<6>()?;
+    let seq = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(format!(
-        "{prefix}{:012x}{}",
+        "{prefix}{:012x}{seq:04x}{}",
         unix_millis & 0xffff_ffff_ffff,
         hex::encode(r)
     ))

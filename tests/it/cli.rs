@@ -71,11 +71,11 @@ async fn dev_mode_walk_through_from_the_readme() {
     for _ in 0..200 {
         if let Ok(ca) = std::fs::read_to_string(&ca_path) {
             let c = client_with(Some(&ca), None);
-            if let Ok(r) = c.get(format!("{url}/readyz")).send().await {
-                if r.status().is_success() {
-                    ready = true;
-                    break;
-                }
+            if let Ok(r) = c.get(format!("{url}/readyz")).send().await
+                && r.status().is_success()
+            {
+                ready = true;
+                break;
             }
         }
         if let Ok(Some(status)) = server.0.try_wait() {

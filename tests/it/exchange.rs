@@ -105,6 +105,8 @@ async fn issuer_key_rotation_is_picked_up_without_restart() {
     assert_eq!(s, 200);
     let fetches = b.gh.jwks_fetch_count();
     b.gh.rotate();
+    // Key fetches are rate-limited (one per 30 s per issuer): let that window pass.
+    b.clock.advance(31);
     let (s, v) = b
         .exchange(&b.github_token(), "prod", Some("deploy-web"))
         .await;

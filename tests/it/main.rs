@@ -12,6 +12,7 @@ mod admin;
 mod audit_log;
 mod cli;
 mod exchange;
+mod oidc;
 mod refusals;
 mod reload;
 mod secrets;

@@ -146,6 +146,8 @@ async fn unknown_kid_is_refused_after_one_refetch() {
         200
     );
     let before = b.gh.jwks_fetch_count();
+    // Key fetches are rate-limited (one per 30 s per issuer): let that window pass.
+    b.clock.advance(31);
     let t = b.gh.token_with_unknown_kid(claims(&b));
     let (s, v) = b.exchange(&t, "prod", Some("deploy-web")).await;
     assert_eq!(

@@ -4,8 +4,12 @@
 //! craft hostile tokens (`alg: none`, HS256 keyed with the public key, foreign key, unknown
 //! `kid`).
 //!
-//! Self-contained: it depends only on tokio, axum, serde_json, base64, ring, rsa, rand and
-//! jsonwebtoken, never on the crate under test, so it can live in any test binary.
+//! [`TestIssuer::start_tls`] serves HTTPS instead, with a certificate for 127.0.0.1/localhost
+//! from a fresh CA ([`TestIssuer::ca_pem`]), to exercise `ca_file`.
+//!
+//! Self-contained: it depends only on tokio, axum, hyper-util, rustls, tokio-rustls, rcgen,
+//! serde_json, base64, ring, rsa, rand and jsonwebtoken, never on the crate under test, so it
+//! can live in any test binary.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -233,6 +237,8 @@ struct Shared {
     jwks_uri_override: Mutex<Option<String>>,
     /// When set, discovery and JWKS answer this status instead.
     failure: Mutex<Option<StatusCode>>,
+    /// When set, discovery answers `302 Found` to this location.
+    discovery_redirect: Mutex<Option<String>>,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
 }
@@ -241,6 +247,7 @@ struct Shared {
 pub struct TestIssuer {
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
+    ca_pem: Option<String>,
 }
 
 impl Drop for TestIssuer {
@@ -252,11 +259,21 @@ impl Drop for TestIssuer {
 impl TestIssuer {
     /// Starts an issuer at `http://127.0.0.1:PORT`.
     pub async fn start() -> TestIssuer {
-        Self::start_with_path("").await
+        Self::start_inner("", false).await
     }
 
     /// Starts an issuer whose URL has a path (`http://127.0.0.1:PORT/org/x`), like CircleCI.
     pub async fn start_with_path(path: &str) -> TestIssuer {
+        Self::start_inner(path, false).await
+    }
+
+    /// Starts an issuer at `https://127.0.0.1:PORT` whose certificate chains to a fresh CA
+    /// ([`ca_pem`](Self::ca_pem)), not to any public root.
+    pub async fn start_tls() -> TestIssuer {
+        Self::start_inner("", true).await
+    }
+
+    async fn start_inner(path: &str, tls: bool) -> TestIssuer {
         let path = path.trim_end_matches('/').to_owned();
         assert!(
             path.is_empty() || path.starts_with('/'),
@@ -264,7 +281,8 @@ impl TestIssuer {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let url = format!("http://{addr}{path}");
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}{path}");
         let keys = Keys {
             rsa: vec![Arc::new(RsaKey::generate("rsa-1".to_owned()))],
             ec: Arc::new(EcKey::generate("ec-1".to_owned())),
@@ -279,6 +297,7 @@ impl TestIssuer {
             discovery_issuer: Mutex::new(None),
             jwks_uri_override: Mutex::new(None),
             failure: Mutex::new(None),
+            discovery_redirect: Mutex::new(None),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
         });
@@ -291,10 +310,28 @@ impl TestIssuer {
         } else {
             Router::new().nest(&path, routes)
         };
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        TestIssuer { shared, server }
+        let (server, ca_pem) = if tls {
+            let (acceptor, ca_pem) = tls_acceptor();
+            (
+                tokio::spawn(serve_tls(listener, acceptor, app)),
+                Some(ca_pem),
+            )
+        } else {
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            (server, None)
+        };
+        TestIssuer {
+            shared,
+            server,
+            ca_pem,
+        }
+    }
+
+    /// The CA certificate (PEM) of a [`start_tls`](Self::start_tls) issuer.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.clone()
     }
 
     /// The issuer identifier (`iss`), e.g. `http://127.0.0.1:41234`.
@@ -436,6 +473,16 @@ impl TestIssuer {
         *self.shared.failure.lock().unwrap() = status;
     }
 
+    /// Makes discovery redirect (302) to `location` (`None` restores).
+    pub fn set_discovery_redirect(&self, location: Option<String>) {
+        *self.shared.discovery_redirect.lock().unwrap() = location;
+    }
+
+    /// The discovery document's URL.
+    pub fn discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.shared.url)
+    }
+
     // ---- hostile tokens -------------------------------------------------------------------
 
     /// `alg: none`, empty signature, current kid.
@@ -565,6 +612,13 @@ async fn discovery(State(shared): State<Arc<Shared>>) -> Response {
     if let Some(status) = *shared.failure.lock().unwrap() {
         return status.into_response();
     }
+    if let Some(location) = shared.discovery_redirect.lock().unwrap().clone() {
+        return (
+            StatusCode::FOUND,
+            [(axum::http::header::LOCATION, location)],
+        )
+            .into_response();
+    }
     let issuer = shared
         .discovery_issuer
         .lock()
@@ -597,4 +651,65 @@ async fn jwks(State(shared): State<Arc<Shared>>) -> Response {
     }
     let doc = jwks_document(&shared.keys.lock().unwrap());
     Json(doc).into_response()
+}
+
+/// A TLS acceptor for 127.0.0.1/localhost with a certificate from a fresh CA; returns the CA
+/// certificate as PEM.
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test issuer CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = rcgen::Issuer::new(ca_params, ca_key);
+
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        ca_cert.pem(),
+    )
+}
+
+/// Accept loop: TLS handshake per connection, then hyper serving the axum router.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+        });
+    }
 }

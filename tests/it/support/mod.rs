@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use jobpass::app::App;
-use jobpass::clock::SystemClock;
+use jobpass::clock::{Clock, SystemClock};
 use jobpass::config::Config;
 use jobpass::crypto::RootKey;
 use jobpass::http::server::{Running, serve};
@@ -24,6 +24,26 @@ pub use issuer::TestIssuer;
 
 /// The audience every test environment expects.
 pub const AUDIENCE: &str = "https://jobpass.test";
+
+/// The real time plus an offset the test moves forward (e.g. past the JWKS refetch limit).
+#[derive(Default)]
+pub struct OffsetClock {
+    offset: std::sync::atomic::AtomicU64,
+}
+
+impl OffsetClock {
+    pub fn advance(&self, secs: u64) {
+        self.offset
+            .fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> std::time::SystemTime {
+        SystemClock.now()
+            + std::time::Duration::from_secs(self.offset.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
 
 /// Options of a test broker.
 #[derive(Default, Clone)]
@@ -41,6 +61,7 @@ pub struct Broker {
     pub gl: TestIssuer,
     pub pki: DevPki,
     pub config_path: PathBuf,
+    pub clock: Arc<OffsetClock>,
     running: Option<Running>,
 }
 
@@ -236,8 +257,10 @@ impl Broker {
         .unwrap();
         RootKey::generate_file(&dir.path().join("root.key")).unwrap();
         let config_path = write_config(dir.path(), &gh, &gl, &opts);
+        let clock = Arc::new(OffsetClock::default());
         let mut broker = Broker {
-            app: Self::build_app(&config_path).await,
+            app: Self::build_app(&config_path, clock.clone()).await,
+            clock,
             dir,
             url: String::new(),
             gh,
@@ -250,11 +273,9 @@ impl Broker {
         broker
     }
 
-    async fn build_app(config_path: &Path) -> Arc<App> {
+    async fn build_app(config_path: &Path, clock: Arc<OffsetClock>) -> Arc<App> {
         let config = Config::load_with_env(Some(config_path), Vec::new()).unwrap();
-        App::build(config, Arc::new(SystemClock), None)
-            .await
-            .unwrap()
+        App::build(config, clock, None).await.unwrap()
     }
 
     async fn listen(&mut self) {
@@ -277,7 +298,7 @@ impl Broker {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
-        self.app = Self::build_app(&self.config_path).await;
+        self.app = Self::build_app(&self.config_path, self.clock.clone()).await;
         self.listen().await;
     }
 
