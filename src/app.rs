@@ -136,8 +136,8 @@ pub fn load_root_key(config: &Config) -> Result<RootKey, StartError> {
 }
 
 /// The audit key derived from a root key.
-pub fn audit_key(root: &RootKey) -> AuditKey {
-    AuditKey::from_bytes(*root.derive(Purpose::Audit))
+pub fn audit_key(root: &RootKey) -> Result<AuditKey, crate::crypto::CryptoError> {
+    Ok(AuditKey::from_bytes(*root.derive(Purpose::Audit)?))
 }
 
 /// Loads and validates the policy directory against the configuration.
@@ -157,7 +157,7 @@ impl App {
         let policies = load_policies(&config).map_err(StartError::Policy)?;
         let store = Store::open(&config.store).await?;
         let keyring = Arc::new(Keyring::new(
-            root.derive(Purpose::Wrap),
+            root.derive(Purpose::Wrap)?,
             store.clone(),
             clock.clone(),
         ));
@@ -180,17 +180,17 @@ impl App {
         }
         let audit = AuditLog::open(
             &config.audit.file,
-            audit_key(&root),
+            audit_key(&root)?,
             clock.clone(),
             config.audit.replica.clone(),
             config.audit.stdout,
         )
         .map_err(|e| StartError::Audit(e.to_string()))?;
-        let token_key_bytes: Zeroizing<[u8; 32]> = root.derive(Purpose::TokenHash);
+        let token_key_bytes: Zeroizing<[u8; 32]> = root.derive(Purpose::TokenHash)?;
         let token_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &token_key_bytes[..]);
         let public_url = config.public_url();
         Ok(Arc::new(App {
-            audit_key: audit_key(&root),
+            audit_key: audit_key(&root)?,
             config,
             clock,
             store,

@@ -32,10 +32,12 @@ pub enum Command {
     /// Examples:
     ///   jobpass serve --dev
     ///   jobpass serve --config /etc/jobpass/jobpass.toml
+    #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
     /// Exchange this job's OIDC token for credentials.
     ///
     /// Example: jobpass exchange --server https://jobpass.example.com --env prod --role deploy-web --token-file $TOKEN_FILE
+    #[command(verbatim_doc_comment)]
     Exchange(ExchangeArgs),
     /// Offline policy tools.
     #[command(subcommand)]
@@ -56,6 +58,72 @@ pub enum Command {
     Secrets(SecretsArgs),
     /// List leases (admin API).
     Leases(LeasesArgs),
+    /// Revoke every live lease matching a selector (security role).
+    ///
+    /// Examples:
+    ///   jobpass revoke --claim repository=acme/web --reason INC-42
+    ///   jobpass revoke --env prod --role deploy-web --issued-after 2026-11-22T09:00:00Z --reason INC-42
+    ///   jobpass revoke --all --reason "root key compromise drill"
+    #[command(verbatim_doc_comment)]
+    Revoke(RevokeArgs),
+    /// Freeze an environment: it mints nothing until unfrozen (security role).
+    Freeze(FreezeArgs),
+    /// Unfreeze an environment (security role).
+    Unfreeze(FreezeArgs),
+}
+
+/// `revoke`
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub conn: AdminConn,
+    /// One lease.
+    #[arg(long)]
+    pub lease_id: Option<String>,
+    /// Environment.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Role.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Issuer of the source token.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Subject of the source token.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Source claim NAME=GLOB (repeatable; `*` matches any run of characters).
+    #[arg(long = "claim")]
+    pub claims: Vec<String>,
+    /// Policy version that allowed the leases.
+    #[arg(long)]
+    pub policy_version: Option<String>,
+    /// Issued at or after (RFC 3339).
+    #[arg(long)]
+    pub issued_after: Option<String>,
+    /// Issued at or before (RFC 3339).
+    #[arg(long)]
+    pub issued_before: Option<String>,
+    /// Every live lease.
+    #[arg(long)]
+    pub all: bool,
+    /// Why (ticket, incident); required.
+    #[arg(long)]
+    pub reason: String,
+}
+
+/// `freeze` / `unfreeze`
+#[derive(Args, Debug)]
+pub struct FreezeArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub conn: AdminConn,
+    /// Environment.
+    pub env: String,
+    /// Why; required.
+    #[arg(long)]
+    pub reason: String,
 }
 
 /// `serve`
@@ -177,6 +245,36 @@ pub enum KeysCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// New data-key version for an environment (admin API).
+    Rotate {
+        /// Connection.
+        #[command(flatten)]
+        conn: AdminConn,
+        /// Environment.
+        env: String,
+    },
+    /// Re-encrypt an environment's older records under its current key version (admin API).
+    Rewrap {
+        /// Connection.
+        #[command(flatten)]
+        conn: AdminConn,
+        /// Environment.
+        env: String,
+    },
+    /// Crypto-shred an environment: destroy every key version (admin API). Irreversible.
+    Destroy {
+        /// Connection.
+        #[command(flatten)]
+        conn: AdminConn,
+        /// Environment.
+        env: String,
+        /// Why; required.
+        #[arg(long)]
+        reason: String,
+        /// Repeat the environment name to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
 }
 
 /// `certs …`
@@ -200,6 +298,7 @@ pub enum CertsCmd {
 #[derive(Subcommand, Debug)]
 pub enum DevCmd {
     /// Print a token from the dev issuer of a `serve --dev` server.
+    #[command(verbatim_doc_comment)]
     ///
     /// Example: jobpass dev token --env dev --claims '{"repository":"acme/web"}'
     Token {
@@ -343,6 +442,10 @@ pub async fn run(cli: Cli) -> i32 {
                 0
             })
             .map_err(|e| e.to_string()),
+        Command::Keys(k) => crate::client::keys(k).await,
+        Command::Revoke(a) => crate::client::revoke(a).await,
+        Command::Freeze(a) => crate::client::freeze(a, true).await,
+        Command::Unfreeze(a) => crate::client::freeze(a, false).await,
         Command::Certs(CertsCmd::Init { dir, sans, force }) => {
             crate::tls::certs_init(&dir, &sans, force, &SystemClock)
                 .map(|files| {
@@ -400,11 +503,15 @@ async fn serve(a: ServeArgs) -> Result<i32, String> {
         )
     };
     let tls = if config.insecure_http {
-        if dev.is_none() {
-            tracing::warn!(
-                "serving plain HTTP (insecure_http = true): never do this in production"
-            );
+        // Tokens and secrets cross this connection: plain HTTP only where nothing else can
+        // listen in (a loopback address, e.g. behind a TLS-terminating sidecar).
+        if !config.listen.ip().is_loopback() {
+            return Err(format!(
+                "insecure_http = true is only allowed on a loopback address, not {}",
+                config.listen
+            ));
         }
+        tracing::warn!("serving plain HTTP on loopback (insecure_http = true)");
         None
     } else {
         let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
@@ -426,6 +533,7 @@ async fn serve(a: ServeArgs) -> Result<i32, String> {
         .await
         .map_err(|e| e.to_string())?;
     crate::reload::spawn(app.clone());
+    crate::sweeper::spawn(app.clone());
     tracing::info!(addr = %running.addr, "jobpass listening");
     if let Some(dev) = &dev {
         print_dev_banner(&a.data_dir, &app.public_url, dev);
@@ -503,6 +611,18 @@ async fn exchange(a: ExchangeArgs) -> Result<i32, String> {
     if !status.is_success() {
         eprintln!("{}", crate::client::error_text(&answer));
         return Ok(1);
+    }
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+        // Mask every value before anything prints it into the job log.
+        for c in answer["credentials"].as_array().into_iter().flatten() {
+            for field in ["token", "password", "private_key_pem"] {
+                if let Some(v) = c[field].as_str() {
+                    for line in v.lines().filter(|l| !l.trim().is_empty()) {
+                        println!("::add-mask::{line}");
+                    }
+                }
+            }
+        }
     }
     match a.format {
         Format::Json => println!("{answer}"),
@@ -627,7 +747,7 @@ fn audit_cmd(c: AuditCmd) -> Result<i32, String> {
     let key_for = |cfg: &Path| -> Result<audit::AuditKey, String> {
         let cfg = Config::load(Some(cfg)).map_err(|e| e.to_string())?;
         let root = app::load_root_key(&cfg).map_err(|e| e.to_string())?;
-        Ok(app::audit_key(&root))
+        app::audit_key(&root).map_err(|e| e.to_string())
     };
     match c {
         AuditCmd::Verify { config, files } => {

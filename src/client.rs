@@ -8,7 +8,9 @@ use openidconnect::reqwest;
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use crate::cli::{AdminConn, LeasesArgs, LeasesOp, SecretsArgs, SecretsOp};
+use crate::cli::{
+    AdminConn, FreezeArgs, KeysCmd, LeasesArgs, LeasesOp, RevokeArgs, SecretsArgs, SecretsOp,
+};
 
 fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -225,4 +227,94 @@ pub async fn leases(a: LeasesArgs) -> Result<i32, String> {
     }
     let qs = serde_urlencoded::to_string(&q).map_err(|e| e.to_string())?;
     admin_call(&a.conn, Method::GET, &format!("leases?{qs}"), None).await
+}
+
+/// `jobpass revoke …`
+pub async fn revoke(a: RevokeArgs) -> Result<i32, String> {
+    let mut sel = Map::new();
+    for (k, v) in [
+        ("lease_id", a.lease_id),
+        ("environment", a.env),
+        ("role", a.role),
+        ("issuer", a.issuer),
+        ("subject", a.subject),
+        ("policy_version", a.policy_version),
+        ("issued_after", a.issued_after),
+        ("issued_before", a.issued_before),
+    ] {
+        if let Some(v) = v {
+            sel.insert(k.into(), Value::String(v));
+        }
+    }
+    if !a.claims.is_empty() {
+        let mut claims = Map::new();
+        for c in a.claims {
+            let (k, v) = c
+                .split_once('=')
+                .ok_or_else(|| "--claim is NAME=GLOB".to_string())?;
+            claims.insert(k.into(), Value::String(v.into()));
+        }
+        sel.insert("claims".into(), Value::Object(claims));
+    }
+    if a.all {
+        sel.insert("all".into(), Value::Bool(true));
+    }
+    admin_call(
+        &a.conn,
+        Method::POST,
+        "revoke",
+        Some(json!({"selector": sel, "reason": a.reason})),
+    )
+    .await
+}
+
+/// `jobpass freeze|unfreeze ENV`
+pub async fn freeze(a: FreezeArgs, frozen: bool) -> Result<i32, String> {
+    let op = if frozen { "freeze" } else { "unfreeze" };
+    admin_call(
+        &a.conn,
+        Method::POST,
+        &format!("environments/{}/{op}", enc(&a.env)),
+        Some(json!({"reason": a.reason})),
+    )
+    .await
+}
+
+/// `jobpass keys rotate|rewrap|destroy ENV`
+pub async fn keys(k: KeysCmd) -> Result<i32, String> {
+    match k {
+        KeysCmd::Generate { .. } => Err("keys generate runs offline".into()),
+        KeysCmd::Rotate { conn, env } => {
+            admin_call(
+                &conn,
+                Method::POST,
+                &format!("keys/{}/rotate", enc(&env)),
+                None,
+            )
+            .await
+        }
+        KeysCmd::Rewrap { conn, env } => {
+            admin_call(
+                &conn,
+                Method::POST,
+                &format!("keys/{}/rewrap", enc(&env)),
+                None,
+            )
+            .await
+        }
+        KeysCmd::Destroy {
+            conn,
+            env,
+            reason,
+            confirm,
+        } => {
+            admin_call(
+                &conn,
+                Method::POST,
+                &format!("keys/{}/destroy", enc(&env)),
+                Some(json!({"reason": reason, "confirm": confirm})),
+            )
+            .await
+        }
+    }
 }

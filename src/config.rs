@@ -20,7 +20,7 @@ pub enum ConfigError {
 }
 
 /// The whole server configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
@@ -59,9 +59,12 @@ pub struct Config {
     /// Targets for `postgres` grants.
     #[serde(default)]
     pub postgres: BTreeMap<String, PostgresTarget>,
-    /// Exchanges per second allowed per source subject (0 = unlimited).
-    #[serde(default = "default_rate")]
-    pub rate_limit_per_subject: u32,
+    /// How long expired leases stay listed before the sweeper deletes them.
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub lease_retention: Duration,
+    /// How often the sweeper runs.
+    #[serde(default = "default_sweep", with = "humantime_serde_compat")]
+    pub sweep_interval: Duration,
 }
 
 /// `[tls]`
@@ -112,11 +115,51 @@ impl Default for AuditConfig {
 }
 
 /// `[postgres.<name>]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresTarget {
     /// Connection URL of the administrative connection.
     pub url: String,
+}
+
+/// A connection URL with any password replaced by `***` (for Debug output and logs).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let pw = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{pw}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl std::fmt::Debug for PostgresTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresTarget")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("store", &redact_url(&self.store))
+            .field("policies", &self.policies)
+            .field("tls", &self.tls)
+            .field("keys", &self.keys)
+            .field("audit", &self.audit)
+            .field("issuer", &self.issuer)
+            .field("postgres", &self.postgres)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -137,8 +180,11 @@ fn default_max_body() -> usize {
 fn default_audit_file() -> PathBuf {
     PathBuf::from("data/audit.log")
 }
-fn default_rate() -> u32 {
-    0
+fn default_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_sweep() -> Duration {
+    Duration::from_secs(60)
 }
 
 mod humantime_serde_compat {
@@ -259,6 +305,19 @@ mod tests {
         let p = dir.join("jobpass.toml");
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn debug_output_hides_database_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/x?sslmode=verify-full"),
+            "postgres://app:***@db:5432/x?sslmode=verify-full"
+        );
+        assert_eq!(redact_url("sqlite://data/j.db"), "sqlite://data/j.db");
+        let t = PostgresTarget {
+            url: "postgres://u:pw-secret@h/db".into(),
+        };
+        assert!(!format!("{t:?}").contains("pw-secret"));
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub fn prepare(
             })
             .collect(),
         postgres: Default::default(),
-        rate_limit_per_subject: 0,
+        lease_retention: std::time::Duration::from_secs(24 * 3600),
+        sweep_interval: std::time::Duration::from_secs(60),
     };
     Ok(Dev { config, issuer })
 }

@@ -125,7 +125,7 @@ impl From<OidcError> for ApiError {
         if e.is_client_error() {
             ApiError::InvalidToken(e.to_string())
         } else {
-            ApiError::Unavailable(format!("token verification is unavailable: {e}"))
+            ApiError::unavailable("token verification", &e)
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::audit::{Actor, AuditEvent, MaskedCredential, Outcome};
 use crate::clock::rfc3339;
 use crate::crypto::{random, sha256, token_digest};
 use crate::error::ApiError;
+use crate::mint::jwt::JwtSigner;
 use crate::mint::{self, MintError};
 use crate::oidc::VerifiedToken;
 use crate::policy::{Denial, GrantKind, Role};
@@ -133,11 +134,16 @@ fn indexed_claims(t: &VerifiedToken) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Replay key: SHA-256 of issuer and jti, or of the whole token when it has no jti.
-fn replay_key(t: &VerifiedToken) -> [u8; 32] {
+/// Replay key: SHA-256 of issuer and jti; without a jti, of issuer and the signed part of the
+/// token (header and payload) — never of the signature, which an attacker can re-encode
+/// (ECDSA signatures are malleable) without invalidating it.
+fn replay_key(t: &VerifiedToken, raw: &str) -> [u8; 32] {
     match &t.jti {
-        Some(jti) => sha256(format!("{}\u{0}{jti}", t.issuer).as_bytes()),
-        None => t.token_sha256,
+        Some(jti) => sha256(format!("jti\u{0}{}\u{0}{jti}", t.issuer).as_bytes()),
+        None => {
+            let signed = raw.rsplit_once('.').map_or(raw, |(signed, _)| signed);
+            sha256(format!("signed\u{0}{}\u{0}{signed}", t.issuer).as_bytes())
+        }
     }
 }
 
@@ -215,23 +221,18 @@ impl App {
         };
         ev.actor = token_actor(&verified);
 
-        if self.store.environment_frozen(&env.name).await?.is_some() {
-            let err = ApiError::Frozen(env.name.clone());
-            self.audit_denial(ev, &err).await;
-            return Err(err);
-        }
-
         // Policy evaluation is pure; its verdict is reported after the replay check.
         let decision = env.evaluate(Some(&role_name), &verified.claims);
+        // Load or create key material before the write transaction holds the writer.
+        let mut signer = None;
         if let Ok(role) = &decision {
-            // Load or create key material before the write transaction holds the writer.
             self.keyring.prepare(&env.name).await?;
             if role
                 .grants
                 .iter()
                 .any(|g| matches!(g.kind, GrantKind::Jwt { .. }))
             {
-                self.signers.for_env(&env.name).await?;
+                signer = Some(self.signers.for_env(&env.name).await?);
             }
         }
 
@@ -240,7 +241,12 @@ impl App {
         let replay_expiry =
             verified.expires_at + i64::try_from(self.config.leeway.as_secs()).unwrap_or(0);
         if !tx
-            .claim_replay(&replay_key(&verified), &verified.issuer, now, replay_expiry)
+            .claim_replay(
+                &replay_key(&verified, req.token.expose_secret()),
+                &verified.issuer,
+                now,
+                replay_expiry,
+            )
             .await?
         {
             drop(tx);
@@ -253,6 +259,14 @@ impl App {
             self.metrics.exchange("token_replayed");
             self.audit.append(rev).await?;
             return Err(ApiError::Replayed);
+        }
+
+        // Checked inside the write transaction, so no exchange commits after a freeze has.
+        if tx.environment_frozen(&env.name).await? {
+            drop(tx);
+            let err = ApiError::Frozen(env.name.clone());
+            self.audit_denial(ev, &err).await;
+            return Err(err);
         }
 
         let role = match decision {
@@ -270,12 +284,23 @@ impl App {
             }
         };
 
-        let ttl = i64::try_from(role.ttl.min(env.max_ttl).as_secs()).unwrap_or(0);
-        let expires_at = now + ttl;
+        // No credential outlives the environment's max_ttl (nor a year, whatever a policy says).
+        let ttl = role
+            .ttl
+            .min(env.max_ttl)
+            .min(std::time::Duration::from_secs(366 * 86_400));
+        let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(0));
         let lease_id = random::time_ordered_id("lse_", self.clock.unix_millis())
             .map_err(|e| ApiError::unavailable("randomness", &e))?;
         let (credentials, rows) = self
-            .mint_grants(role, &env.name, &lease_id, &verified, now, expires_at)
+            .mint_grants(
+                role,
+                &env.name,
+                &lease_id,
+                &verified,
+                signer.as_deref(),
+                (now, expires_at),
+            )
             .await?;
 
         let masked: Vec<MaskedCredential> = credentials
@@ -356,8 +381,8 @@ impl App {
         env: &str,
         lease_id: &str,
         src: &VerifiedToken,
-        now: i64,
-        expires_at: i64,
+        signer: Option<&JwtSigner>,
+        (now, expires_at): (i64, i64),
     ) -> Result<(Vec<IssuedCredential>, Vec<CredentialRow>), ApiError> {
         let mut creds = Vec::with_capacity(role.grants.len());
         let mut rows = Vec::with_capacity(role.grants.len());
@@ -372,7 +397,9 @@ impl App {
                     ("token", t, Some(digest), scope)
                 }
                 GrantKind::Jwt { audience, claims } => {
-                    let signer = self.signers.for_env(env).await?;
+                    let signer = signer.ok_or_else(|| {
+                        ApiError::from(MintError::Key("signing key not loaded".into()))
+                    })?;
                     let mut body = claims.clone();
                     let mut src_claims = Map::new();
                     for name in ACTOR_CLAIMS {

@@ -23,5 +23,7 @@ pub mod mint;
 pub mod oidc;
 pub mod policy;
 pub mod reload;
+pub mod revoke;
 pub mod store;
+pub mod sweeper;
 pub mod tls;

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::{CryptoError, aead, random};
 use crate::clock::SharedClock;
-use crate::store::{self, Store};
+use crate::store::{self, SealedTable, Store};
 
 type DataKey = Zeroizing<[u8; 32]>;
 
@@ -104,8 +104,13 @@ impl Keyring {
 
     /// Loads (creating on first use) the environment's keys. Call before opening a write
     /// transaction: creating a key needs the store's writer.
+    /// Fails with [`CryptoError::Destroyed`] when the environment was crypto-shredded.
     pub async fn prepare(&self, env: &str) -> Result<(), CryptoError> {
-        self.load(env).await.map(|_| ())
+        let ek = self.load(env).await?;
+        match ek.keys.get(&ek.current) {
+            Some(Some(_)) => Ok(()),
+            _ => Err(CryptoError::Destroyed(env.to_string())),
+        }
     }
 
     /// Seals `plaintext` for the record `table/id` of `env` with the current key version.
@@ -155,6 +160,105 @@ impl Keyring {
         aead::open(key, blob, &store::aad(table, env, id, version)).map_err(|_| CryptoError::Open {
             env: env.to_string(),
         })
+    }
+}
+
+/// What a rewrap did.
+#[derive(Debug, Clone, Copy)]
+pub struct Rewrapped {
+    /// Records re-encrypted under the current version.
+    pub records: u64,
+    /// The current version.
+    pub version: i64,
+}
+
+impl Keyring {
+    /// The environment's current data-key version.
+    pub async fn current_version(&self, env: &str) -> Result<i64, CryptoError> {
+        Ok(self.load(env).await?.current)
+    }
+
+    /// Creates a new data-key version for `env`; new records are sealed under it, older
+    /// versions still open older records. Two concurrent rotations cannot create two keys of
+    /// one version (primary key); the loser retries once.
+    pub async fn rotate(&self, env: &str) -> Result<i64, CryptoError> {
+        for _ in 0..2 {
+            self.invalidate(env);
+            let current = self.load(env).await?.current;
+            let next = current + 1;
+            let key = Zeroizing::new(random::bytes::<32>()?);
+            let wrapped = aead::seal(&self.wrap, &key[..], &wrap_aad(env, next))
+                .map_err(|_| CryptoError::Random)?;
+            let inserted = self
+                .store
+                .insert_data_key(env, next, &wrapped, self.clock.unix())
+                .await
+                .map_err(store_err)?;
+            self.invalidate(env);
+            if inserted {
+                return Ok(next);
+            }
+        }
+        Err(CryptoError::Store("concurrent key rotation; retry".into()))
+    }
+
+    /// Re-encrypts every record of `env` sealed under an older version with the current one.
+    pub async fn rewrap(&self, env: &str) -> Result<Rewrapped, CryptoError> {
+        self.invalidate(env);
+        let version = self.load(env).await?.current;
+        let mut records = 0;
+        for table in SealedTable::ALL {
+            loop {
+                let batch = self
+                    .store
+                    .sealed_below(table, env, version, 500)
+                    .await
+                    .map_err(store_err)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for rec in &batch {
+                    let plain = self
+                        .open(env, table.name(), &rec.id, rec.key_version, &rec.sealed)
+                        .await?;
+                    let blob = {
+                        let ek = self.load(env).await?;
+                        let key = ek
+                            .keys
+                            .get(&version)
+                            .and_then(Option::as_ref)
+                            .ok_or_else(|| CryptoError::Destroyed(env.to_string()))?;
+                        aead::seal(
+                            key,
+                            &plain,
+                            &store::aad(table.name(), env, &rec.id, version),
+                        )
+                        .map_err(|_| CryptoError::Random)?
+                    };
+                    if self
+                        .store
+                        .reseal(table, env, rec, version, &blob)
+                        .await
+                        .map_err(store_err)?
+                    {
+                        records += 1;
+                    }
+                }
+            }
+        }
+        Ok(Rewrapped { records, version })
+    }
+
+    /// Crypto-shredding: every data-key version of `env` is forgotten, so its sealed records
+    /// can never be decrypted again. Other environments are untouched.
+    pub async fn destroy(&self, env: &str) -> Result<u64, CryptoError> {
+        let n = self
+            .store
+            .destroy_keys(env, self.clock.unix())
+            .await
+            .map_err(store_err)?;
+        self.invalidate(env);
+        Ok(n)
     }
 }
 

@@ -120,16 +120,15 @@ impl RootKey {
     }
 
     /// A 32-byte key for `purpose`, derived with HKDF-SHA256.
-    pub fn derive(&self, purpose: Purpose) -> Zeroizing<[u8; 32]> {
+    pub fn derive(&self, purpose: Purpose) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"jobpass root key");
         let prk = salt.extract(&self.0[..]);
         let mut out = Zeroizing::new([0u8; 32]);
         let info = [purpose.label()];
-        // Expanding 32 bytes from SHA-256 cannot exceed HKDF's 255*32 limit.
-        if let Ok(okm) = prk.expand(&info, Len32) {
-            let _ = okm.fill(&mut out[..]);
-        }
-        out
+        prk.expand(&info, Len32)
+            .and_then(|okm| okm.fill(&mut out[..]))
+            .map_err(|_| CryptoError::RootKey("key derivation failed".into()))?;
+        Ok(out)
     }
 }
 
@@ -164,11 +163,19 @@ mod tests {
     #[test]
     fn purposes_derive_distinct_keys() {
         let k = RootKey::from_bytes([1u8; 32]);
-        assert_ne!(*k.derive(Purpose::Audit), *k.derive(Purpose::Wrap));
-        assert_ne!(*k.derive(Purpose::Audit), *k.derive(Purpose::TokenHash));
+        assert_ne!(
+            *k.derive(Purpose::Audit).unwrap(),
+            *k.derive(Purpose::Wrap).unwrap()
+        );
+        assert_ne!(
+            *k.derive(Purpose::Audit).unwrap(),
+            *k.derive(Purpose::TokenHash).unwrap()
+        );
         assert_eq!(
-            *k.derive(Purpose::Audit),
-            *RootKey::from_bytes([1u8; 32]).derive(Purpose::Audit)
+            *k.derive(Purpose::Audit).unwrap(),
+            *RootKey::from_bytes([1u8; 32])
+                .derive(Purpose::Audit)
+                .unwrap()
         );
     }
 }

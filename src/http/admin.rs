@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -17,7 +17,8 @@ use crate::app::App;
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
-use crate::store::{LeaseFilter, SecretRow};
+use crate::revoke::selector_json;
+use crate::store::{LeaseFilter, SecretRow, Selector};
 use crate::tls::{AdminIdentity, AdminRole};
 
 /// Admin routes (nested under `/v1/admin`).
@@ -29,6 +30,12 @@ pub fn router() -> Router<Arc<App>> {
             get(get_secret).put(put_secret).delete(delete_secret),
         )
         .route("/leases", get(list_leases))
+        .route("/revoke", post(revoke))
+        .route("/environments/{env}/freeze", post(freeze))
+        .route("/environments/{env}/unfreeze", post(unfreeze))
+        .route("/keys/{env}/rotate", post(keys_rotate))
+        .route("/keys/{env}/rewrap", post(keys_rewrap))
+        .route("/keys/{env}/destroy", post(keys_destroy))
 }
 
 fn actor(id: &AdminIdentity) -> Actor {
@@ -93,7 +100,7 @@ fn check_env(app: &App, env: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_path(path: &str) -> Result<(), ApiError> {
+pub(crate) fn check_path(path: &str) -> Result<(), ApiError> {
     let ok = !path.is_empty()
         && path.len() <= 512
         && !path.starts_with('/')
@@ -248,11 +255,14 @@ async fn delete_secret(
     ev.event = "secret_delete".into();
     ev.details
         .insert("path".into(), Value::String(path.clone()));
-    app.audit.append(ev).await?;
-    let n = app.store.delete_secret(&env, &path).await?;
+    let mut tx = app.store.begin().await?;
+    let n = tx.delete_secret(&env, &path).await?;
     if n == 0 {
         return Err(ApiError::NotFound(format!("no secret at `{path}`")));
     }
+    ev.details.insert("versions".into(), json!(n));
+    app.audit.append(ev).await?;
+    tx.commit().await?;
     Ok(Json(json!({"path": path, "deleted_versions": n})))
 }
 
@@ -261,6 +271,14 @@ async fn list_leases(
     Extension(conn): Extension<ConnInfo>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
+    let (_, mut ev) = guard(
+        &app,
+        &conn,
+        &[AdminRole::Admin, AdminRole::Security, AdminRole::Auditor],
+        "leases.list",
+        None,
+    )
+    .await?;
     let params: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
     let mut f = LeaseFilter {
@@ -298,14 +316,7 @@ async fn list_leases(
             },
         }
     }
-    let (_, mut ev) = guard(
-        &app,
-        &conn,
-        &[AdminRole::Admin, AdminRole::Security, AdminRole::Auditor],
-        "leases.list",
-        f.env.as_deref(),
-    )
-    .await?;
+    ev.environment = f.env.clone();
     let rows = app.store.leases(&f).await?;
     let now = app.clock.unix();
     let mut out = Vec::with_capacity(rows.len());
@@ -343,4 +354,219 @@ async fn list_leases(
         None
     };
     Ok(Json(json!({"leases": out, "next_after": next})))
+}
+
+fn parse_time(field: &str, v: Option<String>) -> Result<Option<i64>, ApiError> {
+    v.map(|t| {
+        humantime::parse_rfc3339_weak(&t)
+            .map(crate::clock::unix_seconds)
+            .map_err(|_| ApiError::InvalidRequest(format!("`{field}` must be an RFC 3339 time")))
+    })
+    .transpose()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SelectorBody {
+    lease_id: Option<String>,
+    environment: Option<String>,
+    role: Option<String>,
+    issuer: Option<String>,
+    subject: Option<String>,
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, String>,
+    policy_version: Option<String>,
+    issued_after: Option<String>,
+    issued_before: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    selector: SelectorBody,
+    reason: Option<String>,
+}
+
+fn required_reason(reason: Option<String>) -> Result<String, ApiError> {
+    reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::InvalidRequest("a non-empty `reason` is required".into()))
+}
+
+async fn revoke(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    JsonBody(body): JsonBody<RevokeBody>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, mut ev) = guard(
+        &app,
+        &conn,
+        &[AdminRole::Security],
+        "revoke",
+        body.selector.environment.as_deref(),
+    )
+    .await?;
+    let b = body.selector;
+    let sel = Selector {
+        lease_id: b.lease_id,
+        env: b.environment,
+        role: b.role,
+        issuer: b.issuer,
+        subject: b.subject,
+        claims: b.claims.into_iter().collect(),
+        policy_version: b.policy_version,
+        issued_after: parse_time("issued_after", b.issued_after)?,
+        issued_before: parse_time("issued_before", b.issued_before)?,
+        all: b.all,
+    };
+    let checked = required_reason(body.reason).and_then(|r| {
+        if sel.is_empty() && !sel.all {
+            Err(ApiError::InvalidRequest(
+                "an empty selector is refused; use {\"all\": true} to revoke everything".into(),
+            ))
+        } else if sel.all && !sel.is_empty() {
+            Err(ApiError::InvalidRequest(
+                "`all` cannot be combined with other selector keys".into(),
+            ))
+        } else {
+            Ok(r)
+        }
+    });
+    let reason = match checked {
+        Ok(r) => r,
+        Err(e) => {
+            ev.outcome = Outcome::Denied;
+            ev.event = "revoke".into();
+            ev.reason = Some(e.to_string());
+            ev.details.insert("selector".into(), selector_json(&sel));
+            app.audit.append(ev).await?;
+            return Err(e);
+        }
+    };
+    let done = app.revoke(&sel, &reason, ev.actor.clone()).await?;
+    Ok(Json(
+        json!({"revoked": done.lease_ids.len(), "lease_ids": done.lease_ids, "audited": done.audited}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+async fn set_frozen(
+    app: &App,
+    conn: &ConnInfo,
+    env: &str,
+    frozen: bool,
+    body: ReasonBody,
+) -> Result<Json<Value>, ApiError> {
+    let call = if frozen { "freeze" } else { "unfreeze" };
+    let (id, mut ev) = guard(app, conn, &[AdminRole::Security], call, Some(env)).await?;
+    check_env(app, env)?;
+    let reason = required_reason(body.reason)?;
+    ev.event = call.into();
+    ev.reason = Some(reason.clone());
+    // Audit first: a freeze is a security decision that must be on record.
+    app.audit.append(ev).await?;
+    app.store
+        .set_frozen(env, frozen, &reason, &id.common_name, app.clock.unix())
+        .await?;
+    Ok(Json(
+        json!({"environment": env, "frozen": frozen, "reason": reason}),
+    ))
+}
+
+async fn freeze(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(env): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> Result<Json<Value>, ApiError> {
+    set_frozen(&app, &conn, &env, true, body).await
+}
+
+async fn unfreeze(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(env): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> Result<Json<Value>, ApiError> {
+    set_frozen(&app, &conn, &env, false, body).await
+}
+
+async fn keys_rotate(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(env): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, mut ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.rotate", Some(&env)).await?;
+    check_env(&app, &env)?;
+    let version = app.keyring.rotate(&env).await?;
+    ev.event = "key_rotate".into();
+    ev.details.insert("version".into(), json!(version));
+    app.audit.append(ev).await?;
+    Ok(Json(json!({"environment": env, "version": version})))
+}
+
+async fn keys_rewrap(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(env): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, mut ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.rewrap", Some(&env)).await?;
+    check_env(&app, &env)?;
+    let done = app.keyring.rewrap(&env).await?;
+    ev.event = "key_rewrap".into();
+    ev.details.insert("version".into(), json!(done.version));
+    ev.details.insert("records".into(), json!(done.records));
+    app.audit.append(ev).await?;
+    Ok(Json(
+        json!({"environment": env, "version": done.version, "rewrapped": done.records}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestroyBody {
+    reason: Option<String>,
+    confirm: Option<String>,
+}
+
+async fn keys_destroy(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    Path(env): Path<String>,
+    JsonBody(body): JsonBody<DestroyBody>,
+) -> Result<Json<Value>, ApiError> {
+    let (id, mut ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.destroy", Some(&env)).await?;
+    check_env(&app, &env)?;
+    let reason = required_reason(body.reason)?;
+    if body.confirm.as_deref() != Some(env.as_str()) {
+        return Err(ApiError::InvalidRequest(format!(
+            "crypto-shredding is irreversible: repeat the environment name as \"confirm\": \"{env}\""
+        )));
+    }
+    // Every lease of the environment dies with its keys.
+    let sel = Selector {
+        env: Some(env.clone()),
+        ..Selector::default()
+    };
+    let revoked = app.revoke(&sel, &reason, actor(&id)).await?;
+    let versions = app.keyring.destroy(&env).await?;
+    app.signers.invalidate(&env);
+    ev.event = "key_destroy".into();
+    ev.reason = Some(reason);
+    ev.details
+        .insert("versions_destroyed".into(), json!(versions));
+    ev.details
+        .insert("leases_revoked".into(), json!(revoked.lease_ids.len()));
+    app.audit.append(ev).await?;
+    Ok(Json(
+        json!({"environment": env, "versions_destroyed": versions, "revoked": revoked.lease_ids.len()}),
+    ))
 }

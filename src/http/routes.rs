@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,7 +19,7 @@ use crate::crypto::token_digest;
 use crate::error::ApiError;
 use crate::exchange::ExchangeRequest;
 use crate::policy::glob_match;
-use crate::store::TokenGrant;
+use crate::store::{Selector, TokenGrant};
 
 /// The whole router (public, admin and, in dev mode, the dev issuer).
 pub fn router(app: Arc<App>) -> Router {
@@ -36,6 +36,9 @@ pub fn router(app: Arc<App>) -> Router {
             get(env_discovery),
         )
         .route("/v1/envs/{env}/jwks.json", get(env_jwks))
+        .route("/v1/envs/{env}/revoked", get(env_revoked))
+        .route("/v1/oauth/revoke", post(oauth_revoke))
+        .route("/v1/oauth/introspect", post(oauth_introspect))
         .nest("/v1/admin", super::admin::router());
     if app.dev.is_some() {
         r = r
@@ -91,14 +94,29 @@ async fn exchange(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<ExchangeBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let issued = app
-        .exchange(ExchangeRequest {
+    let issued = run_exchange(
+        &app,
+        ExchangeRequest {
             token: body.token,
             environment: body.environment,
             role: body.role,
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(Json(issued.to_json()))
+}
+
+/// Runs an exchange in its own task: if the client goes away or the request times out, the
+/// exchange still finishes (audit record and commit, or rollback and abort record) instead of
+/// being cut between the two.
+async fn run_exchange(
+    app: &Arc<App>,
+    req: ExchangeRequest,
+) -> Result<crate::exchange::Issued, ApiError> {
+    let app = app.clone();
+    tokio::spawn(async move { app.exchange(req).await })
+        .await
+        .map_err(|e| ApiError::unavailable("the exchange task", &e))?
 }
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -133,13 +151,15 @@ async fn oauth_token(
     }
     let env = form_get(&form, "audience")
         .ok_or_else(|| ApiError::InvalidRequest("audience (the environment) is required".into()))?;
-    let issued = app
-        .exchange(ExchangeRequest {
+    let issued = run_exchange(
+        &app,
+        ExchangeRequest {
             token: SecretString::from(token.to_string()),
             environment: env.to_string(),
             role: form_get(&form, "scope").map(str::to_string),
-        })
-        .await?;
+        },
+    )
+    .await?;
     let now = app.clock.unix();
     let cred = issued
         .credentials
@@ -244,6 +264,7 @@ async fn read_secret_inner(
     ));
     let grant = app.live_token_grant(&token).await?;
     ev.actor = grant_actor(&grant);
+    super::admin::check_path(path)?;
     ev.role = Some(grant.role.clone());
     ev.lease_id = Some(grant.lease_id.clone());
     if grant.env != env || !grant.scope.iter().any(|g| glob_match(g, path)) {
@@ -287,19 +308,148 @@ async fn revoke_self(
         ApiError::InvalidToken("a broker token is required (Authorization: Bearer)".into())
     })?;
     let grant = app.live_token_grant(&token).await?;
-    let now = app.clock.unix();
-    let mut ev = AuditEvent::new("revoke", Outcome::Success);
-    ev.actor = grant_actor(&grant);
-    ev.environment = Some(grant.env.clone());
-    ev.role = Some(grant.role.clone());
-    ev.lease_id = Some(grant.lease_id.clone());
-    ev.reason = Some("revoked by its own job (revoke/self)".into());
-    // Audit first: a revocation is safe to record even if the store then fails.
-    app.audit.append(ev).await?;
-    app.store
-        .revoke_lease(&grant.lease_id, now, "revoke/self")
+    let sel = Selector {
+        lease_id: Some(grant.lease_id.clone()),
+        ..Selector::default()
+    };
+    let done = app
+        .revoke(
+            &sel,
+            "revoked by its own job (revoke/self)",
+            grant_actor(&grant),
+        )
         .await?;
-    Ok(Json(json!({"revoked": 1, "lease_ids": [grant.lease_id]})))
+    Ok(Json(
+        json!({"revoked": done.lease_ids.len(), "lease_ids": done.lease_ids}),
+    ))
+}
+
+/// A credential presented to the OAuth endpoints, resolved to its lease.
+struct Presented {
+    lease_id: String,
+    active: bool,
+    body: Value,
+}
+
+impl App {
+    /// Resolves a broker token or a JWT minted here; None when it is neither.
+    async fn resolve_credential(&self, token: &str) -> Result<Option<Presented>, ApiError> {
+        let now = self.clock.unix();
+        if token.starts_with(crate::mint::token::PREFIX) {
+            let digest = token_digest(&self.token_key, token);
+            let Some(g) = self.store.token_grant(&digest).await? else {
+                return Ok(None);
+            };
+            let active = g.revoked_at.is_none() && g.expires_at > now;
+            return Ok(Some(Presented {
+                lease_id: g.lease_id.clone(),
+                active,
+                body: json!({"active": active, "token_type": "Bearer", "exp": g.expires_at,
+                    "sub": g.subject, "scope": g.role, "jti": g.credential_id, "env": g.env,
+                    "role": g.role, "lease_id": g.lease_id}),
+            }));
+        }
+        let Some(env) = crate::mint::jwt::unverified_claims(token)
+            .and_then(|c| c["env"].as_str().map(str::to_string))
+        else {
+            return Ok(None);
+        };
+        if self.policies.load().environment(&env).is_none() {
+            return Ok(None);
+        }
+        let signer = self.signers.for_env(&env).await?;
+        let Some(claims) = signer.verify(token) else {
+            return Ok(None);
+        };
+        let Some(jti) = claims["jti"].as_str() else {
+            return Ok(None);
+        };
+        let Some(state) = self.store.credential_state(jti).await? else {
+            return Ok(None);
+        };
+        let active = state.revoked_at.is_none() && state.credential.expires_at > now;
+        let scope = claims["scope"]
+            .as_str()
+            .map_or_else(|| state.role.clone(), str::to_string);
+        Ok(Some(Presented {
+            lease_id: state.credential.lease_id.clone(),
+            active,
+            body: json!({"active": active, "token_type": "JWT", "exp": state.credential.expires_at,
+                "sub": state.subject, "scope": scope, "jti": jti, "aud": claims["aud"],
+                "iss": claims["iss"], "env": env, "role": state.role,
+                "lease_id": state.credential.lease_id}),
+        }))
+    }
+}
+
+/// RFC 7662 introspection. The caller authenticates with a live broker token or an admin
+/// client certificate.
+async fn oauth_introspect(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<super::ConnInfo>,
+    headers: HeaderMap,
+    FormBody(form): FormBody,
+) -> Result<Json<Value>, ApiError> {
+    if conn.admin.is_none() {
+        let caller = bearer(&headers).ok_or_else(|| {
+            ApiError::InvalidToken(
+                "introspection needs a live broker token or an admin certificate".into(),
+            )
+        })?;
+        app.live_token_grant(&caller).await?;
+    }
+    let token = form_get(&form, "token")
+        .ok_or_else(|| ApiError::InvalidRequest("form field `token` is required".into()))?;
+    Ok(Json(match app.resolve_credential(token).await? {
+        Some(p) if p.active => p.body,
+        _ => json!({"active": false}),
+    }))
+}
+
+/// RFC 7009 revocation: possession of the credential is the authority to end its lease. Unknown
+/// tokens are answered 200 too, as the RFC requires.
+async fn oauth_revoke(
+    State(app): State<Arc<App>>,
+    FormBody(form): FormBody,
+) -> Result<Json<Value>, ApiError> {
+    let token = form_get(&form, "token")
+        .ok_or_else(|| ApiError::InvalidRequest("form field `token` is required".into()))?;
+    if let Some(p) = app.resolve_credential(token).await?
+        && p.active
+    {
+        let actor = Actor {
+            kind: "token".into(),
+            subject: p.body["sub"].as_str().map(str::to_string),
+            ..Actor::default()
+        };
+        let sel = Selector {
+            lease_id: Some(p.lease_id),
+            ..Selector::default()
+        };
+        app.revoke(&sel, "revoked by its holder (RFC 7009)", actor)
+            .await?;
+    }
+    Ok(Json(json!({})))
+}
+
+/// Unexpired JWT ids of revoked leases, for services that verify JWTs offline.
+async fn env_revoked(
+    State(app): State<Arc<App>>,
+    Path(env): Path<String>,
+) -> Result<Response, ApiError> {
+    if app.policies.load().environment(&env).is_none() {
+        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
+    }
+    let list = app.store.revoked_jwts(&env, app.clock.unix()).await?;
+    let entries: Vec<Value> = list
+        .iter()
+        .map(|(jti, exp)| json!({"jti": jti, "exp": exp}))
+        .collect();
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({"environment": env, "revoked": entries})),
+    )
+        .into_response())
 }
 
 async fn env_discovery(

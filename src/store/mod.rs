@@ -165,6 +165,115 @@ pub struct LeaseFilter {
     pub after: Option<String>,
 }
 
+/// Which leases a revocation hits (SPEC §4). Every present field must match (AND).
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    /// One lease.
+    pub lease_id: Option<String>,
+    /// Environment.
+    pub env: Option<String>,
+    /// Role.
+    pub role: Option<String>,
+    /// Issuer of the source token.
+    pub issuer: Option<String>,
+    /// Subject of the source token.
+    pub subject: Option<String>,
+    /// Source claims: name → glob (`*` matches any run of characters).
+    pub claims: Vec<(String, String)>,
+    /// Policy version that allowed the lease.
+    pub policy_version: Option<String>,
+    /// Issued at or after (unix seconds).
+    pub issued_after: Option<i64>,
+    /// Issued at or before (unix seconds).
+    pub issued_before: Option<i64>,
+    /// Every live lease.
+    pub all: bool,
+}
+
+impl Selector {
+    /// True when nothing would restrict the revocation (refused unless `all`).
+    pub fn is_empty(&self) -> bool {
+        self.lease_id.is_none()
+            && self.env.is_none()
+            && self.role.is_none()
+            && self.issuer.is_none()
+            && self.subject.is_none()
+            && self.claims.is_empty()
+            && self.policy_version.is_none()
+            && self.issued_after.is_none()
+            && self.issued_before.is_none()
+    }
+}
+
+/// A glob (`*` = any run) as a SQL `LIKE` pattern with `\` as the escape character.
+pub fn glob_to_like(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A minted credential found by id (JWT introspection), with its lease's state.
+#[derive(Debug, Clone)]
+pub struct CredentialState {
+    /// The credential.
+    pub credential: CredentialRow,
+    /// Role of the lease.
+    pub role: String,
+    /// Subject of the lease.
+    pub subject: String,
+    /// Unix seconds, when the lease was revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// Tables holding sealed records (for rewrap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedTable {
+    /// Lease details.
+    Leases,
+    /// Secret versions.
+    Secrets,
+    /// Signing keys.
+    SigningKeys,
+}
+
+impl SealedTable {
+    /// Every sealed table.
+    pub const ALL: [SealedTable; 3] = [
+        SealedTable::Leases,
+        SealedTable::Secrets,
+        SealedTable::SigningKeys,
+    ];
+
+    /// The table name (also the associated-data label).
+    pub fn name(self) -> &'static str {
+        match self {
+            SealedTable::Leases => "leases",
+            SealedTable::Secrets => "secrets",
+            SealedTable::SigningKeys => "signing_key",
+        }
+    }
+}
+
+/// A sealed record to re-encrypt.
+#[derive(Debug, Clone)]
+pub struct SealedRecord {
+    /// Record identity used as associated data (also finds the row again).
+    pub id: String,
+    /// Data key version of `sealed`.
+    pub key_version: i64,
+    /// Ciphertext.
+    pub sealed: Vec<u8>,
+}
+
 /// Identity of a sealed record, bound as associated data.
 pub fn aad(table: &str, env: &str, id: &str, key_version: i64) -> Vec<u8> {
     format!("jobpass/v1/{table}/{env}/{id}/{key_version}").into_bytes()

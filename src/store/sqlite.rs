@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
-    CredentialRow, DataKeyRow, LeaseFilter, LeaseRow, Result, SecretRow, SigningKeyRow, StoreError,
-    TokenGrant,
+    CredentialRow, CredentialState, DataKeyRow, LeaseFilter, LeaseRow, Result, SealedRecord,
+    SealedTable, SecretRow, Selector, SigningKeyRow, StoreError, TokenGrant, glob_to_like,
 };
 
 /// The store.
@@ -48,7 +48,9 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Claim selectors are globs turned into LIKE patterns: they must be case-sensitive.
+            .pragma("case_sensitive_like", "ON");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -250,43 +252,234 @@ impl Store {
         rows.iter().map(lease_from_row).collect()
     }
 
-    /// Marks a lease revoked; false when it was already revoked or does not exist.
-    pub async fn revoke_lease(&self, id: &str, now: i64, reason: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE leases SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+    /// Revokes every live lease (not revoked, not expired at `now`) the selector matches, in one
+    /// transaction; returns the ids revoked now (already revoked ones are not counted again).
+    pub async fn revoke(&self, sel: &Selector, now: i64, reason: &str) -> Result<Vec<String>> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE leases SET revoked_at = ");
+        q.push_bind(now)
+            .push(", revoke_reason = ")
+            .push_bind(reason.to_string())
+            .push(" WHERE revoked_at IS NULL AND expires_at > ")
+            .push_bind(now);
+        for (col, v) in [
+            ("id", &sel.lease_id),
+            ("env", &sel.env),
+            ("role", &sel.role),
+            ("issuer", &sel.issuer),
+            ("subject", &sel.subject),
+            ("policy_version", &sel.policy_version),
+        ] {
+            if let Some(v) = v {
+                q.push(" AND ").push(col).push(" = ").push_bind(v.clone());
+            }
+        }
+        if let Some(t) = sel.issued_after {
+            q.push(" AND issued_at >= ").push_bind(t);
+        }
+        if let Some(t) = sel.issued_before {
+            q.push(" AND issued_at <= ").push_bind(t);
+        }
+        for (name, glob) in &sel.claims {
+            q.push(" AND id IN (SELECT lease_id FROM lease_claims WHERE name = ")
+                .push_bind(name.clone())
+                .push(" AND value LIKE ")
+                .push_bind(glob_to_like(glob))
+                .push(" ESCAPE '\\')");
+        }
+        q.push(" RETURNING id");
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = q.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<std::result::Result<_, _>>()?;
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(ids)
+    }
+
+    /// Ids and expiry of an environment's JWT credentials whose lease is revoked and which
+    /// have not expired yet.
+    pub async fn revoked_jwts(&self, env: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.expires_at FROM credentials c JOIN leases l ON l.id = c.lease_id
+             WHERE c.env = $1 AND c.kind = 'jwt' AND l.revoked_at IS NOT NULL AND c.expires_at > $2
+             ORDER BY c.id",
+        )
+        .bind(env)
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("expires_at")?)))
+            .collect()
+    }
+
+    /// A credential by id with its lease's state.
+    pub async fn credential_state(&self, id: &str) -> Result<Option<CredentialState>> {
+        let row = sqlx::query(
+            "SELECT c.id, c.lease_id, c.env, c.name, c.kind, c.token_hash, c.scope, c.expires_at,
+                    l.role, l.subject, l.revoked_at
+             FROM credentials c JOIN leases l ON l.id = c.lease_id WHERE c.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(CredentialState {
+                credential: credential_from_row(&r)?,
+                role: r.try_get("role")?,
+                subject: r.try_get("subject")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Deletes leases that expired before `expired_before` (their credentials go with them) and
+    /// replay records past their token's expiry. Returns (leases, replay records) removed.
+    pub async fn sweep(&self, now: i64, expired_before: i64) -> Result<(u64, u64)> {
+        let leases = sqlx::query("DELETE FROM leases WHERE expires_at < $1")
+            .bind(expired_before)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        let replay = sqlx::query("DELETE FROM replay WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok((leases, replay))
+    }
+
+    // ---- key management ----
+
+    /// Crypto-shredding: forgets every wrapped data key of `env` and its signing keys.
+    pub async fn destroy_keys(&self, env: &str, now: i64) -> Result<u64> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query(
+            "UPDATE data_keys SET wrapped = NULL, destroyed_at = $1 WHERE env = $2 AND wrapped IS NOT NULL",
         )
         .bind(now)
-        .bind(reason)
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
+        .bind(env)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM signing_keys WHERE env = $1")
+            .bind(env)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Up to `limit` records of `table` in `env` sealed under a version below `version`.
+    pub async fn sealed_below(
+        &self,
+        table: SealedTable,
+        env: &str,
+        version: i64,
+        limit: i64,
+    ) -> Result<Vec<SealedRecord>> {
+        let sql = match table {
+            SealedTable::Leases => {
+                "SELECT id AS rid, key_version, sealed FROM leases WHERE env = $1 AND key_version < $2 LIMIT $3"
+            }
+            SealedTable::Secrets => {
+                "SELECT path || '#' || version AS rid, key_version, sealed FROM secrets WHERE env = $1 AND key_version < $2 LIMIT $3"
+            }
+            SealedTable::SigningKeys => {
+                "SELECT kid AS rid, key_version, sealed FROM signing_keys WHERE env = $1 AND key_version < $2 LIMIT $3"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(env)
+            .bind(version)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SealedRecord {
+                    id: r.try_get("rid")?,
+                    key_version: r.try_get("key_version")?,
+                    sealed: r.try_get("sealed")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces a record's ciphertext, only if it is still under `old_version`.
+    pub async fn reseal(
+        &self,
+        table: SealedTable,
+        env: &str,
+        rec: &SealedRecord,
+        new_version: i64,
+        sealed: &[u8],
+    ) -> Result<bool> {
+        let sql = match table {
+            SealedTable::Leases => {
+                "UPDATE leases SET key_version = $1, sealed = $2 WHERE env = $3 AND id = $4 AND key_version = $5"
+            }
+            SealedTable::Secrets => {
+                "UPDATE secrets SET key_version = $1, sealed = $2 WHERE env = $3 AND path || '#' || version = $4 AND key_version = $5"
+            }
+            SealedTable::SigningKeys => {
+                "UPDATE signing_keys SET key_version = $1, sealed = $2 WHERE env = $3 AND kid = $4 AND key_version = $5"
+            }
+        };
+        let r = sqlx::query(sql)
+            .bind(new_version)
+            .bind(sealed)
+            .bind(env)
+            .bind(&rec.id)
+            .bind(rec.key_version)
+            .execute(&self.writer)
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 
-    /// Deletes a lease (used to undo a lease whose audit record could not be written).
-    pub async fn delete_lease(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM leases WHERE id = $1")
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+    /// Number of records per table still sealed under versions below `version`.
+    pub async fn count_sealed_below(&self, env: &str, version: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM leases WHERE env = $1 AND key_version < $2)
+                  + (SELECT COUNT(*) FROM secrets WHERE env = $1 AND key_version < $2)
+                  + (SELECT COUNT(*) FROM signing_keys WHERE env = $1 AND key_version < $2) AS n",
+        )
+        .bind(env)
+        .bind(version)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(row.try_get("n")?)
     }
 
     // ---- environments ----
 
-    /// The freeze reason when the environment is frozen.
-    pub async fn environment_frozen(&self, env: &str) -> Result<Option<String>> {
-        let row =
-            sqlx::query("SELECT frozen_reason FROM environments WHERE env = $1 AND frozen = 1")
-                .bind(env)
-                .fetch_optional(&self.reader)
-                .await?;
-        row.map(|r| {
-            Ok(r.try_get::<Option<String>, _>("frozen_reason")?
-                .unwrap_or_default())
-        })
-        .transpose()
+    /// Freezes or unfreezes an environment.
+    pub async fn set_frozen(
+        &self,
+        env: &str,
+        frozen: bool,
+        reason: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO environments (env, frozen, frozen_reason, frozen_at, frozen_by) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (env) DO UPDATE SET frozen = $2, frozen_reason = $3, frozen_at = $4, frozen_by = $5",
+        )
+        .bind(env)
+        .bind(i64::from(frozen))
+        .bind(reason)
+        .bind(now)
+        .bind(by)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
     }
+
+    // ---- environments ----
 
     // ---- secrets ----
 
@@ -327,16 +520,6 @@ impl Store {
         .await?;
         rows.iter().map(|r| Ok(r.try_get("path")?)).collect()
     }
-
-    /// Deletes every version of a secret; the number of versions removed.
-    pub async fn delete_secret(&self, env: &str, path: &str) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM secrets WHERE env = $1 AND path = $2")
-            .bind(env)
-            .bind(path)
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected())
-    }
 }
 
 impl WriteTx {
@@ -359,6 +542,25 @@ impl WriteTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// Whether the environment is frozen (read inside the transaction).
+    pub async fn environment_frozen(&mut self, env: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS f FROM environments WHERE env = $1 AND frozen = 1")
+            .bind(env)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Deletes every version of a secret; the number of versions removed.
+    pub async fn delete_secret(&mut self, env: &str, path: &str) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM secrets WHERE env = $1 AND path = $2")
+            .bind(env)
+            .bind(path)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(r.rows_affected())
     }
 
     /// Inserts a lease with its indexed claims.

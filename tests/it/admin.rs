@@ -78,6 +78,15 @@ async fn roles_are_enforced_and_refusals_audited() {
             "{v}"
         );
     }
+    assert!(
+        b.app
+            .store
+            .latest_secret("prod", "x")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing stored"
+    );
     // No client certificate at all.
     let (s, v) = b
         .request(

@@ -56,12 +56,35 @@ async fn issued_values_never_reach_the_audit_log_the_service_log_or_the_store() 
         (s, r["data"]["key"].as_str()),
         (200, Some(secret_value.as_str()))
     );
-    // A replay and a denial put the source token through the error paths too.
+    // Error paths see the values too: a replay, a policy denial, a denied read, a revocation.
     assert_eq!(b.exchange(&source, "prod", Some("deploy-web")).await.0, 409);
+    let mut other = crate::support::github_claims(&b.gh.issuer_url());
+    other["repository"] = json!("acme/elsewhere");
+    let denied_source = b.gh.sign(other);
+    assert_eq!(
+        b.exchange(&denied_source, "prod", Some("deploy-web"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        b.get("/v1/secrets/prod/other/path", Some(&token)).await.0,
+        403
+    );
+    let (s, _) = b
+        .request(&b.client(), "POST", "/v1/revoke/self", Some(&token), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b.get("/v1/secrets/prod/deploy/web/api", Some(&token))
+            .await
+            .0,
+        401
+    );
 
     let store_and_audit = read_all_bytes(b.dir.path());
     let service_log = logs::text();
-    for value in [&token, &jwt, &secret_value, &source] {
+    for value in [&token, &jwt, &secret_value, &source, &denied_source] {
         // The JWT's signature part is its unique, secret-bearing piece.
         let needle = value.rsplit('.').next().unwrap();
         assert!(

@@ -234,7 +234,19 @@ async fn guardrail_mismatch_is_refused_even_when_the_role_allows() {
         .await;
     let msg = got.1["message"].as_str().unwrap_or_default().to_string();
     refused(&b, got, 403, "access_denied").await;
-    assert!(msg.contains("ref"), "{msg}");
+    assert!(
+        msg.contains("`ref`") && msg.contains("environment"),
+        "{msg}"
+    );
+    // When both the guardrail and the role fail, the guardrail is reported (checked first).
+    c["repository"] = json!("acme/payments");
+    let got = b.exchange(&b.gh.sign(c), "prod", Some("deploy-web")).await;
+    let msg = got.1["message"].as_str().unwrap_or_default().to_string();
+    refused(&b, got, 403, "access_denied").await;
+    assert!(
+        msg.contains("`ref`") && msg.contains("environment's requirements"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

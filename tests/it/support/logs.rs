@@ -19,11 +19,11 @@ impl Write for Sink {
     }
 }
 
-/// Installs the capturing subscriber once per test binary (debug and above, JSON).
+/// Installs the capturing subscriber once per test binary (jobpass at trace, other crates at debug; JSON).
 pub fn init() {
     INIT.call_once(|| {
         let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug,jobpass=trace"))
             .json()
             .with_writer(|| Sink)
             .try_init();

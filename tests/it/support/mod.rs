@@ -294,12 +294,41 @@ impl Broker {
     }
 
     /// Stops the server and starts a new one on the same files (a restart).
-    pub async fn restart(&mut self) {
-        if let Some(r) = self.running.take() {
+    pub async fn restart(self) -> Broker {
+        let Broker {
+            dir,
+            app,
+            gh,
+            gl,
+            pki,
+            config_path,
+            clock,
+            running,
+            ..
+        } = self;
+        if let Some(r) = running {
             r.shutdown().await;
         }
-        self.app = Self::build_app(&self.config_path, self.clock.clone()).await;
-        self.listen().await;
+        // The audit log is locked while open: the old state must be gone first.
+        assert_eq!(
+            Arc::strong_count(&app),
+            1,
+            "nothing else holds the old broker"
+        );
+        drop(app);
+        let mut b = Broker {
+            app: Self::build_app(&config_path, clock.clone()).await,
+            dir,
+            url: String::new(),
+            gh,
+            gl,
+            pki,
+            config_path,
+            clock,
+            running: None,
+        };
+        b.listen().await;
+        b
     }
 
     pub fn client(&self) -> reqwest::Client {
