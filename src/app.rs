@@ -12,7 +12,9 @@ use crate::config::Config;
 use crate::crypto::rootkey::Purpose;
 use crate::crypto::{Keyring, RootKey};
 use crate::metrics::Metrics;
+use crate::mint::cas::Cas;
 use crate::mint::jwt::Signers;
+use crate::mint::postgres::PgTarget;
 use crate::oidc::{Verifier, VerifierOptions};
 use crate::policy::{Grant, GrantKind, PolicySet, ServerCapabilities};
 use crate::store::Store;
@@ -68,11 +70,16 @@ impl ServerCapabilities for Capabilities<'_> {
 
     fn supports_grant(&self, grant: &Grant) -> Result<(), String> {
         match &grant.kind {
-            GrantKind::Token { .. } | GrantKind::Jwt { .. } => Ok(()),
-            other => Err(format!(
-                "grant kind `{}` is not supported by this server version",
-                other.name()
-            )),
+            GrantKind::Token { .. } | GrantKind::Jwt { .. } | GrantKind::X509 { .. } => Ok(()),
+            GrantKind::Postgres { database, .. } => {
+                if self.config.postgres.contains_key(database) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "postgres database `{database}` is not configured ([postgres.{database}] in the server configuration)"
+                    ))
+                }
+            }
         }
     }
 }
@@ -89,6 +96,12 @@ pub struct App {
     pub keyring: Arc<Keyring>,
     /// JWT signing keys.
     pub signers: Signers,
+    /// Certificate authorities.
+    pub cas: Cas,
+    /// `[postgres.<name>]` targets.
+    pub pg_targets: std::collections::BTreeMap<String, PgTarget>,
+    /// Wakes the revocation worker.
+    pub revocations: tokio::sync::Notify,
     /// Source-token verifier.
     pub verifier: Verifier,
     /// Current policy set (swapped atomically on reload).
@@ -162,6 +175,13 @@ impl App {
             clock.clone(),
         ));
         let signers = Signers::new(store.clone(), keyring.clone(), clock.clone());
+        let cas = Cas::new(store.clone(), keyring.clone(), clock.clone());
+        let mut pg_targets = std::collections::BTreeMap::new();
+        for (name, target) in &config.postgres {
+            let t = PgTarget::new(name, &target.url)
+                .map_err(|e| StartError::Config(format!("[postgres.{name}]: {e}")))?;
+            pg_targets.insert(name.clone(), t);
+        }
         let verifier = Verifier::new(
             &config.issuer,
             clock.clone(),
@@ -196,6 +216,9 @@ impl App {
             store,
             keyring,
             signers,
+            cas,
+            pg_targets,
+            revocations: tokio::sync::Notify::new(),
             verifier,
             policies: ArcSwap::from_pointee(policies),
             audit,

@@ -534,6 +534,7 @@ async fn serve(a: ServeArgs) -> Result<i32, String> {
         .map_err(|e| e.to_string())?;
     crate::reload::spawn(app.clone());
     crate::sweeper::spawn(app.clone());
+    crate::revocation::spawn(app.clone());
     tracing::info!(addr = %running.addr, "jobpass listening");
     if let Some(dev) = &dev {
         print_dev_banner(&a.data_dir, &app.public_url, dev);

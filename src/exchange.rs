@@ -20,7 +20,7 @@ use crate::mint::jwt::JwtSigner;
 use crate::mint::{self, MintError};
 use crate::oidc::VerifiedToken;
 use crate::policy::{Denial, GrantKind, Role};
-use crate::store::{CredentialRow, LeaseRow};
+use crate::store::{CredentialRow, LeaseRow, PgIntent};
 
 /// An exchange request (from `/v1/exchange` or `/v1/oauth/token`).
 pub struct ExchangeRequest {
@@ -38,10 +38,53 @@ pub struct IssuedCredential {
     pub name: String,
     /// Grant kind.
     pub kind: &'static str,
-    /// The value (broker token or JWT).
+    /// The secret value: broker token, JWT, database password or certificate private key.
     pub value: SecretString,
+    /// Public parts (username, host, certificate, CA…).
+    pub public: Map<String, Value>,
     /// Unix seconds.
     pub expires_at: i64,
+}
+
+impl IssuedCredential {
+    /// The JSON field holding the secret value for this kind (SPEC §2).
+    pub fn secret_field(&self) -> &'static str {
+        match self.kind {
+            "postgres" => "password",
+            "x509" => "private_key_pem",
+            _ => "token",
+        }
+    }
+}
+
+/// Key material loaded before the write transaction.
+#[derive(Default)]
+struct Keys {
+    signer: Option<std::sync::Arc<JwtSigner>>,
+    ca: Option<std::sync::Arc<crate::mint::x509::EnvCa>>,
+}
+
+/// A PostgreSQL role created for an exchange in progress.
+struct PgRole {
+    grant: String,
+    target: String,
+    role_name: String,
+    password: SecretString,
+}
+
+/// Everything the transactional half of an exchange needs.
+struct Finish<'a> {
+    ev: AuditEvent,
+    env_name: &'a str,
+    policy_version: &'a str,
+    verified: &'a VerifiedToken,
+    replay: &'a [u8; 32],
+    decision: Result<&'a Role, Denial>,
+    lease_id: &'a str,
+    now: i64,
+    expires_at: i64,
+    keys: &'a Keys,
+    external: &'a [PgRole],
 }
 
 /// A successful exchange.
@@ -65,8 +108,20 @@ impl Issued {
             .credentials
             .iter()
             .map(|c| {
-                json!({"name": c.name, "kind": c.kind, "token": c.value.expose_secret(),
-                       "expires_at": rfc3339(c.expires_at)})
+                let mut m = Map::new();
+                m.insert("name".into(), Value::String(c.name.clone()));
+                m.insert("kind".into(), Value::String(c.kind.into()));
+                m.insert(
+                    c.secret_field().into(),
+                    Value::String(c.value.expose_secret().to_string()),
+                );
+                for (k, v) in &c.public {
+                    if k != "serial" {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+                m.insert("expires_at".into(), Value::String(rfc3339(c.expires_at)));
+                Value::Object(m)
             })
             .collect();
         json!({"lease_id": self.lease_id, "environment": self.environment, "role": self.role,
@@ -223,30 +278,166 @@ impl App {
 
         // Policy evaluation is pure; its verdict is reported after the replay check.
         let decision = env.evaluate(Some(&role_name), &verified.claims);
-        // Load or create key material before the write transaction holds the writer.
-        let mut signer = None;
+        let replay = replay_key(&verified, req.token.expose_secret());
+        let now = self.clock.unix();
+        let lease_id = random::time_ordered_id("lse_", self.clock.unix_millis())
+            .map_err(|e| ApiError::unavailable("randomness", &e))?;
+        // No credential outlives the environment's max_ttl (nor a year, whatever a policy says).
+        let expires_at = decision.as_ref().map_or(now, |role| {
+            let ttl = role
+                .ttl
+                .min(env.max_ttl)
+                .min(std::time::Duration::from_secs(366 * 86_400));
+            now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(0))
+        });
+
+        // Everything that needs the store's writer or an external system happens before the
+        // write transaction: key material, and PostgreSQL roles (recorded as intents first).
+        let mut keys = Keys::default();
+        let mut external = Vec::new();
         if let Ok(role) = &decision {
             self.keyring.prepare(&env.name).await?;
-            if role
-                .grants
-                .iter()
-                .any(|g| matches!(g.kind, GrantKind::Jwt { .. }))
-            {
-                signer = Some(self.signers.for_env(&env.name).await?);
+            let has = |k: &str| role.grants.iter().any(|g| g.kind.name() == k);
+            if has("jwt") {
+                keys.signer = Some(self.signers.for_env(&env.name).await?);
+            }
+            if has("x509") {
+                keys.ca = Some(self.cas.for_env(&env.name).await?);
+            }
+            if has("postgres") && !self.store.replay_seen(&replay).await? {
+                external = self
+                    .create_pg_roles(role, &env.name, &lease_id, expires_at)
+                    .await?;
             }
         }
 
-        let now = self.clock.unix();
+        let ctx = Finish {
+            ev,
+            env_name: &env.name,
+            policy_version: policies.version(),
+            verified: &verified,
+            replay: &replay,
+            decision,
+            lease_id: &lease_id,
+            now,
+            expires_at,
+            keys: &keys,
+            external: &external,
+        };
+        let result = self.finish_exchange(ctx).await;
+        if result.is_err() {
+            self.drop_pg_roles(&external).await;
+        } else {
+            for pg in &external {
+                if let Err(e) = self.store.delete_intent(&pg.role_name).await {
+                    tracing::warn!(error = %e, "could not clear a role intent; reconciliation will");
+                }
+            }
+        }
+        result
+    }
+
+    /// Creates the PostgreSQL roles of a role's `postgres` grants, each recorded as an intent
+    /// first. On failure the roles created so far are dropped.
+    async fn create_pg_roles(
+        &self,
+        role: &Role,
+        env: &str,
+        lease_id: &str,
+        expires_at: i64,
+    ) -> Result<Vec<PgRole>, ApiError> {
+        let mut created: Vec<PgRole> = Vec::new();
+        for grant in &role.grants {
+            let GrantKind::Postgres {
+                database,
+                member_of,
+            } = &grant.kind
+            else {
+                continue;
+            };
+            let step = async {
+                let target = self.pg_targets.get(database).ok_or_else(|| {
+                    ApiError::unavailable(
+                        "postgres target",
+                        &format!("`{database}` is not configured"),
+                    )
+                })?;
+                let role_name = mint::postgres::new_role_name()?;
+                let password = mint::postgres::new_password()?;
+                self.store
+                    .insert_intent(
+                        &PgIntent {
+                            role_name: role_name.clone(),
+                            target: database.clone(),
+                            env: env.to_string(),
+                            lease_id: lease_id.to_string(),
+                        },
+                        self.clock.unix(),
+                    )
+                    .await?;
+                let pg = PgRole {
+                    grant: grant.name.clone(),
+                    target: database.clone(),
+                    role_name,
+                    password,
+                };
+                if let Err(e) = target
+                    .create_role(&pg.role_name, &pg.password, expires_at, member_of)
+                    .await
+                {
+                    self.drop_pg_roles(std::slice::from_ref(&pg)).await;
+                    return Err(ApiError::from(e));
+                }
+                Ok(pg)
+            };
+            match step.await {
+                Ok(pg) => created.push(pg),
+                Err(e) => {
+                    self.drop_pg_roles(&created).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Drops roles created for an exchange that did not complete, and forgets their intents
+    /// (an intent whose drop failed stays, and reconciliation retries it).
+    async fn drop_pg_roles(&self, roles: &[PgRole]) {
+        for pg in roles {
+            let Some(target) = self.pg_targets.get(&pg.target) else {
+                continue;
+            };
+            match target.drop_role(&pg.role_name).await {
+                Ok(()) => {
+                    let _ = self.store.delete_intent(&pg.role_name).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not drop the role of an aborted exchange; reconciliation will retry")
+                }
+            }
+        }
+    }
+
+    async fn finish_exchange(&self, c: Finish<'_>) -> Result<Issued, ApiError> {
+        let Finish {
+            mut ev,
+            env_name,
+            policy_version,
+            verified,
+            replay,
+            decision,
+            lease_id,
+            now,
+            expires_at,
+            keys,
+            external,
+        } = c;
         let mut tx = self.store.begin().await?;
         let replay_expiry =
             verified.expires_at + i64::try_from(self.config.leeway.as_secs()).unwrap_or(0);
         if !tx
-            .claim_replay(
-                &replay_key(&verified, req.token.expose_secret()),
-                &verified.issuer,
-                now,
-                replay_expiry,
-            )
+            .claim_replay(replay, &verified.issuer, now, replay_expiry)
             .await?
         {
             drop(tx);
@@ -262,9 +453,9 @@ impl App {
         }
 
         // Checked inside the write transaction, so no exchange commits after a freeze has.
-        if tx.environment_frozen(&env.name).await? {
+        if tx.environment_frozen(env_name).await? {
             drop(tx);
-            let err = ApiError::Frozen(env.name.clone());
+            let err = ApiError::Frozen(env_name.to_string());
             self.audit_denial(ev, &err).await;
             return Err(err);
         }
@@ -284,24 +475,15 @@ impl App {
             }
         };
 
-        // No credential outlives the environment's max_ttl (nor a year, whatever a policy says).
-        let ttl = role
-            .ttl
-            .min(env.max_ttl)
-            .min(std::time::Duration::from_secs(366 * 86_400));
-        let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(0));
-        let lease_id = random::time_ordered_id("lse_", self.clock.unix_millis())
-            .map_err(|e| ApiError::unavailable("randomness", &e))?;
-        let (credentials, rows) = self
-            .mint_grants(
-                role,
-                &env.name,
-                &lease_id,
-                &verified,
-                signer.as_deref(),
-                (now, expires_at),
-            )
-            .await?;
+        let (credentials, rows) = self.mint_grants(
+            role,
+            env_name,
+            lease_id,
+            verified,
+            keys,
+            external,
+            (now, expires_at),
+        )?;
 
         let masked: Vec<MaskedCredential> = credentials
             .iter()
@@ -309,42 +491,41 @@ impl App {
                 MaskedCredential::new(&self.audit_key, &c.name, c.kind, c.value.expose_secret())
             })
             .collect();
+        // The sealed lease keeps what revocation needs (PostgreSQL role names) encrypted.
         let details = json!({
             "claims": Value::Object(verified.claims.clone()),
             "credentials": masked.iter().zip(&rows).map(|(m, r)| json!({
                 "id": r.id, "name": m.name, "kind": m.kind, "masked": m.masked, "fingerprint": m.fingerprint,
             })).collect::<Vec<_>>(),
+            "postgres": external.iter().map(|pg| json!({"target": pg.target, "role": pg.role_name})).collect::<Vec<_>>(),
         });
         let (key_version, sealed) = self
             .keyring
-            .seal(
-                &env.name,
-                "leases",
-                &lease_id,
-                details.to_string().as_bytes(),
-            )
+            .seal(env_name, "leases", lease_id, details.to_string().as_bytes())
             .await?;
         let lease = LeaseRow {
-            id: lease_id.clone(),
-            env: env.name.clone(),
+            id: lease_id.to_string(),
+            env: env_name.to_string(),
             role: role.name.clone(),
             issuer: verified.issuer.clone(),
             subject: verified.subject.clone(),
-            policy_version: policies.version().to_string(),
+            policy_version: policy_version.to_string(),
             issued_at: now,
             expires_at,
             revoked_at: None,
             revoke_reason: None,
             key_version,
             sealed,
+            revocation: None,
+            revocation_attempts: 0,
         };
-        tx.insert_lease(&lease, &indexed_claims(&verified)).await?;
+        tx.insert_lease(&lease, &indexed_claims(verified)).await?;
         for row in &rows {
             tx.insert_credential(row).await?;
         }
 
         ev.outcome = Outcome::Success;
-        ev.lease_id = Some(lease_id.clone());
+        ev.lease_id = Some(lease_id.to_string());
         ev.credentials = masked;
         ev.details
             .insert("expires_at".into(), Value::String(rfc3339(expires_at)));
@@ -367,21 +548,23 @@ impl App {
         }
         self.metrics.exchange("success");
         Ok(Issued {
-            lease_id,
-            environment: env.name.clone(),
+            lease_id: lease_id.to_string(),
+            environment: env_name.to_string(),
             role: role.name.clone(),
             expires_at,
             credentials,
         })
     }
 
-    async fn mint_grants(
+    #[allow(clippy::too_many_arguments)]
+    fn mint_grants(
         &self,
         role: &Role,
         env: &str,
         lease_id: &str,
         src: &VerifiedToken,
-        signer: Option<&JwtSigner>,
+        keys: &Keys,
+        external: &[PgRole],
         (now, expires_at): (i64, i64),
     ) -> Result<(Vec<IssuedCredential>, Vec<CredentialRow>), ApiError> {
         let mut creds = Vec::with_capacity(role.grants.len());
@@ -389,6 +572,7 @@ impl App {
         for grant in &role.grants {
             let id = random::time_ordered_id("crd_", self.clock.unix_millis())
                 .map_err(|e| ApiError::unavailable("randomness", &e))?;
+            let mut public = Map::new();
             let (kind, value, token_hash, scope) = match &grant.kind {
                 GrantKind::Token { secrets } => {
                     let t = mint::token::mint()?;
@@ -397,7 +581,7 @@ impl App {
                     ("token", t, Some(digest), scope)
                 }
                 GrantKind::Jwt { audience, claims } => {
-                    let signer = signer.ok_or_else(|| {
+                    let signer = keys.signer.as_deref().ok_or_else(|| {
                         ApiError::from(MintError::Key("signing key not loaded".into()))
                     })?;
                     let mut body = claims.clone();
@@ -426,11 +610,47 @@ impl App {
                     let jwt = signer.sign(&Value::Object(body))?;
                     ("jwt", SecretString::from(jwt), None, "[]".to_string())
                 }
-                other => {
-                    return Err(ApiError::from(MintError::Crypto(format!(
-                        "grant kind `{}` is not supported",
-                        other.name()
-                    ))));
+                GrantKind::X509 { common_name } => {
+                    let ca = keys
+                        .ca
+                        .as_deref()
+                        .ok_or_else(|| ApiError::from(MintError::Key("CA not loaded".into())))?;
+                    let san = format!("jobpass://{env}/{}/{lease_id}", role.name);
+                    let cert = ca.issue(common_name, &san, expires_at, self.clock.as_ref())?;
+                    public.insert(
+                        "certificate_pem".into(),
+                        Value::String(cert.certificate_pem),
+                    );
+                    public.insert("ca_pem".into(), Value::String(ca.ca_pem().to_string()));
+                    public.insert("serial".into(), Value::String(cert.serial_hex.clone()));
+                    let scope = json!({"serial": cert.serial_hex}).to_string();
+                    ("x509", cert.private_key_pem, None, scope)
+                }
+                GrantKind::Postgres { database, .. } => {
+                    let pg = external
+                        .iter()
+                        .find(|p| p.grant == grant.name)
+                        .ok_or_else(|| {
+                            ApiError::from(MintError::Database {
+                                target: database.clone(),
+                                reason: "role was not created".into(),
+                            })
+                        })?;
+                    let target = self.pg_targets.get(database).ok_or_else(|| {
+                        ApiError::from(MintError::Database {
+                            target: database.clone(),
+                            reason: "not configured".into(),
+                        })
+                    })?;
+                    public.insert("username".into(), Value::String(pg.role_name.clone()));
+                    public.insert("host".into(), Value::String(target.host().to_string()));
+                    public.insert("port".into(), json!(target.port()));
+                    public.insert(
+                        "database".into(),
+                        Value::String(target.database().to_string()),
+                    );
+                    let scope = json!({"target": database}).to_string();
+                    ("postgres", pg.password.clone(), None, scope)
                 }
             };
             rows.push(CredentialRow {
@@ -447,6 +667,7 @@ impl App {
                 name: grant.name.clone(),
                 kind,
                 value,
+                public,
                 expires_at,
             });
         }

@@ -23,6 +23,7 @@ pub mod mint;
 pub mod oidc;
 pub mod policy;
 pub mod reload;
+pub mod revocation;
 pub mod revoke;
 pub mod store;
 pub mod sweeper;

@@ -80,6 +80,8 @@ impl App {
         }
         let now = self.clock.unix();
         let ids = self.store.revoke(sel, now, reason).await?;
+        // External credentials (database roles) are dropped by the revocation worker.
+        self.revocations.notify_one();
         let mut ev = AuditEvent::new("revoke", Outcome::Success);
         ev.actor = actor;
         ev.environment = sel.env.clone();

@@ -14,6 +14,8 @@ pub async fn sweep(app: &App) -> Result<(u64, u64), crate::store::StoreError> {
     let now = app.clock.unix();
     let retention = i64::try_from(app.config.lease_retention.as_secs()).unwrap_or(i64::MAX);
     let done = app.store.sweep(now, now.saturating_sub(retention)).await?;
+    // Expired leases holding database roles were marked pending: drop them now.
+    app.revocations.notify_one();
     if done != (0, 0) {
         tracing::info!(
             leases = done.0,

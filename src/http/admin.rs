@@ -341,6 +341,7 @@ async fn list_leases(
             "subject": l.subject, "policy_version": l.policy_version,
             "issued_at": rfc3339(l.issued_at), "expires_at": rfc3339(l.expires_at),
             "revoked_at": l.revoked_at.map(rfc3339), "revoke_reason": l.revoke_reason,
+            "revocation": l.revocation,
             "status": status,
             "credentials": details.as_ref().map(|d| d["credentials"].clone()),
             "claims": details.as_ref().map(|d| d["claims"].clone()),
@@ -559,6 +560,7 @@ async fn keys_destroy(
     let revoked = app.revoke(&sel, &reason, actor(&id)).await?;
     let versions = app.keyring.destroy(&env).await?;
     app.signers.invalidate(&env);
+    app.cas.invalidate(&env);
     ev.event = "key_destroy".into();
     ev.reason = Some(reason);
     ev.details

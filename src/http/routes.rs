@@ -37,6 +37,8 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/envs/{env}/jwks.json", get(env_jwks))
         .route("/v1/envs/{env}/revoked", get(env_revoked))
+        .route("/v1/envs/{env}/ca.pem", get(env_ca))
+        .route("/v1/envs/{env}/crl.pem", get(env_crl))
         .route("/v1/oauth/revoke", post(oauth_revoke))
         .route("/v1/oauth/introspect", post(oauth_introspect))
         .nest("/v1/admin", super::admin::router());
@@ -450,6 +452,53 @@ async fn env_revoked(
         Json(json!({"environment": env, "revoked": entries})),
     )
         .into_response())
+}
+
+fn pem(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-pem-file"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The environment's CA certificate (created on first use).
+async fn env_ca(
+    State(app): State<Arc<App>>,
+    Path(env): Path<String>,
+) -> Result<Response, ApiError> {
+    if app.policies.load().environment(&env).is_none() {
+        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
+    }
+    app.keyring.prepare(&env).await?;
+    let ca = app.cas.for_env(&env).await?;
+    Ok(pem(ca.ca_pem().to_string()))
+}
+
+/// The environment's CRL: serials of revoked certificates that have not expired yet, signed
+/// now by the CA, valid for ten minutes.
+async fn env_crl(
+    State(app): State<Arc<App>>,
+    Path(env): Path<String>,
+) -> Result<Response, ApiError> {
+    if app.policies.load().environment(&env).is_none() {
+        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
+    }
+    app.keyring.prepare(&env).await?;
+    let ca = app.cas.for_env(&env).await?;
+    let now = app.clock.unix();
+    let revoked = app.store.revoked_certificates(&env, now).await?;
+    let number = u64::try_from(app.clock.unix_millis()).unwrap_or(0);
+    let crl = ca.crl_pem(
+        &revoked,
+        number,
+        std::time::Duration::from_secs(600),
+        app.clock.as_ref(),
+    )?;
+    Ok(pem(crl))
 }
 
 async fn env_discovery(

@@ -2,8 +2,11 @@
 //! [`secrecy::SecretString`] (zeroized on drop, `[REDACTED]` in `Debug`); only the HTTP
 //! response exposes them.
 
+pub mod cas;
 pub mod jwt;
+pub mod postgres;
 pub mod token;
+pub mod x509;
 
 /// Minting failures.
 #[derive(Debug, thiserror::Error)]
@@ -14,4 +17,12 @@ pub enum MintError {
     /// A signing key could not be loaded or stored.
     #[error("signing key unavailable: {0}")]
     Key(String),
+    /// A PostgreSQL target refused or failed an operation.
+    #[error("database `{target}`: {reason}")]
+    Database {
+        /// The `[postgres.<name>]` target.
+        target: String,
+        /// What went wrong (never a password).
+        reason: String,
+    },
 }

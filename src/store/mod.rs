@@ -85,6 +85,10 @@ pub struct LeaseRow {
     pub key_version: i64,
     /// Sealed lease details.
     pub sealed: Vec<u8>,
+    /// Revocation of external credentials: None, `pending`, `failed` or `done`.
+    pub revocation: Option<String>,
+    /// Failed revocation attempts so far.
+    pub revocation_attempts: i64,
 }
 
 /// A credential as stored (never its value).
@@ -272,6 +276,19 @@ pub struct SealedRecord {
     pub key_version: i64,
     /// Ciphertext.
     pub sealed: Vec<u8>,
+}
+
+/// A PostgreSQL role about to be created (recorded first, so a crash leaves no orphan).
+#[derive(Debug, Clone)]
+pub struct PgIntent {
+    /// Role name.
+    pub role_name: String,
+    /// `[postgres.<name>]` target.
+    pub target: String,
+    /// Environment.
+    pub env: String,
+    /// Lease that will hold it.
+    pub lease_id: String,
 }
 
 /// Identity of a sealed record, bound as associated data.

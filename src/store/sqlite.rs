@@ -9,11 +9,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{
-    CredentialRow, CredentialState, DataKeyRow, LeaseFilter, LeaseRow, Result, SealedRecord,
-    SealedTable, SecretRow, Selector, SigningKeyRow, StoreError, TokenGrant, glob_to_like,
+    CredentialRow, CredentialState, DataKeyRow, LeaseFilter, LeaseRow, PgIntent, Result,
+    SealedRecord, SealedTable, SecretRow, Selector, SigningKeyRow, StoreError, TokenGrant,
+    glob_to_like,
 };
 
 /// The store.
@@ -223,7 +224,8 @@ impl Store {
     pub async fn leases(&self, f: &LeaseFilter) -> Result<Vec<LeaseRow>> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT id, env, role, issuer, subject, policy_version, issued_at, expires_at, revoked_at,
-                    revoke_reason, key_version, sealed FROM leases l WHERE 1 = 1",
+                    revoke_reason, key_version, sealed, revocation, revocation_attempts
+             FROM leases l WHERE 1 = 1",
         );
         if let Some(env) = &f.env {
             q.push(" AND env = ").push_bind(env.clone());
@@ -259,6 +261,11 @@ impl Store {
         q.push_bind(now)
             .push(", revoke_reason = ")
             .push_bind(reason.to_string())
+            .push(
+                ", revocation = CASE WHEN EXISTS (SELECT 1 FROM credentials c WHERE c.lease_id = leases.id
+                   AND c.kind = 'postgres') THEN 'pending' ELSE NULL END, revocation_next_at = ",
+            )
+            .push_bind(now)
             .push(" WHERE revoked_at IS NULL AND expires_at > ")
             .push_bind(now);
         for (col, v) in [
@@ -336,20 +343,152 @@ impl Store {
         .transpose()
     }
 
-    /// Deletes leases that expired before `expired_before` (their credentials go with them) and
-    /// replay records past their token's expiry. Returns (leases, replay records) removed.
+    /// Marks expired leases holding external credentials for revocation (the credential's own
+    /// expiry is only the backstop), deletes leases that expired before `expired_before` and
+    /// whose external credentials are settled (their credential rows go with them), and replay
+    /// records past their token's expiry. Returns (leases deleted, replay records deleted).
     pub async fn sweep(&self, now: i64, expired_before: i64) -> Result<(u64, u64)> {
-        let leases = sqlx::query("DELETE FROM leases WHERE expires_at < $1")
-            .bind(expired_before)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
+        sqlx::query(
+            "UPDATE leases SET revocation = 'pending', revocation_next_at = $1
+             WHERE expires_at <= $1 AND revocation IS NULL
+               AND EXISTS (SELECT 1 FROM credentials c WHERE c.lease_id = leases.id AND c.kind = 'postgres')",
+        )
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        let leases = sqlx::query(
+            "DELETE FROM leases WHERE expires_at < $1 AND (revocation IS NULL OR revocation = 'done')",
+        )
+        .bind(expired_before)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
         let replay = sqlx::query("DELETE FROM replay WHERE expires_at < $1")
             .bind(now)
             .execute(&self.writer)
             .await?
             .rows_affected();
         Ok((leases, replay))
+    }
+
+    /// Leases whose external credentials are due for a revocation attempt.
+    pub async fn due_revocations(&self, now: i64, limit: i64) -> Result<Vec<LeaseRow>> {
+        let sql = format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE revocation = 'pending'
+             AND (revocation_next_at IS NULL OR revocation_next_at <= $1) ORDER BY revocation_next_at LIMIT $2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.writer)
+            .await?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    /// Records the outcome of a revocation attempt.
+    pub async fn set_revocation(
+        &self,
+        lease_id: &str,
+        state: &str,
+        attempts: i64,
+        next_at: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE leases SET revocation = $1, revocation_attempts = $2, revocation_next_at = $3,
+             revocation_error = $4 WHERE id = $5",
+        )
+        .bind(state)
+        .bind(attempts)
+        .bind(next_at)
+        .bind(error)
+        .bind(lease_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that a PostgreSQL role is about to be created (committed before `CREATE ROLE`).
+    pub async fn insert_intent(&self, i: &PgIntent, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pg_intents (role_name, target, env, lease_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&i.role_name)
+        .bind(&i.target)
+        .bind(&i.env)
+        .bind(&i.lease_id)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets an intent (its lease committed, or its role was dropped).
+    pub async fn delete_intent(&self, role_name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM pg_intents WHERE role_name = $1")
+            .bind(role_name)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Every recorded intent, with whether its lease exists.
+    pub async fn intents(&self) -> Result<Vec<(PgIntent, bool)>> {
+        let rows = sqlx::query(
+            "SELECT i.role_name, i.target, i.env, i.lease_id,
+                    EXISTS (SELECT 1 FROM leases l WHERE l.id = i.lease_id) AS committed
+             FROM pg_intents i",
+        )
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    PgIntent {
+                        role_name: r.try_get("role_name")?,
+                        target: r.try_get("target")?,
+                        env: r.try_get("env")?,
+                        lease_id: r.try_get("lease_id")?,
+                    },
+                    r.try_get::<bool, _>("committed")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether a source token was already used (read-only pre-check; the write transaction's
+    /// insert is what enforces single use).
+    pub async fn replay_seen(&self, key: &[u8]) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS x FROM replay WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Serials and revocation times of an environment's unexpired certificates whose lease is
+    /// revoked (the CRL's content).
+    pub async fn revoked_certificates(&self, env: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT c.scope, l.revoked_at FROM credentials c JOIN leases l ON l.id = c.lease_id
+             WHERE c.env = $1 AND c.kind = 'x509' AND l.revoked_at IS NOT NULL AND c.expires_at > $2
+             ORDER BY c.id",
+        )
+        .bind(env)
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let scope: String = r.try_get("scope")?;
+            let serial = serde_json::from_str::<serde_json::Value>(&scope)
+                .ok()
+                .and_then(|v| v["serial"].as_str().map(str::to_string));
+            if let Some(serial) = serial {
+                out.push((serial, r.try_get("revoked_at")?));
+            }
+        }
+        Ok(out)
     }
 
     // ---- key management ----
@@ -656,9 +795,12 @@ impl WriteTx {
     }
 }
 
-const LEASE_SELECT_BY_ID: &str =
-    "SELECT id, env, role, issuer, subject, policy_version, issued_at, expires_at, revoked_at,
-        revoke_reason, key_version, sealed FROM leases WHERE id = $1";
+const LEASE_COLUMNS: &str = "id, env, role, issuer, subject, policy_version, issued_at, expires_at,
+        revoked_at, revoke_reason, key_version, sealed, revocation, revocation_attempts";
+
+const LEASE_SELECT_BY_ID: &str = "SELECT id, env, role, issuer, subject, policy_version, issued_at,
+        expires_at, revoked_at, revoke_reason, key_version, sealed, revocation, revocation_attempts
+        FROM leases WHERE id = $1";
 
 fn lease_from_row(r: &SqliteRow) -> Result<LeaseRow> {
     Ok(LeaseRow {
@@ -674,6 +816,8 @@ fn lease_from_row(r: &SqliteRow) -> Result<LeaseRow> {
         revoke_reason: r.try_get("revoke_reason")?,
         key_version: r.try_get("key_version")?,
         sealed: r.try_get("sealed")?,
+        revocation: r.try_get("revocation")?,
+        revocation_attempts: r.try_get("revocation_attempts")?,
     })
 }
 

@@ -175,6 +175,7 @@ async fn audit_verify_passes_then_names_the_tampered_line() {
 async fn exchange_fails_closed_when_the_audit_log_cannot_be_written() {
     let b = Broker::start_with(Options {
         audit_file: Some("/dev/full".into()),
+        ..Options::default()
     })
     .await;
     let (s, v) = b

@@ -5,6 +5,8 @@
 
 pub mod issuer;
 pub mod logs;
+pub mod pg;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +52,8 @@ impl Clock for OffsetClock {
 pub struct Options {
     /// Audit file instead of `<dir>/audit.log` (e.g. `/dev/full`).
     pub audit_file: Option<PathBuf>,
+    /// `[postgres.main]` admin URL; adds the `data` environment with postgres grants.
+    pub postgres_url: Option<String>,
 }
 
 /// A running broker with its issuers and files.
@@ -63,6 +67,7 @@ pub struct Broker {
     pub config_path: PathBuf,
     pub clock: Arc<OffsetClock>,
     running: Option<Running>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub fn policies(gh: &str, gl: &str) -> Vec<(&'static str, String)> {
@@ -141,7 +146,67 @@ secrets = ["staging/*"]
 "#
             ),
         ),
+        (
+            "pki.toml",
+            format!(
+                r#"
+[environment]
+name = "pki"
+issuers = ["{gh}"]
+audience = "{AUDIENCE}"
+max_ttl = "30m"
+
+[[role]]
+name = "mtls"
+ttl = "10m"
+[role.match]
+repository = "acme/*"
+
+[[role.grant]]
+name = "mtls"
+kind = "x509"
+common_name = "web-deployer"
+"#
+            ),
+        ),
     ]
+}
+
+/// The `data` environment: PostgreSQL grants on `[postgres.main]`.
+pub fn data_policy(gh: &str) -> String {
+    format!(
+        r#"
+[environment]
+name = "data"
+issuers = ["{gh}"]
+audience = "{AUDIENCE}"
+max_ttl = "30m"
+
+[[role]]
+name = "db-reader"
+ttl = "10m"
+[role.match]
+repository = "acme/*"
+
+[[role.grant]]
+name = "db"
+kind = "postgres"
+database = "main"
+member_of = ["{group}"]
+
+[[role]]
+name = "token-only"
+ttl = "10m"
+[role.match]
+repository = "acme/*"
+
+[[role.grant]]
+name = "api"
+kind = "token"
+secrets = ["data/*"]
+"#,
+        group = pg::READER_GROUP
+    )
 }
 
 /// GitHub Actions claims (shape of the fixture) allowed by prod/deploy-web.
@@ -219,11 +284,17 @@ allow_http = true
 [[issuer]]
 url = "{gl}"
 allow_http = true
+{postgres}
 "#,
         db = dir.join("jobpass.db").display(),
         audit = audit.display(),
         gh = gh.issuer_url(),
         gl = gl.issuer_url(),
+        postgres = opts
+            .postgres_url
+            .as_ref()
+            .map(|u| format!("\n[postgres.main]\nurl = \"{u}\"\n"))
+            .unwrap_or_default(),
     );
     let p = dir.join("jobpass.toml");
     std::fs::write(&p, text).unwrap();
@@ -244,6 +315,9 @@ impl Broker {
         std::fs::create_dir_all(&pdir).unwrap();
         for (name, text) in policies(&gh.issuer_url(), &gl.issuer_url()) {
             std::fs::write(pdir.join(name), text).unwrap();
+        }
+        if opts.postgres_url.is_some() {
+            std::fs::write(pdir.join("data.toml"), data_policy(&gh.issuer_url())).unwrap();
         }
         let pki = generate_pki(&[], &SystemClock).unwrap();
         let certs = dir.path().join("certs");
@@ -268,6 +342,7 @@ impl Broker {
             pki,
             config_path,
             running: None,
+            background: Vec::new(),
         };
         broker.listen().await;
         broker
@@ -291,6 +366,8 @@ impl Broker {
             .unwrap();
         self.url = format!("https://{}", running.addr);
         self.running = Some(running);
+        self.background
+            .push(jobpass::revocation::spawn(self.app.clone()));
     }
 
     /// Stops the server and starts a new one on the same files (a restart).
@@ -304,10 +381,15 @@ impl Broker {
             config_path,
             clock,
             running,
+            background,
             ..
         } = self;
         if let Some(r) = running {
             r.shutdown().await;
+        }
+        for task in background {
+            task.abort();
+            let _ = task.await;
         }
         // The audit log is locked while open: the old state must be gone first.
         assert_eq!(
@@ -326,6 +408,7 @@ impl Broker {
             config_path,
             clock,
             running: None,
+            background: Vec::new(),
         };
         b.listen().await;
         b

@@ -1,0 +1,1054 @@
+//! `kind = "postgres"`: a real PostgreSQL login role per lease, created at exchange time and
+//! dropped at expiry or revocation.
+//!
+//! Guarantees:
+//! - the role is `LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION NOBYPASSRLS
+//!   CONNECTION LIMIT 10`, `VALID UNTIL` the credential's expiry, and a member of exactly the
+//!   grant's `member_of` roles. `INHERIT` is deliberate: the role's only privileges are those
+//!   of the groups the policy names, and they apply without `SET ROLE`. Each listed group must
+//!   already exist (the error names the missing one, and no role is left behind) and must not
+//!   be a superuser role (a member could `SET ROLE` to it);
+//! - the password never reaches the server in clear: the statement carries a SCRAM-SHA-256
+//!   verifier computed here ([`scram_verifier`]), so server statement logs do not reveal it; the
+//!   admin pool has sqlx statement logging disabled so the verifier does not reach the service
+//!   log either, and error messages never contain it;
+//! - identifiers are always quoted ([`quote_ident`]) and generated role names must match
+//!   `^[a-z_][a-z0-9_]{0,62}$`; literals are quoted with [`quote_literal`]. DDL cannot take bind
+//!   parameters, so those statements are built as text and passed through `AssertSqlSafe`
+//!   only after that validation; every other query binds its values;
+//! - dropping a role first forbids new logins (`NOLOGIN`), then terminates its sessions (waiting
+//!   for them to end), hands objects it created to the admin user (`REASSIGN OWNED`, so a
+//!   job's migrations are not destroyed), removes its remaining privileges (`DROP OWNED`) and
+//!   drops it. Dropping a role that does not exist succeeds.
+//!
+//! Requirements on the server: PostgreSQL 14 or later (`pg_terminate_backend(pid, timeout)`),
+//! an admin user with `CREATEROLE` (and, on PostgreSQL 16+, `ADMIN OPTION` on the groups).
+//! `VALID UNTIL` only limits password logins; with `trust` authentication it is not enforced,
+//! so the broker's own expiry sweep remains necessary. `REASSIGN OWNED` acts on the target's
+//! database only: objects the role owns in other databases make the drop fail (and retried).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{digest, hmac, pbkdf2};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions};
+use zeroize::Zeroizing;
+
+use super::MintError;
+
+/// Most concurrent sessions a minted role may open.
+const CONNECTION_LIMIT: u32 = 10;
+/// PBKDF2 iterations of the SCRAM verifier (PostgreSQL's default).
+const SCRAM_ITERATIONS: u32 = 4096;
+/// How long `drop_role` waits for each terminated session to end, in milliseconds.
+const TERMINATE_WAIT_MS: i64 = 5000;
+/// Longest identifier PostgreSQL keeps (NAMEDATALEN − 1).
+const MAX_IDENT_BYTES: usize = 63;
+/// Role name prefix of every minted role.
+pub const ROLE_PREFIX: &str = "jp_";
+
+/// One `[postgres.<name>]` target: a lazily connected admin pool plus the public connection
+/// facts handed out with each credential.
+pub struct PgTarget {
+    name: String,
+    pool: PgPool,
+    host: String,
+    port: u16,
+    database: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The admin URL may hold a password: only the public facts are shown.
+        f.debug_struct("PgTarget")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgTarget {
+    /// A target named `name` administered through `admin_url`
+    /// (`postgres://user[:password]@host:port/db`). Does not connect yet, but must be called
+    /// inside a Tokio runtime (the pool's maintenance task is spawned here).
+    pub fn new(name: &str, admin_url: &str) -> Result<PgTarget, MintError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // sqlx would panic: refuse instead.
+            return Err(MintError::Database {
+                target: name.to_string(),
+                reason: "PgTarget::new needs a Tokio runtime".into(),
+            });
+        }
+        if !(admin_url.starts_with("postgres://") || admin_url.starts_with("postgresql://")) {
+            return Err(MintError::Database {
+                target: name.to_string(),
+                reason: "admin URL must start with postgres:// or postgresql://".into(),
+            });
+        }
+        // The parse error could echo parts of the URL (and so a password): not repeated.
+        let options = PgConnectOptions::from_str(admin_url).map_err(|_| MintError::Database {
+            target: name.to_string(),
+            reason: "invalid admin URL".into(),
+        })?;
+        let options = options
+            .application_name("jobpass")
+            // Statements carry SCRAM verifiers: never log them.
+            .disable_statement_logging();
+        let host = options.get_host().to_string();
+        let port = options.get_port();
+        let database = options
+            .get_database()
+            .unwrap_or(options.get_username())
+            .to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(options);
+        Ok(PgTarget {
+            name: name.to_string(),
+            pool,
+            host,
+            port,
+            database,
+        })
+    }
+
+    /// The target's name (`[postgres.<name>]`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Host the credential's user connects to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Port the credential's user connects to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Database the credential's user connects to.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    fn error(&self, reason: impl Into<String>) -> MintError {
+        MintError::Database {
+            target: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Maps a driver error without leaking statement text: the server's primary message and
+    /// SQLSTATE only, withheld entirely if it could quote a verifier.
+    fn db_error(&self, what: &str, e: &sqlx::Error) -> MintError {
+        let detail = match e.as_database_error() {
+            Some(d) => {
+                let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
+                format!("{} (SQLSTATE {code})", d.message())
+            }
+            None => e.to_string(),
+        };
+        let detail = if detail.contains("SCRAM-SHA-256$") {
+            "statement refused (details withheld)".to_string()
+        } else {
+            detail
+        };
+        self.error(format!("{what}: {detail}"))
+    }
+
+    /// Creates `role_name` as a login role with `password`, valid until `valid_until` (Unix
+    /// seconds, UTC), member of exactly `member_of` (each must exist and must not be a
+    /// superuser role). Fails if the role already exists.
+    pub async fn create_role(
+        &self,
+        role_name: &str,
+        password: &SecretString,
+        valid_until: i64,
+        member_of: &[String],
+    ) -> Result<(), MintError> {
+        check_role_name(role_name).map_err(|r| self.error(r))?;
+        for group in member_of {
+            check_any_ident(group).map_err(|r| self.error(r))?;
+        }
+        let until = pg_timestamp(valid_until).map_err(|r| self.error(r))?;
+        let verifier = Zeroizing::new(scram_verifier(password.expose_secret())?);
+
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.db_error("connect", &e))?;
+        if !member_of.is_empty() {
+            let found: Vec<(String, bool)> = sqlx::query_as(
+                "SELECT rolname::text, rolsuper FROM pg_roles WHERE rolname = ANY($1)",
+            )
+            .bind(member_of)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.db_error("look up member_of roles", &e))?;
+            for group in member_of {
+                match found.iter().find(|(n, _)| n == group) {
+                    None => {
+                        return Err(self.error(format!("member_of role `{group}` does not exist")));
+                    }
+                    Some((_, true)) => {
+                        return Err(
+                            self.error(format!("member_of role `{group}` is a superuser role"))
+                        );
+                    }
+                    Some((_, false)) => {}
+                }
+            }
+        }
+        let mut sql = format!(
+            "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT \
+             NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {CONNECTION_LIMIT} \
+             PASSWORD {} VALID UNTIL {}",
+            quote_ident(role_name),
+            quote_literal(&verifier),
+            quote_literal(&until),
+        );
+        if !member_of.is_empty() {
+            let groups: Vec<String> = member_of.iter().map(|g| quote_ident(g)).collect();
+            sql.push_str(" IN ROLE ");
+            sql.push_str(&groups.join(", "));
+        }
+        let sql = Zeroizing::new(sql);
+        // Safe: the role name matched the generated-name pattern and is quoted, the group
+        // names are quoted identifiers, the verifier and timestamp are quoted literals.
+        sqlx::query(AssertSqlSafe(sql.as_str()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error("create role", &e))?;
+        tx.commit()
+            .await
+            .map_err(|e| self.db_error("create role", &e))?;
+        Ok(())
+    }
+
+    /// Drops `role_name`: forbids new logins, terminates its open sessions (waiting for them
+    /// to end), reassigns what it owns to the admin user, drops its remaining privileges and
+    /// the role. `Ok(())` once the role is gone, including when it never existed.
+    pub async fn drop_role(&self, role_name: &str) -> Result<(), MintError> {
+        check_role_name(role_name).map_err(|r| self.error(r))?;
+        if !self.role_exists(role_name).await? {
+            return Ok(());
+        }
+        let ident = quote_ident(role_name);
+        // 42704 undefined_object: someone else dropped it meanwhile, which is what we want.
+        let gone = |e: &sqlx::Error| {
+            e.as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42704")
+        };
+
+        // Safe: validated generated name, quoted.
+        match sqlx::query(AssertSqlSafe(format!("ALTER ROLE {ident} NOLOGIN")))
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(self.db_error("disable login", &e)),
+        }
+        // The session list is materialized first: a plain WHERE would let the planner push
+        // pg_terminate_backend below the user-name filter and end other users' sessions.
+        let stuck: Vec<(i32,)> = sqlx::query_as(
+            "WITH s AS MATERIALIZED (\
+               SELECT pid FROM pg_stat_activity \
+               WHERE usename = $1 AND pid <> pg_backend_pid()) \
+             SELECT pid FROM s WHERE NOT pg_terminate_backend(pid, $2)",
+        )
+        .bind(role_name)
+        .bind(TERMINATE_WAIT_MS)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error("terminate sessions", &e))?;
+        if !stuck.is_empty() {
+            return Err(self.error(format!(
+                "{} session(s) of the role did not end in time",
+                stuck.len()
+            )));
+        }
+
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.db_error("connect", &e))?;
+        for (what, sql) in [
+            (
+                "reassign owned objects",
+                format!("REASSIGN OWNED BY {ident} TO CURRENT_USER"),
+            ),
+            ("drop privileges", format!("DROP OWNED BY {ident}")),
+            ("drop role", format!("DROP ROLE IF EXISTS {ident}")),
+        ] {
+            // Safe: validated generated name, quoted.
+            match sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await {
+                Ok(_) => {}
+                Err(e) if gone(&e) => return Ok(()),
+                Err(e) => return Err(self.db_error(what, &e)),
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| self.db_error("drop role", &e))?;
+        Ok(())
+    }
+
+    /// Whether `role_name` exists (crash reconciliation).
+    pub async fn role_exists(&self, role_name: &str) -> Result<bool, MintError> {
+        let (exists,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(role_name)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.db_error("look up role", &e))?;
+        Ok(exists)
+    }
+
+    /// Roles whose names start with `prefix` (orphan reconciliation), sorted. An empty prefix
+    /// is refused so a caller cannot list (and then drop) every role of the server.
+    pub async fn roles_with_prefix(&self, prefix: &str) -> Result<Vec<String>, MintError> {
+        if prefix.is_empty() {
+            return Err(self.error("an empty role prefix would match every role"));
+        }
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT rolname::text FROM pg_roles \
+             WHERE left(rolname, length($1)) = $1 ORDER BY rolname",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error("list roles", &e))?;
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+}
+
+/// Whether `name` is an acceptable generated role name: `^[a-z_][a-z0-9_]{0,62}$`.
+pub fn is_valid_role_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_IDENT_BYTES
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+fn check_role_name(name: &str) -> Result<(), String> {
+    if is_valid_role_name(name) {
+        Ok(())
+    } else {
+        Err("role name must match ^[a-z_][a-z0-9_]{0,62}$".into())
+    }
+}
+
+fn check_any_ident(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_IDENT_BYTES || name.contains('\0') {
+        Err("member_of role names must be 1 to 63 bytes without NUL".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Quotes an SQL identifier: wrapped in double quotes, inner double quotes doubled.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal: wrapped in single quotes, inner single quotes doubled. Used
+/// with `standard_conforming_strings = on` (the default since PostgreSQL 9.1); a backslash
+/// makes it switch to the `E''` form with backslashes doubled, which is correct either way.
+pub fn quote_literal(text: &str) -> String {
+    let body = text.replace('\'', "''");
+    if body.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+/// `VALID UNTIL` literal text: `YYYY-MM-DD HH:MM:SS+00` (UTC).
+fn pg_timestamp(unix: i64) -> Result<String, String> {
+    // Up to 9999-12-31T23:59:59Z, the range RFC 3339 text covers.
+    if !(1..=253_402_300_799).contains(&unix) {
+        return Err("expiry out of range".into());
+    }
+    let text = crate::clock::rfc3339(unix);
+    // `2026-11-22T10:15:00Z` → `2026-11-22 10:15:00+00`
+    match text.strip_suffix('Z') {
+        Some(t) if t.len() == 19 => Ok(format!("{}+00", t.replacen('T', " ", 1))),
+        _ => Err("expiry out of range".into()),
+    }
+}
+
+fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>, MintError> {
+    let mut b = Zeroizing::new([0u8; N]);
+    SystemRandom::new()
+        .fill(&mut b[..])
+        .map_err(|_| MintError::Crypto("randomness unavailable".into()))?;
+    Ok(b)
+}
+
+/// A fresh role name: `jp_` + 20 random lowercase base32 characters (100 bits).
+pub fn new_role_name() -> Result<String, MintError> {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let bytes = random_bytes::<20>()?;
+    let mut name = String::with_capacity(ROLE_PREFIX.len() + 20);
+    name.push_str(ROLE_PREFIX);
+    // 256 is a multiple of 32: taking 5 bits of each byte is uniform.
+    name.extend(
+        bytes
+            .iter()
+            .map(|b| char::from(ALPHABET[usize::from(b & 31)])),
+    );
+    Ok(name)
+}
+
+/// A strong random password: 32 random bytes as unpadded base64url (43 characters, no quotes
+/// or backslashes).
+pub fn new_password() -> Result<SecretString, MintError> {
+    let bytes = random_bytes::<32>()?;
+    Ok(SecretString::from(B64URL.encode(&bytes[..])))
+}
+
+struct ScramKeys {
+    stored_key: [u8; 32],
+    server_key: [u8; 32],
+}
+
+fn scram_keys(password: &str, salt: &[u8], iterations: u32) -> Result<ScramKeys, MintError> {
+    let iterations = std::num::NonZeroU32::new(iterations)
+        .ok_or_else(|| MintError::Crypto("SCRAM iteration count must be positive".into()))?;
+    let mut salted = Zeroizing::new([0u8; 32]);
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        salt,
+        password.as_bytes(),
+        &mut salted[..],
+    );
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &salted[..]);
+    let client_key = Zeroizing::new(hmac::sign(&key, b"Client Key").as_ref().to_vec());
+    let mut stored_key = [0u8; 32];
+    stored_key.copy_from_slice(digest::digest(&digest::SHA256, &client_key).as_ref());
+    let mut server_key = [0u8; 32];
+    server_key.copy_from_slice(hmac::sign(&key, b"Server Key").as_ref());
+    Ok(ScramKeys {
+        stored_key,
+        server_key,
+    })
+}
+
+/// Refuses passwords that PostgreSQL's SASLprep could change: printable ASCII only.
+fn check_scram_password(password: &str) -> Result<(), MintError> {
+    if password.is_empty() || !password.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(MintError::Crypto(
+            "password must be non-empty printable ASCII".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677 in PostgreSQL's
+/// format `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, standard base64),
+/// with PBKDF2-HMAC-SHA256, 4096 iterations and a random 16-byte salt. The password must be
+/// printable ASCII (SASLprep leaves it unchanged, so clients derive the same keys).
+pub fn scram_verifier(password: &str) -> Result<String, MintError> {
+    check_scram_password(password)?;
+    let salt = random_bytes::<16>()?;
+    let keys = scram_keys(password, &salt[..], SCRAM_ITERATIONS)?;
+    Ok(format!(
+        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
+        B64.encode(&salt[..]),
+        B64.encode(keys.stored_key),
+        B64.encode(keys.server_key)
+    ))
+}
+
+/// The parts of a stored verifier.
+struct ParsedVerifier {
+    iterations: u32,
+    salt: Vec<u8>,
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
+}
+
+fn parse_verifier(verifier: &str) -> Option<ParsedVerifier> {
+    let rest = verifier.strip_prefix("SCRAM-SHA-256$")?;
+    let (params, keys) = rest.split_once('$')?;
+    let (iterations, salt) = params.split_once(':')?;
+    let (stored, server) = keys.split_once(':')?;
+    Some(ParsedVerifier {
+        iterations: iterations.parse().ok()?,
+        salt: B64.decode(salt).ok()?,
+        stored_key: B64.decode(stored).ok()?,
+        server_key: B64.decode(server).ok()?,
+    })
+}
+
+/// Whether `password` matches a PostgreSQL SCRAM-SHA-256 `verifier` (constant-time compare of
+/// both keys). Malformed verifiers, and iteration counts above 10⁶ (a cost bomb), do not match.
+pub fn scram_check(password: &str, verifier: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(v) = parse_verifier(verifier) else {
+        return false;
+    };
+    if v.iterations > 1_000_000 {
+        return false;
+    }
+    let Ok(keys) = scram_keys(password, &v.salt, v.iterations) else {
+        return false;
+    };
+    let ok =
+        keys.stored_key[..].ct_eq(&v.stored_key[..]) & keys.server_key[..].ct_eq(&v.server_key[..]);
+    bool::from(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use sqlx::Connection;
+    use sqlx::postgres::PgConnection;
+
+    use super::*;
+
+    const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    fn suffix() -> String {
+        new_role_name().unwrap()[3..15].to_string()
+    }
+
+    /// The admin target and a direct admin connection, or `None` (test skipped) when no local
+    /// PostgreSQL answers.
+    async fn server() -> Option<(PgTarget, PgPool)> {
+        let opts = PgConnectOptions::from_str(ADMIN_URL).unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(opts)
+            .await;
+        match pool {
+            Ok(pool) => Some((PgTarget::new("main", ADMIN_URL).unwrap(), pool)),
+            Err(_) => {
+                println!("skipped: no PostgreSQL");
+                None
+            }
+        }
+    }
+
+    async fn connect_as(role: &str) -> Result<PgConnection, sqlx::Error> {
+        PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(5432)
+            .username(role)
+            .database("postgres")
+            .connect()
+            .await
+    }
+
+    async fn exec(pool: &PgPool, sql: String) {
+        sqlx::query(AssertSqlSafe(sql)).execute(pool).await.unwrap();
+    }
+
+    /// Runs `body`, then always drops the listed roles and schemas (even when `body` panicked),
+    /// then re-raises the panic.
+    async fn with_cleanup<F>(admin: PgPool, roles: Vec<String>, schemas: Vec<String>, body: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let outcome = tokio::spawn(body).await;
+        for schema in &schemas {
+            let _ = sqlx::query(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                quote_ident(schema)
+            )))
+            .execute(&admin)
+            .await;
+        }
+        let target = PgTarget::new("cleanup", ADMIN_URL).unwrap();
+        for role in &roles {
+            if target.drop_role(role).await.is_err() {
+                let _ = sqlx::query(AssertSqlSafe(format!(
+                    "DROP ROLE IF EXISTS {}",
+                    quote_ident(role)
+                )))
+                .execute(&admin)
+                .await;
+            }
+        }
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    async fn stored_verifier(admin: &PgPool, role: &str) -> String {
+        let (v,): (String,) =
+            sqlx::query_as("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
+                .bind(role)
+                .fetch_one(admin)
+                .await
+                .unwrap();
+        v
+    }
+
+    #[test]
+    fn generated_names_and_passwords_have_the_promised_shape() {
+        let a = new_role_name().unwrap();
+        let b = new_role_name().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 23);
+        assert!(a.starts_with("jp_") && is_valid_role_name(&a));
+        let p = new_password().unwrap();
+        assert_eq!(p.expose_secret().len(), 43);
+        assert!(
+            p.expose_secret()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert!(!format!("{p:?}").contains(p.expose_secret()));
+    }
+
+    #[test]
+    fn role_names_outside_the_pattern_are_refused() {
+        for bad in [
+            "",
+            "Jp_x",
+            "1abc",
+            "jp-x",
+            "jp_x\"",
+            "jp x",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_valid_role_name(bad), "{bad:?}");
+        }
+        assert!(is_valid_role_name("_x") && is_valid_role_name(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn quoting_doubles_the_quote_characters() {
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(
+            quote_ident("x; DROP ROLE postgres"),
+            "\"x; DROP ROLE postgres\""
+        );
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\'b"), r"E'a\\''b'");
+    }
+
+    #[test]
+    fn valid_until_literal_is_utc_text() {
+        assert_eq!(
+            pg_timestamp(1_795_342_500).unwrap(),
+            "2026-11-22 10:15:00+00"
+        );
+        assert!(pg_timestamp(0).is_err());
+        assert!(pg_timestamp(253_402_300_800).is_err());
+    }
+
+    #[test]
+    fn scram_verifier_has_postgres_format_and_checks_the_password() {
+        let v = scram_verifier("correct horse").unwrap();
+        assert!(has_postgres_verifier_shape(&v), "{v}");
+        assert!(scram_check("correct horse", &v));
+        assert!(!scram_check("correct horsf", &v));
+        assert!(!scram_check("correct horse", "md5abc"));
+        // Fresh salt each time.
+        assert_ne!(v, scram_verifier("correct horse").unwrap());
+        assert!(scram_verifier("").is_err());
+        assert!(scram_verifier("pässword").is_err());
+    }
+
+    fn has_postgres_verifier_shape(v: &str) -> bool {
+        let Some(rest) = v.strip_prefix("SCRAM-SHA-256$4096:") else {
+            return false;
+        };
+        let Some((salt, keys)) = rest.split_once('$') else {
+            return false;
+        };
+        let Some((stored, server)) = keys.split_once(':') else {
+            return false;
+        };
+        B64.decode(salt).map(|s| s.len()) == Ok(16)
+            && B64.decode(stored).map(|s| s.len()) == Ok(32)
+            && B64.decode(server).map(|s| s.len()) == Ok(32)
+    }
+
+    #[tokio::test]
+    async fn scram_math_matches_what_postgres_computes() {
+        let Some((_, admin)) = server().await else {
+            return;
+        };
+        let role = format!("jp_test_scram_{}", suffix());
+        let a = admin.clone();
+        let r = role.clone();
+        with_cleanup(admin, vec![role], vec![], async move {
+            // Let the server hash a known password itself, then check it with our math.
+            let mut tx = a.begin().await.unwrap();
+            sqlx::query("SET LOCAL password_encryption = 'scram-sha-256'")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE ROLE {} PASSWORD 'server-side secret'",
+                quote_ident(&r)
+            )))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            let v = stored_verifier(&a, &r).await;
+            assert!(
+                v.starts_with("SCRAM-SHA-256$"),
+                "server did not store SCRAM"
+            );
+            assert!(scram_check("server-side secret", &v));
+            assert!(!scram_check("server-side secreT", &v));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn minted_role_has_the_password_expiry_and_only_its_groups_privileges() {
+        let Some((target, admin)) = server().await else {
+            return;
+        };
+        let s = suffix();
+        let group = format!("jp_test_reader_{s}");
+        let schema = format!("jp_test_schema_{s}");
+        let role = format!("jp_test_role_{s}");
+        let (a, g, sc, r) = (admin.clone(), group.clone(), schema.clone(), role.clone());
+        let body = async move {
+            exec(&a, format!("CREATE ROLE {} NOLOGIN", quote_ident(&g))).await;
+            exec(&a, format!("CREATE SCHEMA {}", quote_ident(&sc))).await;
+            exec(&a, format!("CREATE TABLE {}.t (v int)", quote_ident(&sc))).await;
+            exec(&a, format!("INSERT INTO {}.t VALUES (7)", quote_ident(&sc))).await;
+            exec(
+                &a,
+                format!(
+                    "GRANT USAGE ON SCHEMA {} TO {}",
+                    quote_ident(&sc),
+                    quote_ident(&g)
+                ),
+            )
+            .await;
+            exec(
+                &a,
+                format!(
+                    "GRANT SELECT ON {}.t TO {}",
+                    quote_ident(&sc),
+                    quote_ident(&g)
+                ),
+            )
+            .await;
+
+            let password = new_password().unwrap();
+            let valid_until = 4_102_444_800; // 2100-01-01T00:00:00Z
+            target
+                .create_role(&r, &password, valid_until, std::slice::from_ref(&g))
+                .await
+                .unwrap();
+            assert!(target.role_exists(&r).await.unwrap());
+
+            // The stored verifier matches the password (and only it).
+            let v = stored_verifier(&a, &r).await;
+            assert!(scram_check(password.expose_secret(), &v));
+            assert!(!scram_check("not the password", &v));
+
+            // Attributes.
+            let row: (bool, bool, bool, bool, bool, bool, bool, i32, i64) = sqlx::query_as(
+                "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolinherit, \
+                 rolreplication, rolbypassrls, rolconnlimit, \
+                 extract(epoch FROM rolvaliduntil)::bigint FROM pg_authid WHERE rolname = $1",
+            )
+            .bind(&r)
+            .fetch_one(&a)
+            .await
+            .unwrap();
+            assert_eq!(
+                row,
+                (
+                    true,
+                    false,
+                    false,
+                    false,
+                    true,
+                    false,
+                    false,
+                    10,
+                    valid_until
+                )
+            );
+            let groups: Vec<(String,)> = sqlx::query_as(
+                "SELECT g.rolname::text FROM pg_auth_members m \
+                 JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member \
+                 WHERE u.rolname = $1",
+            )
+            .bind(&r)
+            .fetch_all(&a)
+            .await
+            .unwrap();
+            assert_eq!(groups, vec![(g.clone(),)]);
+
+            // Log in as the role: what the group allows works, nothing more.
+            let mut conn = connect_as(&r).await.unwrap();
+            let (who,): (String,) = sqlx::query_as("SELECT current_user::text")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(who, r);
+            let (v,): (i32,) = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT v FROM {}.t",
+                quote_ident(&sc)
+            )))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert_eq!(v, 7);
+            let denied = |res: Result<_, sqlx::Error>| {
+                let e = res.unwrap_err();
+                assert_eq!(
+                    e.as_database_error().and_then(|d| d.code()).as_deref(),
+                    Some("42501"),
+                    "expected insufficient_privilege, got {e}"
+                );
+            };
+            denied(
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {}.t VALUES (8)",
+                    quote_ident(&sc)
+                )))
+                .execute(&mut conn)
+                .await,
+            );
+            denied(
+                sqlx::query(AssertSqlSafe(format!(
+                    "CREATE TABLE {}.mine (v int)",
+                    quote_ident(&sc)
+                )))
+                .execute(&mut conn)
+                .await,
+            );
+            denied(
+                sqlx::query(AssertSqlSafe(format!("CREATE TABLE public.{r}_t (v int)")))
+                    .execute(&mut conn)
+                    .await,
+            );
+            denied(
+                sqlx::query("CREATE ROLE jp_test_should_not_exist")
+                    .execute(&mut conn)
+                    .await,
+            );
+            conn.close().await.unwrap();
+
+            // Creating it again is an error, not a silent reuse.
+            let again = target
+                .create_role(&r, &password, valid_until, &[])
+                .await
+                .unwrap_err();
+            assert!(matches!(again, MintError::Database { .. }));
+            assert!(!again.to_string().contains(password.expose_secret()));
+            assert!(!again.to_string().contains("SCRAM"));
+
+            target.drop_role(&r).await.unwrap();
+            assert!(!target.role_exists(&r).await.unwrap());
+        };
+        with_cleanup(admin, vec![role, group], vec![schema], body).await;
+    }
+
+    #[tokio::test]
+    async fn drop_role_terminates_open_sessions_and_removes_the_role() {
+        let Some((target, admin)) = server().await else {
+            return;
+        };
+        let s = suffix();
+        let role = format!("jp_test_drop_{s}");
+        let bystander = format!("jp_test_bystander_{s}");
+        let (r, b) = (role.clone(), bystander.clone());
+        let body = async move {
+            let password = new_password().unwrap();
+            for name in [&r, &b] {
+                target
+                    .create_role(name, &password, 4_102_444_800, &[])
+                    .await
+                    .unwrap();
+            }
+            let mut held = connect_as(&r).await.unwrap();
+            sqlx::query("SELECT 1").execute(&mut held).await.unwrap();
+            let mut other = connect_as(&b).await.unwrap();
+            let mut admin_conn = connect_as("postgres").await.unwrap();
+
+            target.drop_role(&r).await.unwrap();
+
+            assert!(!target.role_exists(&r).await.unwrap());
+            assert!(
+                sqlx::query("SELECT 1").execute(&mut held).await.is_err(),
+                "the session of a dropped role must be terminated"
+            );
+            // Only that role's sessions: others live on.
+            sqlx::query("SELECT 1").execute(&mut other).await.unwrap();
+            sqlx::query("SELECT 1")
+                .execute(&mut admin_conn)
+                .await
+                .unwrap();
+            other.close().await.unwrap();
+            admin_conn.close().await.unwrap();
+            assert!(connect_as(&r).await.is_err());
+            // Dropping again (or a role that never existed) is fine.
+            target.drop_role(&r).await.unwrap();
+            target.drop_role("jp_never_existed_x").await.unwrap();
+        };
+        with_cleanup(admin, vec![role, bystander], vec![], body).await;
+    }
+
+    #[tokio::test]
+    async fn drop_role_keeps_objects_the_role_created() {
+        let Some((target, admin)) = server().await else {
+            return;
+        };
+        let s = suffix();
+        let role = format!("jp_test_owner_{s}");
+        let schema = format!("jp_test_schema_{s}");
+        let (a, r, sc) = (admin.clone(), role.clone(), schema.clone());
+        let body = async move {
+            target
+                .create_role(&r, &new_password().unwrap(), 4_102_444_800, &[])
+                .await
+                .unwrap();
+            exec(
+                &a,
+                format!(
+                    "CREATE SCHEMA {} AUTHORIZATION {}",
+                    quote_ident(&sc),
+                    quote_ident(&r)
+                ),
+            )
+            .await;
+            let mut conn = connect_as(&r).await.unwrap();
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE TABLE {}.made (v int)",
+                quote_ident(&sc)
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            target.drop_role(&r).await.unwrap();
+            assert!(!target.role_exists(&r).await.unwrap());
+            let (owner,): (String,) = sqlx::query_as(
+                "SELECT tableowner::text FROM pg_tables WHERE schemaname = $1 AND tablename = 'made'",
+            )
+            .bind(&sc)
+            .fetch_one(&a)
+            .await
+            .unwrap();
+            assert_eq!(owner, "postgres");
+        };
+        with_cleanup(admin, vec![role], vec![schema], body).await;
+    }
+
+    #[tokio::test]
+    async fn unknown_or_superuser_group_is_refused_without_leaving_the_role() {
+        let Some((target, admin)) = server().await else {
+            return;
+        };
+        let s = suffix();
+        let role = format!("jp_test_orphan_{s}");
+        let missing = format!("jp_test_missing_{s}");
+        let (r, m) = (role.clone(), missing.clone());
+        let body = async move {
+            let pw = new_password().unwrap();
+            let err = target
+                .create_role(&r, &pw, 4_102_444_800, std::slice::from_ref(&m))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(&m), "{err}");
+            assert!(!target.role_exists(&r).await.unwrap());
+
+            let err = target
+                .create_role(&r, &pw, 4_102_444_800, &["postgres".to_string()])
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("superuser"), "{err}");
+            assert!(!target.role_exists(&r).await.unwrap());
+
+            // A hostile group name stays one quoted identifier.
+            let err = target
+                .create_role(
+                    &r,
+                    &pw,
+                    4_102_444_800,
+                    &["x\"; DROP ROLE postgres; --".into()],
+                )
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("does not exist"), "{err}");
+            assert!(target.role_exists("postgres").await.unwrap());
+            assert!(!target.role_exists(&r).await.unwrap());
+
+            // Names outside the pattern never reach the server.
+            assert!(
+                target
+                    .create_role("Bad\"Name", &pw, 4_102_444_800, &[])
+                    .await
+                    .is_err()
+            );
+            assert!(target.drop_role("Bad\"Name").await.is_err());
+        };
+        with_cleanup(admin, vec![role], vec![], body).await;
+    }
+
+    #[tokio::test]
+    async fn roles_with_prefix_lists_exactly_the_matching_roles() {
+        let Some((target, admin)) = server().await else {
+            return;
+        };
+        let prefix = format!("jp_test_pfx_{}_", suffix());
+        let roles = vec![format!("{prefix}a"), format!("{prefix}b")];
+        let (p, rs) = (prefix.clone(), roles.clone());
+        let body = async move {
+            assert!(target.roles_with_prefix(&p).await.unwrap().is_empty());
+            for r in &rs {
+                target
+                    .create_role(r, &new_password().unwrap(), 4_102_444_800, &[])
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(target.roles_with_prefix(&p).await.unwrap(), rs);
+            // `_` is not a wildcard here.
+            let wild = p.replace('_', "x");
+            assert!(target.roles_with_prefix(&wild).await.unwrap().is_empty());
+            assert!(target.roles_with_prefix("").await.is_err());
+        };
+        with_cleanup(admin, roles, vec![], body).await;
+    }
+
+    #[test]
+    fn target_outside_a_runtime_is_an_error_not_a_panic() {
+        assert!(PgTarget::new("main", ADMIN_URL).is_err());
+    }
+
+    #[tokio::test]
+    async fn target_exposes_public_facts_and_hides_the_admin_password() {
+        let t = PgTarget::new("main", "postgres://admin:hunter2@db.internal:6543/app").unwrap();
+        assert_eq!(
+            (t.host(), t.port(), t.database()),
+            ("db.internal", 6543, "app")
+        );
+        assert!(!format!("{t:?}").contains("hunter2"));
+        let err = PgTarget::new("main", "mysql://admin:hunter2@x/y").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+    }
+}

@@ -1,0 +1,220 @@
+//! Revocation of external credentials (SPEC §3): a revoked or expired lease holding PostgreSQL
+//! roles is marked `pending`; this worker terminates the roles' sessions and drops them,
+//! retrying with backoff while the database is unreachable, and records `done` — or `failed`
+//! after a bound, the role's own `VALID UNTIL` being the backstop. Every step is audited.
+//! At start it also reconciles role-creation intents left by a crash: a role whose lease was
+//! never committed is dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::audit::{AuditEvent, Outcome};
+use crate::store::LeaseRow;
+
+/// Attempts before a revocation is recorded as `failed`.
+pub const MAX_ATTEMPTS: i64 = 12;
+
+/// Seconds to wait before attempt `n + 1` (1, 2, 4, … capped at 5 minutes).
+fn backoff(attempts: i64) -> i64 {
+    1_i64
+        .checked_shl(u32::try_from(attempts.clamp(0, 20)).unwrap_or(20))
+        .unwrap_or(300)
+        .min(300)
+}
+
+async fn audit(
+    app: &App,
+    lease: &LeaseRow,
+    outcome: Outcome,
+    event: &str,
+    reason: Option<String>,
+    attempts: i64,
+) {
+    let mut ev = AuditEvent::new(event, outcome);
+    ev.environment = Some(lease.env.clone());
+    ev.role = Some(lease.role.clone());
+    ev.lease_id = Some(lease.id.clone());
+    ev.reason = reason;
+    ev.details.insert("attempts".into(), json!(attempts));
+    if let Err(e) = app.audit.append(ev).await {
+        tracing::error!(error = %e, "audit log write failed for a revocation step");
+    }
+}
+
+/// The PostgreSQL roles recorded in a lease's sealed details: (target, role).
+async fn lease_roles(app: &App, lease: &LeaseRow) -> Result<Vec<(String, String)>, String> {
+    let plain = app
+        .keyring
+        .open(
+            &lease.env,
+            "leases",
+            &lease.id,
+            lease.key_version,
+            &lease.sealed,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let details: Value = serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
+    Ok(details["postgres"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["target"].as_str()?.to_string(),
+                p["role"].as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// One attempt for one lease.
+async fn revoke_external(app: &App, lease: &LeaseRow) -> Result<(), String> {
+    for (target, role) in lease_roles(app, lease).await? {
+        let t = app
+            .pg_targets
+            .get(&target)
+            .ok_or_else(|| format!("postgres target `{target}` is no longer configured"))?;
+        t.drop_role(&role).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Runs every due revocation once; returns how many were settled (done or failed).
+pub async fn run_due(app: &App) -> usize {
+    let now = app.clock.unix();
+    let due = match app.store.due_revocations(now, 100).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read pending revocations");
+            return 0;
+        }
+    };
+    let mut settled = 0;
+    for lease in due {
+        let attempts = lease.revocation_attempts + 1;
+        let why = if lease.revoked_at.is_some() {
+            "revoked"
+        } else {
+            "expired"
+        };
+        let result = revoke_external(app, &lease).await;
+        let stored = match &result {
+            Ok(()) => {
+                audit(
+                    app,
+                    &lease,
+                    Outcome::Success,
+                    "revocation_done",
+                    Some(format!("database roles dropped ({why})")),
+                    attempts,
+                )
+                .await;
+                settled += 1;
+                app.store
+                    .set_revocation(&lease.id, "done", attempts, None, None)
+                    .await
+            }
+            Err(e) if attempts >= MAX_ATTEMPTS => {
+                audit(
+                    app,
+                    &lease,
+                    Outcome::Failure,
+                    "revocation_failed",
+                    Some(format!("giving up after {attempts} attempts: {e}")),
+                    attempts,
+                )
+                .await;
+                settled += 1;
+                app.store
+                    .set_revocation(&lease.id, "failed", attempts, None, Some(e))
+                    .await
+            }
+            Err(e) => {
+                audit(
+                    app,
+                    &lease,
+                    Outcome::Failure,
+                    "revocation_retry",
+                    Some(format!("attempt {attempts} failed: {e}")),
+                    attempts,
+                )
+                .await;
+                app.store
+                    .set_revocation(
+                        &lease.id,
+                        "pending",
+                        attempts,
+                        Some(now + backoff(attempts)),
+                        Some(e),
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "cannot record a revocation attempt");
+        }
+    }
+    settled
+}
+
+/// Drops roles whose creation intent has no committed lease (a crash between `CREATE ROLE`
+/// and the lease commit); clears intents whose lease exists. Returns roles dropped.
+pub async fn reconcile_intents(app: &App) -> usize {
+    let intents = match app.store.intents().await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read role intents");
+            return 0;
+        }
+    };
+    let mut dropped = 0;
+    for (intent, committed) in intents {
+        if !committed {
+            let Some(t) = app.pg_targets.get(&intent.target) else {
+                continue;
+            };
+            if let Err(e) = t.drop_role(&intent.role_name).await {
+                tracing::warn!(error = %e, "cannot drop an orphaned role yet; will retry");
+                continue;
+            }
+            dropped += 1;
+            let mut ev = AuditEvent::new("orphan_role_dropped", Outcome::Success);
+            ev.environment = Some(intent.env.clone());
+            ev.lease_id = Some(intent.lease_id.clone());
+            ev.reason = Some(
+                "a database role created for an exchange that never committed was dropped".into(),
+            );
+            ev.details
+                .insert("target".into(), Value::String(intent.target.clone()));
+            if let Err(e) = app.audit.append(ev).await {
+                tracing::error!(error = %e, "audit log write failed");
+            }
+        }
+        if let Err(e) = app.store.delete_intent(&intent.role_name).await {
+            tracing::warn!(error = %e, "cannot clear a role intent");
+        }
+    }
+    dropped
+}
+
+/// Reconciles intents, then works through pending revocations whenever woken (after a
+/// revocation) and every few seconds.
+pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if !app.pg_targets.is_empty() {
+            reconcile_intents(&app).await;
+        }
+        loop {
+            run_due(&app).await;
+            tokio::select! {
+                () = app.revocations.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    })
+}
