@@ -222,7 +222,7 @@ impl Config {
         }
         let env: std::collections::HashMap<String, String> = vars
             .into_iter()
-            .filter(|(k, _)| k.starts_with("JOBPASS_") && !RESERVED_ENV.contains(&k.as_str()))
+            .filter(|(k, _)| k.starts_with("JOBPASS_") && !is_reserved_env(k))
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("JOBPASS")
@@ -289,13 +289,22 @@ impl Config {
     }
 }
 
-/// Variables with the JOBPASS_ prefix that are not configuration keys.
-const RESERVED_ENV: &[&str] = &[
-    "JOBPASS_ROOT_KEY",
-    "JOBPASS_LOG",
-    "JOBPASS_TOKEN",
-    "JOBPASS_CONFIG",
-];
+/// Variables with the JOBPASS_ prefix that are not configuration keys: the CLI's own
+/// (`JOBPASS_SERVER`, …), the log filter, a root key held in a variable, and test or benchmark
+/// settings. Any other `JOBPASS_*` variable must name a configuration key.
+fn is_reserved_env(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "JOBPASS_ROOT_KEY",
+        "JOBPASS_LOG",
+        "JOBPASS_TOKEN",
+        "JOBPASS_CONFIG",
+        "JOBPASS_SERVER",
+        "JOBPASS_CERT",
+        "JOBPASS_KEY",
+        "JOBPASS_CA",
+    ];
+    EXACT.contains(&name) || name.starts_with("JOBPASS_TEST_") || name.starts_with("JOBPASS_BENCH_")
+}
 
 #[cfg(test)]
 mod tests {
@@ -331,6 +340,14 @@ mod tests {
     }
 
     #[test]
+    fn unknown_variable_is_an_error_naming_it() {
+        let e = Config::load_with_env(None, vec![("JOBPASS_LISEN".into(), "x".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
     fn bad_value_names_the_key() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "leeway = \"soon\"\n");
@@ -350,6 +367,8 @@ mod tests {
                 ("JOBPASS_TLS__KEY".into(), "k.pem".into()),
                 ("JOBPASS_LEEWAY".into(), "5s".into()),
                 ("JOBPASS_ROOT_KEY".into(), "ignored".into()),
+                ("JOBPASS_TEST_POSTGRES_URL".into(), "ignored".into()),
+                ("JOBPASS_SERVER".into(), "ignored".into()),
             ],
         )
         .unwrap();

@@ -162,10 +162,15 @@ pub async fn run_due(app: &App) -> usize {
     settled
 }
 
+/// Intents younger than this may belong to an exchange still in flight (requests time out
+/// after 30 s), so reconciliation leaves them alone.
+pub const INTENT_GRACE_SECS: i64 = 120;
+
 /// Drops roles whose creation intent has no committed lease (a crash between `CREATE ROLE`
 /// and the lease commit); clears intents whose lease exists. Returns roles dropped.
 pub async fn reconcile_intents(app: &App) -> usize {
-    let intents = match app.store.intents().await {
+    let before = app.clock.unix() - INTENT_GRACE_SECS;
+    let intents = match app.store.intents(before).await {
         Ok(i) => i,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read role intents");
@@ -202,14 +207,18 @@ pub async fn reconcile_intents(app: &App) -> usize {
     dropped
 }
 
-/// Reconciles intents, then works through pending revocations whenever woken (after a
-/// revocation) and every few seconds.
+/// Works through pending revocations whenever woken (after a revocation) and every second,
+/// and reconciles role intents at start and every half minute.
 pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        if !app.pg_targets.is_empty() {
-            reconcile_intents(&app).await;
-        }
+        let mut last_reconcile: Option<std::time::Instant> = None;
         loop {
+            if !app.pg_targets.is_empty()
+                && last_reconcile.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+            {
+                reconcile_intents(&app).await;
+                last_reconcile = Some(std::time::Instant::now());
+            }
             run_due(&app).await;
             tokio::select! {
                 () = app.revocations.notified() => {}

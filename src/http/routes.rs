@@ -491,7 +491,7 @@ async fn env_crl(
     let ca = app.cas.for_env(&env).await?;
     let now = app.clock.unix();
     let revoked = app.store.revoked_certificates(&env, now).await?;
-    let number = u64::try_from(app.clock.unix_millis()).unwrap_or(0);
+    let number = app.clock.unix_millis();
     let crl = ca.crl_pem(
         &revoked,
         number,

@@ -432,13 +432,14 @@ impl Store {
         Ok(())
     }
 
-    /// Every recorded intent, with whether its lease exists.
-    pub async fn intents(&self) -> Result<Vec<(PgIntent, bool)>> {
+    /// Intents recorded before `before` (unix seconds), with whether their lease exists.
+    pub async fn intents(&self, before: i64) -> Result<Vec<(PgIntent, bool)>> {
         let rows = sqlx::query(
             "SELECT i.role_name, i.target, i.env, i.lease_id,
                     EXISTS (SELECT 1 FROM leases l WHERE l.id = i.lease_id) AS committed
-             FROM pg_intents i",
+             FROM pg_intents i WHERE i.created_at < $1",
         )
+        .bind(before)
         .fetch_all(&self.writer)
         .await?;
         rows.iter()

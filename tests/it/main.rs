@@ -11,6 +11,7 @@
 mod admin;
 mod audit_log;
 mod cli;
+mod dynamic;
 mod emergency;
 mod exchange;
 mod oidc;

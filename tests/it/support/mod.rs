@@ -466,6 +466,11 @@ impl Broker {
         self.post("/v1/exchange", body).await
     }
 
+    /// A fresh GitHub-shaped token (for any environment: all share the audience).
+    pub fn github_token_for(&self, _env: &str) -> String {
+        self.github_token()
+    }
+
     /// A fresh GitHub-shaped token for prod/deploy-web.
     pub fn github_token(&self) -> String {
         self.gh.sign(github_claims(&self.gh.issuer_url()))
