@@ -2,7 +2,12 @@
 //! generated PKI, SQLite store, audit log with fsync) on loopback TLS, then fires exchanges from
 //! many concurrent HTTPS clients and reports throughput and latency percentiles.
 //!
-//! `cargo bench --bench exchange` (env: JOBPASS_BENCH_N, JOBPASS_BENCH_CONCURRENCY).
+//! Then, one request at a time, the latency of a token-only role against a role with a real
+//! PostgreSQL grant (when a server answers on JOBPASS_TEST_POSTGRES_URL or
+//! postgres://postgres@127.0.0.1:5432/postgres).
+//!
+//! `cargo bench --bench exchange` (env: JOBPASS_BENCH_N, JOBPASS_BENCH_CONCURRENCY,
+//! JOBPASS_BENCH_SEQUENTIAL).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -34,8 +39,18 @@ async fn main() {
     }
     let n = env_usize("JOBPASS_BENCH_N", 3000);
     let concurrency = env_usize("JOBPASS_BENCH_CONCURRENCY", 32);
+    let sequential = env_usize("JOBPASS_BENCH_SEQUENTIAL", 300);
     let dir = tempfile::tempdir().unwrap();
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for e in std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+        .unwrap()
+    {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), policies.join(e.file_name())).unwrap();
+    }
+    let pg_url = postgres_url().await;
+    std::fs::write(policies.join("bench.toml"), bench_policy(pg_url.is_some())).unwrap();
     let data = dir.path().join("data");
     let dev = jobpass::dev::prepare(
         &data,
@@ -44,7 +59,13 @@ async fn main() {
         &SystemClock,
     )
     .unwrap();
-    let config = dev.config.clone();
+    let mut config = dev.config.clone();
+    if let Some(url) = &pg_url {
+        config.postgres.insert(
+            "main".into(),
+            serde_json::from_value(json!({"url": url})).unwrap(),
+        );
+    }
     let tls = jobpass::tls::server_config(
         config.tls.cert.as_ref().unwrap(),
         config.tls.key.as_ref().unwrap(),
@@ -126,5 +147,114 @@ async fn main() {
         percentile(&lat, 0.99),
         lat[lat.len() - 1],
     );
+
+    // One request at a time: token-only vs a real PostgreSQL role.
+    let mut roles = vec!["token-only"];
+    if pg_url.is_some() {
+        roles.push("db-reader");
+    } else {
+        println!("(no PostgreSQL reachable: the postgres-grant latency is not measured)");
+    }
+    for role in roles {
+        let mut lat = Vec::new();
+        for _ in 0..sequential {
+            let token =
+                jobpass::dev::token(&data, &policies, "bench", Map::new(), 600, &SystemClock)
+                    .unwrap();
+            let body = json!({"token": token, "environment": "bench", "role": role}).to_string();
+            let t = Instant::now();
+            let r = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let ok = r.status().is_success();
+            let text = r.text().await.unwrap();
+            assert!(ok, "exchange failed: {text}");
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        println!(
+            "sequential {role}: {} exchanges, median {:.2?}, p90 {:.2?}, p99 {:.2?}",
+            lat.len(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99)
+        );
+    }
+    // Revoke everything so the database roles are dropped before the broker stops.
+    let sel = jobpass::store::Selector {
+        all: true,
+        ..Default::default()
+    };
+    app.revoke(&sel, "benchmark done", jobpass::audit::Actor::default())
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        if jobpass::revocation::run_due(&app).await == 0 {
+            break;
+        }
+    }
     running.shutdown().await;
+}
+
+async fn postgres_url() -> Option<String> {
+    let url = std::env::var("JOBPASS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = if url.contains('?') {
+        format!("{url}&sslmode=disable")
+    } else {
+        format!("{url}?sslmode=disable")
+    };
+    let pool = tokio::time::timeout(Duration::from_secs(2), sqlx::PgPool::connect(&url))
+        .await
+        .ok()?
+        .ok()?;
+    // A NOLOGIN group for the bench role; ignore "already exists".
+    let _ = sqlx::query("CREATE ROLE jp_bench_reader NOLOGIN")
+        .execute(&pool)
+        .await;
+    Some(url)
+}
+
+fn bench_policy(with_postgres: bool) -> String {
+    let mut p = String::from(
+        r#"[environment]
+name = "bench"
+issuers = ["https://token.actions.githubusercontent.com"]
+audience = "https://jobpass.example.com"
+max_ttl = "30m"
+
+[[role]]
+name = "token-only"
+ttl = "10m"
+[role.match]
+repository = "octo-org/*"
+
+[[role.grant]]
+name = "api"
+kind = "token"
+secrets = ["bench/*"]
+"#,
+    );
+    if with_postgres {
+        p.push_str(
+            r#"
+[[role]]
+name = "db-reader"
+ttl = "10m"
+[role.match]
+repository = "octo-org/*"
+
+[[role.grant]]
+name = "db"
+kind = "postgres"
+database = "main"
+member_of = ["jp_bench_reader"]
+"#,
+        );
+    }
+    p
 }
