@@ -316,7 +316,7 @@ fn github_deploy_job_gets_the_prod_role() {
         .unwrap_or_else(|d| unreachable!("{}", d.detail()));
     assert_eq!(role.name, "deploy-web");
     assert_eq!(role.ttl, Duration::from_secs(15 * 60));
-    assert_eq!(role.grants.len(), 2);
+    assert_eq!(role.grants.len(), 3);
 }
 
 #[test]
