@@ -835,7 +835,7 @@ fn example_policies_load_with_the_server_issuers() {
             assert!(
                 role.grants
                     .iter()
-                    .all(|g| matches!(g.kind.name(), "token" | "jwt"))
+                    .all(|g| matches!(g.kind.name(), "token" | "jwt" | "x509"))
             );
         }
     }
