@@ -465,17 +465,21 @@ fn pem(body: String) -> Response {
         .into_response()
 }
 
-/// The environment's CA certificate (created on first use).
+/// The CA of a known environment (created on first use).
+async fn known_env_ca(app: &App, env: &str) -> Result<Arc<crate::mint::x509::EnvCa>, ApiError> {
+    if app.policies.load().environment(env).is_none() {
+        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
+    }
+    app.keyring.prepare(env).await?;
+    Ok(app.cas.for_env(env).await?)
+}
+
+/// The environment's CA certificate.
 async fn env_ca(
     State(app): State<Arc<App>>,
     Path(env): Path<String>,
 ) -> Result<Response, ApiError> {
-    if app.policies.load().environment(&env).is_none() {
-        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
-    }
-    app.keyring.prepare(&env).await?;
-    let ca = app.cas.for_env(&env).await?;
-    Ok(pem(ca.ca_pem().to_string()))
+    Ok(pem(known_env_ca(&app, &env).await?.ca_pem().to_string()))
 }
 
 /// The environment's CRL: serials of revoked certificates that have not expired yet, signed
@@ -484,17 +488,14 @@ async fn env_crl(
     State(app): State<Arc<App>>,
     Path(env): Path<String>,
 ) -> Result<Response, ApiError> {
-    if app.policies.load().environment(&env).is_none() {
-        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
-    }
-    app.keyring.prepare(&env).await?;
-    let ca = app.cas.for_env(&env).await?;
-    let now = app.clock.unix();
-    let revoked = app.store.revoked_certificates(&env, now).await?;
-    let number = app.clock.unix_millis();
+    let ca = known_env_ca(&app, &env).await?;
+    let revoked = app
+        .store
+        .revoked_certificates(&env, app.clock.unix())
+        .await?;
     let crl = ca.crl_pem(
         &revoked,
-        number,
+        app.clock.unix_millis(),
         std::time::Duration::from_secs(600),
         app.clock.as_ref(),
     )?;

@@ -2,9 +2,6 @@
 //! r‖s signatures as JWS requires). The private key is created on first use, sealed with the
 //! environment's data key and stored; the public half is served as the environment's JWKS.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::rand::SystemRandom;
@@ -13,9 +10,9 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::MintError;
+use super::keystore::{KeyStore, StoredKey};
 use crate::clock::SharedClock;
-use crate::crypto::{Keyring, sha256};
-use crate::store::{SigningKeyRow, Store};
+use crate::crypto::sha256;
 
 /// An ES256 signing key with its key id and public JWK.
 pub struct JwtSigner {
@@ -118,84 +115,24 @@ pub fn unverified_claims(token: &str) -> Option<Value> {
     serde_json::from_slice(&B64.decode(payload).ok()?).ok()
 }
 
-const PURPOSE: &str = "jwt";
+impl StoredKey for JwtSigner {
+    const PURPOSE: &'static str = "jwt";
 
-/// The signing keys of every environment, loaded or created on first use.
-pub struct Signers {
-    store: Store,
-    keyring: Arc<Keyring>,
-    clock: SharedClock,
-    cache: RwLock<HashMap<String, Arc<JwtSigner>>>,
-}
-
-impl Signers {
-    /// Signers over the store.
-    pub fn new(store: Store, keyring: Arc<Keyring>, clock: SharedClock) -> Self {
-        Self {
-            store,
-            keyring,
-            clock,
-            cache: RwLock::new(HashMap::new()),
-        }
+    fn generate(
+        _env: &str,
+        _clock: &SharedClock,
+    ) -> Result<(String, Zeroizing<Vec<u8>>, String), MintError> {
+        let (signer, pkcs8) = JwtSigner::generate()?;
+        Ok((signer.kid().to_string(), pkcs8, signer.jwk().to_string()))
     }
 
-    /// Forgets a cached key (after key destruction).
-    pub fn invalidate(&self, env: &str) {
-        if let Ok(mut c) = self.cache.write() {
-            c.remove(env);
-        }
-    }
-
-    /// The environment's signer.
-    pub async fn for_env(&self, env: &str) -> Result<Arc<JwtSigner>, MintError> {
-        if let Some(s) = self.cache.read().ok().and_then(|c| c.get(env).cloned()) {
-            return Ok(s);
-        }
-        let key_err = |e: &dyn std::fmt::Display| MintError::Key(e.to_string());
-        let row = match self
-            .store
-            .signing_key(env, PURPOSE)
-            .await
-            .map_err(|e| key_err(&e))?
-        {
-            Some(r) => r,
-            None => {
-                let (signer, pkcs8) = JwtSigner::generate()?;
-                let (key_version, sealed) = self
-                    .keyring
-                    .seal(env, "signing_key", signer.kid(), &pkcs8)
-                    .await
-                    .map_err(|e| key_err(&e))?;
-                let row = SigningKeyRow {
-                    kid: signer.kid().to_string(),
-                    key_version,
-                    sealed,
-                    public_jwk: signer.jwk().to_string(),
-                };
-                self.store
-                    .insert_signing_key(env, PURPOSE, &row, self.clock.unix())
-                    .await
-                    .map_err(|e| key_err(&e))?;
-                // Another writer may have stored its key first: the stored one wins.
-                self.store
-                    .signing_key(env, PURPOSE)
-                    .await
-                    .map_err(|e| key_err(&e))?
-                    .ok_or_else(|| MintError::Key("signing key vanished".into()))?
-            }
-        };
-        let pkcs8 = self
-            .keyring
-            .open(env, "signing_key", &row.kid, row.key_version, &row.sealed)
-            .await
-            .map_err(|e| key_err(&e))?;
-        let signer = Arc::new(JwtSigner::from_pkcs8(&pkcs8)?);
-        if let Ok(mut c) = self.cache.write() {
-            c.insert(env.to_string(), signer.clone());
-        }
-        Ok(signer)
+    fn load(_public: &str, pkcs8: &[u8]) -> Result<Self, MintError> {
+        JwtSigner::from_pkcs8(pkcs8)
     }
 }
+
+/// The JWT signing keys of every environment.
+pub type Signers = KeyStore<JwtSigner>;
 
 #[cfg(test)]
 mod tests {

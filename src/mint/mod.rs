@@ -4,6 +4,7 @@
 
 pub mod cas;
 pub mod jwt;
+pub mod keystore;
 pub mod postgres;
 pub mod token;
 pub mod x509;
