@@ -304,7 +304,10 @@ impl App {
             if has("x509") {
                 keys.ca = Some(self.cas.for_env(&env.name).await?);
             }
-            if has("postgres") && !self.store.replay_seen(&replay).await? {
+            if has("postgres")
+                && !self.store.replay_seen(&replay).await?
+                && !self.store.is_frozen(&env.name).await?
+            {
                 external = self
                     .create_pg_roles(role, &env.name, &lease_id, expires_at)
                     .await?;
@@ -327,12 +330,6 @@ impl App {
         let result = self.finish_exchange(ctx).await;
         if result.is_err() {
             self.drop_pg_roles(&external).await;
-        } else {
-            for pg in &external {
-                if let Err(e) = self.store.delete_intent(&pg.role_name).await {
-                    tracing::warn!(error = %e, "could not clear a role intent; reconciliation will");
-                }
-            }
         }
         result
     }
@@ -522,6 +519,15 @@ impl App {
         tx.insert_lease(&lease, &indexed_claims(verified)).await?;
         for row in &rows {
             tx.insert_credential(row).await?;
+        }
+        // The lease takes over from the role intents; if reconciliation claimed one first
+        // (this exchange took too long), the exchange aborts and its roles are dropped.
+        for pg in external {
+            if !tx.take_intent(&pg.role_name).await? {
+                return Err(ApiError::Unavailable(
+                    "the exchange took too long and was abandoned; nothing was issued".into(),
+                ));
+            }
         }
 
         ev.outcome = Outcome::Success;

@@ -15,8 +15,12 @@ use crate::app::App;
 use crate::audit::{AuditEvent, Outcome};
 use crate::store::LeaseRow;
 
-/// Attempts before a revocation is recorded as `failed`.
+/// Attempts before a revocation is shown as `failed` (it is still retried every 5 minutes:
+/// a leaked password must not keep a session open because the database was down once).
 pub const MAX_ATTEMPTS: i64 = 12;
+
+/// Longest one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Seconds to wait before attempt `n + 1` (1, 2, 4, … capped at 5 minutes).
 fn backoff(attempts: i64) -> i64 {
@@ -79,7 +83,10 @@ async fn revoke_external(app: &App, lease: &LeaseRow) -> Result<(), String> {
             .pg_targets
             .get(&target)
             .ok_or_else(|| format!("postgres target `{target}` is no longer configured"))?;
-        t.drop_role(&role).await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, t.drop_role(&role)).await {
+            Ok(r) => r.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("dropping a role on `{target}` timed out")),
+        }
     }
     Ok(())
 }
@@ -125,13 +132,15 @@ pub async fn run_due(app: &App) -> usize {
                     &lease,
                     Outcome::Failure,
                     "revocation_failed",
-                    Some(format!("giving up after {attempts} attempts: {e}")),
+                    Some(format!(
+                        "{attempts} attempts failed, retrying every 5 minutes: {e}"
+                    )),
                     attempts,
                 )
                 .await;
                 settled += 1;
                 app.store
-                    .set_revocation(&lease.id, "failed", attempts, None, Some(e))
+                    .set_revocation(&lease.id, "failed", attempts, Some(now + 300), Some(e))
                     .await
             }
             Err(e) => {
@@ -179,29 +188,38 @@ pub async fn reconcile_intents(app: &App) -> usize {
     };
     let mut dropped = 0;
     for (intent, committed) in intents {
-        if !committed {
-            let Some(t) = app.pg_targets.get(&intent.target) else {
+        // Claiming deletes the intent; an exchange committing now would have taken it in its
+        // own transaction, so the two can never both act on one role.
+        match app.store.claim_intent(&intent.role_name).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim a role intent");
                 continue;
-            };
-            if let Err(e) = t.drop_role(&intent.role_name).await {
-                tracing::warn!(error = %e, "cannot drop an orphaned role yet; will retry");
-                continue;
-            }
-            dropped += 1;
-            let mut ev = AuditEvent::new("orphan_role_dropped", Outcome::Success);
-            ev.environment = Some(intent.env.clone());
-            ev.lease_id = Some(intent.lease_id.clone());
-            ev.reason = Some(
-                "a database role created for an exchange that never committed was dropped".into(),
-            );
-            ev.details
-                .insert("target".into(), Value::String(intent.target.clone()));
-            if let Err(e) = app.audit.append(ev).await {
-                tracing::error!(error = %e, "audit log write failed");
             }
         }
-        if let Err(e) = app.store.delete_intent(&intent.role_name).await {
-            tracing::warn!(error = %e, "cannot clear a role intent");
+        if committed {
+            continue;
+        }
+        let Some(t) = app.pg_targets.get(&intent.target) else {
+            continue;
+        };
+        if let Err(e) = t.drop_role(&intent.role_name).await {
+            tracing::warn!(error = %e, "cannot drop an orphaned role yet; will retry");
+            // Put the intent back (old enough to be retried at the next pass).
+            let _ = app.store.insert_intent(&intent, before - 1).await;
+            continue;
+        }
+        dropped += 1;
+        let mut ev = AuditEvent::new("orphan_role_dropped", Outcome::Success);
+        ev.environment = Some(intent.env.clone());
+        ev.lease_id = Some(intent.lease_id.clone());
+        ev.reason =
+            Some("a database role created for an exchange that never committed was dropped".into());
+        ev.details
+            .insert("target".into(), Value::String(intent.target.clone()));
+        if let Err(e) = app.audit.append(ev).await {
+            tracing::error!(error = %e, "audit log write failed");
         }
     }
     dropped

@@ -552,12 +552,33 @@ async fn keys_destroy(
             "crypto-shredding is irreversible: repeat the environment name as \"confirm\": \"{env}\""
         )));
     }
-    // Every lease of the environment dies with its keys.
+    // Freeze first (nothing new is minted meanwhile), then every lease of the environment
+    // dies with its keys. Database roles are named only in the sealed lease records, so they
+    // are dropped now, while those records can still be opened; if a database is unreachable
+    // the keys are kept and the call must be repeated.
+    app.store
+        .set_frozen(&env, true, &reason, &id.common_name, app.clock.unix())
+        .await?;
     let sel = Selector {
         env: Some(env.clone()),
         ..Selector::default()
     };
     let revoked = app.revoke(&sel, &reason, actor(&id)).await?;
+    // The worker may be dropping some of them concurrently: wait a little for it (bounded).
+    let mut unsettled = 0;
+    for _ in 0..40 {
+        crate::revocation::run_due(&app).await;
+        unsettled = app.store.unsettled_revocations(&env).await?;
+        if unsettled == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    if unsettled > 0 {
+        return Err(ApiError::Unavailable(format!(
+            "the environment is frozen and its leases revoked, but the database roles of {unsettled} lease(s) could not be dropped yet; the keys were NOT destroyed — retry when the databases are reachable"
+        )));
+    }
     let versions = app.keyring.destroy(&env).await?;
     app.signers.invalidate(&env);
     app.cas.invalidate(&env);

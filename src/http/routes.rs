@@ -442,7 +442,12 @@ async fn env_revoked(
     if app.policies.load().environment(&env).is_none() {
         return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
     }
-    let list = app.store.revoked_jwts(&env, app.clock.unix()).await?;
+    // Listed until they expire plus the leeway verifiers commonly allow.
+    let leeway = i64::try_from(app.config.leeway.as_secs()).unwrap_or(0);
+    let list = app
+        .store
+        .revoked_jwts(&env, app.clock.unix() - leeway)
+        .await?;
     let entries: Vec<Value> = list
         .iter()
         .map(|(jti, exp)| json!({"jti": jti, "exp": exp}))

@@ -99,6 +99,8 @@ impl PgTarget {
         })?;
         let options = options
             .application_name("jobpass")
+            // A revocation must not hang behind a long query holding locks.
+            .options([("lock_timeout", "5s"), ("statement_timeout", "30s")])
             // Statements carry SCRAM verifiers: never log them.
             .disable_statement_logging();
         let host = options.get_host().to_string();
@@ -190,8 +192,15 @@ impl PgTarget {
             .await
             .map_err(|e| self.db_error("connect", &e))?;
         if !member_of.is_empty() {
+            // A group that is, or can become, more than a plain group is refused: superuser
+            // (directly or through membership), CREATEROLE, REPLICATION or BYPASSRLS.
             let found: Vec<(String, bool)> = sqlx::query_as(
-                "SELECT rolname::text, rolsuper FROM pg_roles WHERE rolname = ANY($1)",
+                "SELECT r.rolname::text,
+                        r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls
+                        OR EXISTS (SELECT 1 FROM pg_roles s
+                                   WHERE s.rolsuper AND s.oid <> r.oid
+                                     AND pg_has_role(r.oid, s.oid, 'MEMBER'))
+                 FROM pg_roles r WHERE r.rolname = ANY($1)",
             )
             .bind(member_of)
             .fetch_all(&mut *tx)
@@ -203,9 +212,9 @@ impl PgTarget {
                         return Err(self.error(format!("member_of role `{group}` does not exist")));
                     }
                     Some((_, true)) => {
-                        return Err(
-                            self.error(format!("member_of role `{group}` is a superuser role"))
-                        );
+                        return Err(self.error(format!(
+                            "member_of role `{group}` is privileged (superuser, CREATEROLE, REPLICATION or BYPASSRLS)"
+                        )));
                     }
                     Some((_, false)) => {}
                 }
@@ -238,8 +247,7 @@ impl PgTarget {
     }
 
     /// Drops `role_name`: forbids new logins, terminates its open sessions (waiting for them
-    /// to end), reassigns what it owns to the admin user, drops its remaining privileges and
-    /// the role. `Ok(())` once the role is gone, including when it never existed.
+    /// to end), drops what it owns and its privileges, then the role. `Ok(())` once the role is gone, including when it never existed.
     pub async fn drop_role(&self, role_name: &str) -> Result<(), MintError> {
         check_role_name(role_name).map_err(|r| self.error(r))?;
         if !self.role_exists(role_name).await? {
@@ -287,12 +295,13 @@ impl PgTarget {
             .begin()
             .await
             .map_err(|e| self.db_error("connect", &e))?;
+        // Objects the job created die with its role: handing them to the admin user would let a
+        // job plant, say, a SECURITY DEFINER function that outlives it with more power.
         for (what, sql) in [
             (
-                "reassign owned objects",
-                format!("REASSIGN OWNED BY {ident} TO CURRENT_USER"),
+                "drop owned objects and privileges",
+                format!("DROP OWNED BY {ident}"),
             ),
-            ("drop privileges", format!("DROP OWNED BY {ident}")),
             ("drop role", format!("DROP ROLE IF EXISTS {ident}")),
         ] {
             // Safe: validated generated name, quoted.

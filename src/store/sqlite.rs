@@ -374,7 +374,7 @@ impl Store {
     /// Leases whose external credentials are due for a revocation attempt.
     pub async fn due_revocations(&self, now: i64, limit: i64) -> Result<Vec<LeaseRow>> {
         let sql = format!(
-            "SELECT {LEASE_COLUMNS} FROM leases WHERE revocation = 'pending'
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE revocation IN ('pending', 'failed')
              AND (revocation_next_at IS NULL OR revocation_next_at <= $1) ORDER BY revocation_next_at LIMIT $2"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -421,6 +421,36 @@ impl Store {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    /// Claims an intent for reconciliation: deletes it and says whether this call did (an
+    /// exchange committing at the same moment deletes it in its own transaction instead).
+    pub async fn claim_intent(&self, role_name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM pg_intents WHERE role_name = $1")
+            .bind(role_name)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Whether the environment is frozen (outside a transaction: a cheap early check).
+    pub async fn is_frozen(&self, env: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS f FROM environments WHERE env = $1 AND frozen = 1")
+            .bind(env)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Leases of `env` whose external credentials are not revoked yet (`pending` or `failed`).
+    pub async fn unsettled_revocations(&self, env: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM leases WHERE env = $1 AND revocation IN ('pending', 'failed')",
+        )
+        .bind(env)
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(row.try_get("n")?)
     }
 
     /// Forgets an intent (its lease committed, or its role was dropped).
@@ -701,6 +731,16 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         Ok(r.rows_affected())
+    }
+
+    /// Deletes a role intent as part of committing its lease; false when reconciliation
+    /// claimed it first (the exchange must then abort).
+    pub async fn take_intent(&mut self, role_name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM pg_intents WHERE role_name = $1")
+            .bind(role_name)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Inserts a lease with its indexed claims.

@@ -430,3 +430,33 @@ async fn a_policy_naming_an_unconfigured_database_is_refused() {
         other => panic!("expected a rejection, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn shredding_an_environment_drops_its_database_roles_first() {
+    let Some(admin) = pg::admin_url().await else {
+        return;
+    };
+    let b = pg_broker(&admin, None).await;
+    let (_, v) = b
+        .exchange(&b.github_token_for("data"), "data", Some("db-reader"))
+        .await;
+    let user = v["credentials"][0]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(pg::role_exists(&admin, &user).await);
+    let (s, v) = b
+        .request(
+            &b.admin(AdminRole::Admin),
+            "POST",
+            "/v1/admin/keys/data/destroy",
+            None,
+            Some(json!({"reason": "decommission", "confirm": "data"}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        !pg::role_exists(&admin, &user).await,
+        "the role died before the keys did"
+    );
+}

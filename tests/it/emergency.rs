@@ -75,6 +75,7 @@ async fn each_selector_alone_and_combined_revokes_exactly_the_matching_leases() 
     type Pred = Box<dyn Fn(&Lease) -> bool>;
     let gl = b.gl.issuer_url();
     let one = model[17].id.clone();
+    let version = b.app.policies.load().version().to_string();
     let cases: Vec<(Value, Pred)> = vec![
         (
             json!({"lease_id": one.clone()}),
@@ -106,6 +107,31 @@ async fn each_selector_alone_and_combined_revokes_exactly_the_matching_leases() 
         ),
         (
             json!({"claims": {"repository": "ACME/WEB"}}),
+            Box::new(|_: &Lease| false),
+        ),
+        // LIKE metacharacters in a selector are literal.
+        (
+            json!({"claims": {"repository": "acme_web"}}),
+            Box::new(|_: &Lease| false),
+        ),
+        (
+            json!({"claims": {"repository": "acme%"}}),
+            Box::new(|_: &Lease| false),
+        ),
+        (
+            json!({"subject": "repo:acme/web:ref:refs/heads/main", "claims": {"run_id": "4"}}),
+            Box::new(|l: &Lease| l.env == "prod" && l.run_id == "4"),
+        ),
+        (
+            json!({"policy_version": "sha256:not-this-one"}),
+            Box::new(|_: &Lease| false),
+        ),
+        (
+            json!({"policy_version": version, "claims": {"run_id": "6"}}),
+            Box::new(|l: &Lease| l.run_id == "6"),
+        ),
+        (
+            json!({"issued_before": "2000-01-01T00:00:00Z"}),
             Box::new(|_: &Lease| false),
         ),
         (
@@ -454,6 +480,25 @@ async fn rotation_keeps_old_records_readable_and_rewrap_moves_them() {
         (s, v["data"]["key"].as_str()),
         (200, Some("written-before-rotation"))
     );
+    // After a restart (no cached keys) the resealed signing key still signs and the resealed
+    // lease records still open.
+    let b = b.restart().await;
+    let (s, v) = b
+        .exchange(&b.github_token(), "prod", Some("deploy-web"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, list) = b
+        .request(
+            &b.admin(AdminRole::Auditor),
+            "GET",
+            "/v1/admin/leases",
+            None,
+            None,
+        )
+        .await;
+    for l in list["leases"].as_array().unwrap() {
+        assert!(l["credentials"].is_array(), "lease record opens: {l}");
+    }
     // Security may not rotate keys.
     let (s, _) = b
         .request(
@@ -571,6 +616,17 @@ async fn expired_credentials_are_refused_before_the_sweeper_and_swept_after() {
         (401, Some("invalid_token")),
         "{v}"
     );
+    let form = serde_urlencoded::to_string([("token", token.as_str())]).unwrap();
+    let r = b
+        .admin(AdminRole::Auditor)
+        .post(format!("{}/v1/oauth/introspect", b.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    let i: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(i, json!({"active": false}), "expired, though never revoked");
     assert_eq!(b.lease_count().await, 1, "not swept yet");
     b.clock.advance(24 * 3600);
     let (leases, replay) = jobpass::sweeper::sweep(&b.app).await.unwrap();
