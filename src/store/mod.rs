@@ -8,9 +8,9 @@
 //! - single use of a source token is enforced by a primary key, not by a read-then-write;
 //! - nothing here sees a plaintext secret: callers hand in sealed blobs and token digests.
 
-mod sqlite;
+mod sql;
 
-pub use sqlite::{Store, WriteTx};
+pub use sql::{Store, WriteTx};
 
 /// Store failures. Messages carry no SQL text with values and no secret.
 #[derive(Debug, thiserror::Error)]

@@ -82,7 +82,8 @@ async fn issued_values_never_reach_the_audit_log_the_service_log_or_the_store() 
         401
     );
 
-    let store_and_audit = read_all_bytes(b.dir.path());
+    let mut store_and_audit = read_all_bytes(b.dir.path());
+    store_and_audit.extend(b.store_dump().await);
     let service_log = logs::text();
     for value in [&token, &jwt, &secret_value, &source, &denied_source] {
         // The JWT's signature part is its unique, secret-bearing piece.

@@ -54,6 +54,59 @@ pub struct Options {
     pub audit_file: Option<PathBuf>,
     /// `[postgres.main]` admin URL; adds the `data` environment with postgres grants.
     pub postgres_url: Option<String>,
+    /// Store URL (default: a fresh PostgreSQL database when JOBPASS_TEST_POSTGRES_URL is set,
+    /// else a SQLite file in the broker's directory).
+    pub store: Option<String>,
+}
+
+/// A fresh, empty PostgreSQL database for one broker when `JOBPASS_TEST_POSTGRES_URL` is set
+/// (the whole suite then runs on the PostgreSQL store); None otherwise (SQLite).
+pub async fn fresh_postgres_store() -> Option<String> {
+    let url = std::env::var("JOBPASS_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())?;
+    let name = format!("jp_t_{}", hex::encode(rand::random::<[u8; 6]>()));
+    // Once per test binary: drop the databases earlier runs left behind.
+    static CLEANED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    CLEANED
+        .get_or_init(|| async {
+            let mut admin = pg::admin(&url).await;
+            let old: Vec<(String,)> = sqlx::query_as(
+                "SELECT datname::text FROM pg_database WHERE datname LIKE 'jp\\_t\\_%'",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+            for (db,) in old {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+        })
+        .await;
+    let mut admin = pg::admin(&url).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // Replace the database part of the URL.
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url.as_str(), ""), |(b, q)| (b, q));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    let mut out = format!("{base}/{name}");
+    let q = if query.is_empty() {
+        "sslmode=disable".to_string()
+    } else if query.contains("sslmode") {
+        query.to_string()
+    } else {
+        format!("{query}&sslmode=disable")
+    };
+    out.push('?');
+    out.push_str(&q);
+    Some(out)
 }
 
 /// A running broker with its issuers and files.
@@ -262,7 +315,7 @@ fn write_config(dir: &Path, gh: &TestIssuer, gl: &TestIssuer, opts: &Options) ->
         r#"
 listen = "127.0.0.1:0"
 public_url = "https://127.0.0.1:1"
-store = "sqlite://{db}"
+store = "{store}"
 policies = "policies"
 leeway = "30s"
 
@@ -286,7 +339,10 @@ url = "{gl}"
 allow_http = true
 {postgres}
 "#,
-        db = dir.join("jobpass.db").display(),
+        store = opts
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.join("jobpass.db").display())),
         audit = audit.display(),
         gh = gh.issuer_url(),
         gl = gl.issuer_url(),
@@ -330,6 +386,10 @@ impl Broker {
         )
         .unwrap();
         RootKey::generate_file(&dir.path().join("root.key")).unwrap();
+        let mut opts = opts;
+        if opts.store.is_none() {
+            opts.store = fresh_postgres_store().await;
+        }
         let config_path = write_config(dir.path(), &gh, &gl, &opts);
         let clock = Arc::new(OffsetClock::default());
         let mut broker = Broker {
@@ -499,6 +559,41 @@ impl Broker {
             .await
             .unwrap()
             .len()
+    }
+
+    /// Everything the store holds, as bytes: the SQLite files, or every PostgreSQL row as text.
+    pub async fn store_dump(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        match &self.app.store {
+            jobpass::store::Store::Sqlite { .. } => {
+                for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if name.starts_with("jobpass.db") {
+                        all.extend(std::fs::read(e.path()).unwrap());
+                    }
+                }
+            }
+            jobpass::store::Store::Postgres { pool } => {
+                let tables: Vec<(String,)> = sqlx::query_as(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .fetch_all(pool)
+                .await
+                .unwrap();
+                for (t,) in tables {
+                    let rows: Vec<(String,)> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT t::text FROM {t} t")))
+                            .fetch_all(pool)
+                            .await
+                            .unwrap();
+                    for (r,) in rows {
+                        all.extend(r.into_bytes());
+                    }
+                }
+            }
+        }
+        assert!(!all.is_empty(), "the store holds something");
+        all
     }
 
     pub fn audit_path(&self) -> PathBuf {
