@@ -102,6 +102,8 @@ pub struct App {
     pub pg_targets: std::collections::BTreeMap<String, PgTarget>,
     /// Wakes the revocation worker.
     pub revocations: tokio::sync::Notify,
+    /// Held while this replica runs the background work.
+    pub leader: tokio::sync::Mutex<Option<crate::store::LeaderLock>>,
     /// Source-token verifier.
     pub verifier: Verifier,
     /// Current policy set (swapped atomically on reload).
@@ -219,6 +221,7 @@ impl App {
             cas,
             pg_targets,
             revocations: tokio::sync::Notify::new(),
+            leader: tokio::sync::Mutex::new(None),
             verifier,
             policies: ArcSwap::from_pointee(policies),
             audit,
@@ -227,6 +230,30 @@ impl App {
             public_url,
             dev,
         }))
+    }
+
+    /// Whether this replica runs the background work (sweeper, revocation worker,
+    /// reconciliation): exactly one replica does at a time; when it dies another takes over.
+    pub async fn lead(&self) -> bool {
+        let mut held = self.leader.lock().await;
+        if let Some(lock) = held.as_mut() {
+            if lock.alive().await {
+                return true;
+            }
+            *held = None;
+        }
+        match self.store.try_leader_lock().await {
+            Ok(Some(lock)) => {
+                tracing::info!("this replica now runs the background work");
+                *held = Some(lock);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the background-work lock");
+                false
+            }
+        }
     }
 
     /// Issuer URL of an environment's minted JWTs.

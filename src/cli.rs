@@ -70,6 +70,15 @@ pub enum Command {
     Freeze(FreezeArgs),
     /// Unfreeze an environment (security role).
     Unfreeze(FreezeArgs),
+    /// Check a running broker: GET /healthz; exit 0 when healthy (container health checks).
+    Health {
+        /// Broker URL.
+        #[arg(long, env = "JOBPASS_SERVER", default_value = "https://127.0.0.1:8443")]
+        server: String,
+        /// CA certificate (PEM) to trust for the broker.
+        #[arg(long, env = "JOBPASS_CA")]
+        ca: Option<PathBuf>,
+    },
 }
 
 /// `revoke`
@@ -444,6 +453,7 @@ pub async fn run(cli: Cli) -> i32 {
             .map_err(|e| e.to_string()),
         Command::Keys(k) => crate::client::keys(k).await,
         Command::Revoke(a) => crate::client::revoke(a).await,
+        Command::Health { server, ca } => crate::client::health(&server, ca.as_deref()).await,
         Command::Freeze(a) => crate::client::freeze(a, true).await,
         Command::Unfreeze(a) => crate::client::freeze(a, false).await,
         Command::Certs(CertsCmd::Init { dir, sans, force }) => {

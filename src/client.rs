@@ -318,3 +318,26 @@ pub async fn keys(k: KeysCmd) -> Result<i32, String> {
         }
     }
 }
+
+/// `jobpass health`: 0 when `GET /healthz` answers 200 within 3 seconds, 1 otherwise.
+pub async fn health(server: &str, ca: Option<&Path>) -> Result<i32, String> {
+    let client = http_client(ca, None, None)?;
+    let url = format!("{}/healthz", server.trim_end_matches('/'));
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(3), client.get(&url).send()).await;
+    match answer {
+        Ok(Ok(r)) if r.status().is_success() => Ok(0),
+        Ok(Ok(r)) => {
+            eprintln!("unhealthy: {}", r.status());
+            Ok(1)
+        }
+        Ok(Err(e)) => {
+            eprintln!("unhealthy: {}", error_chain(&e));
+            Ok(1)
+        }
+        Err(_) => {
+            eprintln!("unhealthy: no answer within 3 s");
+            Ok(1)
+        }
+    }
+}

@@ -231,6 +231,11 @@ pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last_reconcile: Option<std::time::Instant> = None;
         loop {
+            if !app.lead().await {
+                // Another replica does this work; take over if it dies.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
             if !app.pg_targets.is_empty()
                 && last_reconcile.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
             {

@@ -37,6 +37,9 @@ pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !app.lead().await {
+                continue;
+            }
             if let Err(e) = sweep(&app).await {
                 tracing::warn!(error = %e, "sweep failed; will retry");
             }

@@ -58,10 +58,11 @@ impl Keyring {
         }
     }
 
+    /// The environment's key versions as the store has them now (one small query: a rotation
+    /// or destruction on another replica takes effect here at once), with unwrapped keys
+    /// reused from the cache.
     async fn load(&self, env: &str) -> Result<Arc<EnvKeys>, CryptoError> {
-        if let Some(k) = self.cached(env) {
-            return Ok(k);
-        }
+        let cached = self.cached(env);
         let mut rows = self.store.data_keys(env).await.map_err(store_err)?;
         if rows.is_empty() {
             // First use: create version 1. A concurrent creator may win; then re-read.
@@ -78,8 +79,12 @@ impl Keyring {
         let mut current = 0;
         for row in rows {
             current = current.max(row.version);
+            let reuse = cached
+                .as_ref()
+                .and_then(|c| c.keys.get(&row.version).cloned().flatten());
             let key = match row.wrapped {
                 None => None,
+                Some(_) if reuse.is_some() => reuse,
                 Some(w) => {
                     let raw = aead::open(&self.wrap, &w, &wrap_aad(env, row.version))
                         .map_err(|_| CryptoError::RootKey(format!(
@@ -94,6 +99,15 @@ impl Keyring {
                 }
             };
             keys.insert(row.version, key);
+        }
+        if let Some(c) = &cached
+            && c.current == current
+            && c.keys.len() == keys.len()
+            && c.keys
+                .iter()
+                .all(|(v, k)| keys.get(v).is_some_and(|n| n.is_some() == k.is_some()))
+        {
+            return Ok(c.clone());
         }
         let ek = Arc::new(EnvKeys { current, keys });
         if let Ok(mut c) = self.cache.write() {

@@ -17,5 +17,6 @@ mod exchange;
 mod oidc;
 mod refusals;
 mod reload;
+mod replicas;
 mod secrets;
 mod support;

@@ -47,6 +47,31 @@ impl Clock for OffsetClock {
     }
 }
 
+/// Another replica sharing a broker's store.
+pub struct Replica {
+    pub app: Arc<App>,
+    pub url: String,
+    running: Option<Running>,
+}
+
+impl Replica {
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// The replica dies: its server stops and its state (store connections included) is gone.
+    pub async fn kill(self) {
+        let Replica { app, running, .. } = self;
+        if let Some(r) = running {
+            r.shutdown().await;
+        }
+        assert_eq!(Arc::strong_count(&app), 1);
+        drop(app);
+    }
+}
+
 /// Options of a test broker.
 #[derive(Default, Clone)]
 pub struct Options {
@@ -57,6 +82,8 @@ pub struct Options {
     /// Store URL (default: a fresh PostgreSQL database when JOBPASS_TEST_POSTGRES_URL is set,
     /// else a SQLite file in the broker's directory).
     pub store: Option<String>,
+    /// Do not start the background worker (tests that choose which replica leads).
+    pub no_background: bool,
 }
 
 /// A fresh, empty PostgreSQL database for one broker when `JOBPASS_TEST_POSTGRES_URL` is set
@@ -121,6 +148,7 @@ pub struct Broker {
     pub clock: Arc<OffsetClock>,
     running: Option<Running>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    no_background: bool,
 }
 
 pub fn policies(gh: &str, gl: &str) -> Vec<(&'static str, String)> {
@@ -403,6 +431,7 @@ impl Broker {
             config_path,
             running: None,
             background: Vec::new(),
+            no_background: opts.no_background,
         };
         broker.listen().await;
         broker
@@ -426,8 +455,97 @@ impl Broker {
             .unwrap();
         self.url = format!("https://{}", running.addr);
         self.running = Some(running);
-        self.background
-            .push(jobpass::revocation::spawn(self.app.clone()));
+        if !self.no_background {
+            self.background
+                .push(jobpass::revocation::spawn(self.app.clone()));
+        }
+    }
+
+    /// A second replica of this broker: same configuration and store, its own audit file and
+    /// listener (meaningful on the PostgreSQL store).
+    pub async fn replica(&self, name: &str) -> Replica {
+        let audit = self.dir.path().join(format!("audit-{name}.log"));
+        let config = Config::load_with_env(
+            Some(&self.config_path),
+            vec![
+                ("JOBPASS_AUDIT__FILE".into(), audit.display().to_string()),
+                ("JOBPASS_AUDIT__REPLICA".into(), name.to_string()),
+            ],
+        )
+        .unwrap();
+        let app = App::build(config, self.clock.clone(), None).await.unwrap();
+        let c = &app.config;
+        let tls = jobpass::tls::server_config(
+            c.tls.cert.as_ref().unwrap(),
+            c.tls.key.as_ref().unwrap(),
+            c.tls.admin_client_ca.as_deref(),
+        )
+        .unwrap();
+        let running = serve(app.clone(), "127.0.0.1:0".parse().unwrap(), Some(tls))
+            .await
+            .unwrap();
+        Replica {
+            url: format!("https://{}", running.addr),
+            app,
+            running: Some(running),
+        }
+    }
+
+    /// Exchanges at another replica's address.
+    pub async fn exchange_at(
+        &self,
+        url: &str,
+        token: &str,
+        env: &str,
+        role: Option<&str>,
+    ) -> (u16, Value) {
+        let mut body = json!({"token": token, "environment": env});
+        if let Some(r) = role {
+            body["role"] = Value::String(r.into());
+        }
+        let resp = self
+            .client()
+            .post(format!("{url}/v1/exchange"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
+        )
+    }
+
+    /// GET at another replica's address with a bearer token.
+    pub async fn get_at(&self, url: &str, path: &str, bearer: &str) -> u16 {
+        self.client()
+            .get(format!("{url}{path}"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Stops this broker for good: server, background tasks, state (a replica dying).
+    pub async fn kill(self) {
+        let Broker {
+            app,
+            running,
+            background,
+            ..
+        } = self;
+        if let Some(r) = running {
+            r.shutdown().await;
+        }
+        for task in background {
+            task.abort();
+            let _ = task.await;
+        }
+        drop(app);
     }
 
     /// Stops the server and starts a new one on the same files (a restart).
@@ -469,6 +587,7 @@ impl Broker {
             clock,
             running: None,
             background: Vec::new(),
+            no_background: false,
         };
         b.listen().await;
         b

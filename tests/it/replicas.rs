@@ -1,0 +1,145 @@
+//! Several replicas on one PostgreSQL store (SPEC §5): what one replica revokes is dead on the
+//! others at once, a source token is accepted by exactly one of them, and background work
+//! moves to a surviving replica. Runs when JOBPASS_TEST_POSTGRES_URL is set (as `.ci/run`
+//! does); says it skipped otherwise.
+
+use jobpass::tls::AdminRole;
+use serde_json::json;
+
+use crate::support::{Broker, Options};
+
+fn postgres() -> bool {
+    let on = std::env::var("JOBPASS_TEST_POSTGRES_URL").is_ok_and(|u| !u.trim().is_empty());
+    if !on {
+        eprintln!(
+            "skipped: replica tests need JOBPASS_TEST_POSTGRES_URL (a shared PostgreSQL store)"
+        );
+    }
+    on
+}
+
+#[tokio::test]
+async fn a_lease_minted_on_one_replica_and_revoked_on_another_dies_everywhere_at_once() {
+    if !postgres() {
+        return;
+    }
+    let a = Broker::start().await;
+    assert_eq!(a.app.store.backend(), "postgres");
+    let b = a.replica("b").await;
+    a.put_secret(
+        "prod",
+        "deploy/web/api",
+        json!({"key": "shared-by-replicas"}),
+    )
+    .await;
+    let (s, v) = a
+        .exchange(&a.github_token(), "prod", Some("deploy-web"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let token = v["credentials"][0]["token"].as_str().unwrap().to_string();
+    let lease = v["lease_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        a.get_at(&b.url, "/v1/secrets/prod/deploy/web/api", &token)
+            .await,
+        200,
+        "B serves A's lease"
+    );
+    // Revoke on B.
+    let r = a
+        .admin(AdminRole::Security)
+        .post(format!("{}/v1/admin/revoke", b.url))
+        .header("content-type", "application/json")
+        .body(json!({"selector": {"lease_id": lease}, "reason": "INC-5"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        a.get_at(&a.url, "/v1/secrets/prod/deploy/web/api", &token)
+            .await,
+        401,
+        "refused on A at once"
+    );
+    // Freeze on B: A mints nothing. Key rotation on B: A seals under the new version.
+    let r = a
+        .admin(AdminRole::Security)
+        .post(format!("{}/v1/admin/environments/prod/freeze", b.url))
+        .header("content-type", "application/json")
+        .body(json!({"reason": "INC-5"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (s, v) = a
+        .exchange(&a.github_token(), "prod", Some("deploy-web"))
+        .await;
+    assert_eq!((s, v["error"].as_str()), (403, Some("environment_frozen")));
+    let r = a
+        .admin(AdminRole::Admin)
+        .post(format!("{}/v1/admin/keys/staging/rotate", b.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    a.put_secret("staging", "staging/x", json!({"k": "after-rotation-on-b"}))
+        .await;
+    assert_eq!(
+        a.app.store.count_sealed_below("staging", 2).await.unwrap(),
+        0,
+        "A used B's new key version"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_source_token_sent_to_two_replicas_is_accepted_exactly_once() {
+    if !postgres() {
+        return;
+    }
+    let a = Broker::start().await;
+    let b = a.replica("b").await;
+    for _ in 0..5 {
+        let token = a.github_token();
+        let (ra, rb) = tokio::join!(
+            a.exchange_at(&a.url, &token, "prod", Some("deploy-web")),
+            a.exchange_at(&b.url, &token, "prod", Some("deploy-web")),
+        );
+        let mut codes = [ra.0, rb.0];
+        codes.sort_unstable();
+        assert_eq!(codes, [200, 409], "{ra:?} {rb:?}");
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn background_work_runs_on_one_replica_and_moves_when_it_dies() {
+    if !postgres() {
+        return;
+    }
+    let base = Broker::start_with(Options {
+        no_background: true,
+        ..Options::default()
+    })
+    .await;
+    let a = base.replica("a").await;
+    let c = base.replica("c").await;
+    assert!(a.app.lead().await, "the first replica to ask leads");
+    assert!(!c.app.lead().await, "only one replica leads");
+    // A dies mid-flight; C keeps serving and takes over the background work.
+    let token = base.github_token();
+    a.kill().await;
+    let (s, v) = base
+        .exchange_at(&c.url, &token, "prod", Some("deploy-web"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut led = false;
+    for _ in 0..100 {
+        if c.app.lead().await {
+            led = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(led, "C took over when A died");
+    c.stop().await;
+}
