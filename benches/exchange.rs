@@ -72,13 +72,40 @@ async fn main() {
         config.tls.admin_client_ca.as_deref(),
     )
     .unwrap();
-    let app = App::build(config, Arc::new(SystemClock), Some(dev.issuer))
+    // JOBPASS_BENCH_STORE=postgres://… runs on a fresh PostgreSQL database instead of SQLite;
+    // JOBPASS_BENCH_REPLICAS=2 starts that many replicas on the store (clients alternate).
+    let replicas = env_usize("JOBPASS_BENCH_REPLICAS", 1).max(1);
+    if let Ok(store) = std::env::var("JOBPASS_BENCH_STORE") {
+        config.store = fresh_database(&store).await;
+    }
+    let store_kind = if config.store.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let mut apps = Vec::new();
+    let mut servers = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..replicas {
+        let mut c = config.clone();
+        c.audit.file = data.join(format!("audit-{i}.log"));
+        let app = App::build(c, Arc::new(SystemClock), Some(dev.issuer.clone()))
+            .await
+            .unwrap();
+        let running = serve(
+            app.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+            Some(tls.clone()),
+        )
         .await
         .unwrap();
-    let running = serve(app.clone(), "127.0.0.1:0".parse().unwrap(), Some(tls))
-        .await
-        .unwrap();
-    let url = format!("https://{}/v1/exchange", running.addr);
+        urls.push(format!("https://{}/v1/exchange", running.addr));
+        apps.push(app);
+        servers.push(running);
+    }
+    let app = apps[0].clone();
+    let url = urls[0].clone();
+    let urls = Arc::new(urls);
 
     let tokens: Vec<String> = (0..n + concurrency)
         .map(|_| {
@@ -99,8 +126,8 @@ async fn main() {
     let run = |limit: usize| {
         let mut handles = Vec::new();
         for _ in 0..concurrency {
-            let (client, url, tokens, next) =
-                (client.clone(), url.clone(), tokens.clone(), next.clone());
+            let (client, urls, tokens, next) =
+                (client.clone(), urls.clone(), tokens.clone(), next.clone());
             handles.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 loop {
@@ -111,7 +138,7 @@ async fn main() {
                     let body = json!({"token": tokens[i], "environment": "dev"}).to_string();
                     let t = Instant::now();
                     let r = client
-                        .post(&url)
+                        .post(&urls[i % urls.len()])
                         .header("content-type", "application/json")
                         .body(body)
                         .send()
@@ -138,7 +165,7 @@ async fn main() {
     let elapsed = start.elapsed();
     lat.sort();
     println!(
-        "exchange: {} requests, concurrency {concurrency}, {:.2?} total: {:.0} exchanges/s; latency p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?}",
+        "exchange ({store_kind}, {replicas} replica(s)): {} requests, concurrency {concurrency}, {:.2?} total: {:.0} exchanges/s; latency p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?}",
         lat.len(),
         elapsed,
         lat.len() as f64 / elapsed.as_secs_f64(),
@@ -197,7 +224,29 @@ async fn main() {
             break;
         }
     }
-    running.shutdown().await;
+    for running in servers {
+        running.shutdown().await;
+    }
+}
+
+/// A fresh database on the server of `url` (benchmarks never reuse data).
+async fn fresh_database(url: &str) -> String {
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    let name = format!("jp_bench_{}", std::process::id());
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (base, _) = url.split_once('?').unwrap_or((url, ""));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    format!("{base}/{name}?sslmode=disable")
 }
 
 async fn postgres_url() -> Option<String> {
