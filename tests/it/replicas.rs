@@ -88,6 +88,18 @@ async fn a_lease_minted_on_one_replica_and_revoked_on_another_dies_everywhere_at
         0,
         "A used B's new key version"
     );
+    // Each replica's audit file carries its name and verifies on its own.
+    let b_audit = a.dir.path().join("audit-b.log");
+    let text = std::fs::read_to_string(&b_audit).unwrap();
+    assert!(text.lines().count() >= 3);
+    assert!(
+        text.lines().all(|l| l.contains("\"replica\":\"b\"")),
+        "{text}"
+    );
+    let key =
+        jobpass::app::audit_key(&jobpass::app::load_root_key(&a.app.config).unwrap()).unwrap();
+    assert!(jobpass::audit::verify(&b_audit, &key).is_ok());
+    assert!(jobpass::audit::verify(&a.audit_path(), &key).is_ok());
     b.stop().await;
 }
 
