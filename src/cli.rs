@@ -539,9 +539,21 @@ async fn serve(a: ServeArgs) -> Result<i32, String> {
     let app = App::build(config, clock, dev.clone())
         .await
         .map_err(|e| e.to_string())?;
-    let running = crate::http::server::serve(app.clone(), listen, tls)
+    let running = crate::http::server::serve(app.clone(), listen, tls.clone())
         .await
         .map_err(|e| e.to_string())?;
+    let vault = match app.config.vault_compat_listen {
+        Some(addr) => Some(
+            crate::http::server::serve_router(
+                crate::http::vault::router(app.clone()),
+                addr,
+                tls.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     crate::reload::spawn(app.clone());
     crate::sweeper::spawn(app.clone());
     crate::revocation::spawn(app.clone());
@@ -556,6 +568,9 @@ async fn serve(a: ServeArgs) -> Result<i32, String> {
         let _ = stop.send(true);
     });
     running.wait().await;
+    if let Some(v) = vault {
+        v.shutdown().await;
+    }
     Ok(0)
 }
 

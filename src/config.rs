@@ -59,6 +59,9 @@ pub struct Config {
     /// Targets for `postgres` grants.
     #[serde(default)]
     pub postgres: BTreeMap<String, PostgresTarget>,
+    /// Address of the Vault-compatible listener (off when unset).
+    #[serde(default)]
+    pub vault_compat_listen: Option<SocketAddr>,
     /// How long expired leases stay listed before the sweeper deletes them.
     #[serde(default = "default_retention", with = "humantime_serde_compat")]
     pub lease_retention: Duration,

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod body;
 pub mod routes;
 pub mod server;
+pub mod vault;
 
 use std::net::SocketAddr;
 

@@ -55,10 +55,19 @@ pub async fn serve(
     addr: SocketAddr,
     tls_config: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Running, StartError> {
+    serve_router(router(app), addr, tls_config).await
+}
+
+/// Serves any router (the native API, or the Vault-compatible one) the same way.
+pub async fn serve_router(
+    router: axum::Router,
+    addr: SocketAddr,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Running, StartError> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (tx, mut rx) = watch::channel(false);
-    let router = router(app.clone()).layer(
+    let router = router.layer(
         tower::ServiceBuilder::new()
             .layer(axum::error_handling::HandleErrorLayer::new(
                 |_: tower::BoxError| async {
