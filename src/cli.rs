@@ -36,7 +36,13 @@ pub enum Command {
     Serve(ServeArgs),
     /// Exchange this job's OIDC token for credentials.
     ///
-    /// Example: jobpass exchange --server https://jobpass.example.com --env prod --role deploy-web --token-file $TOKEN_FILE
+    /// Examples:
+    ///   # GitHub Actions (permissions: id-token: write): values masked, written to $GITHUB_ENV
+    ///   jobpass exchange --server https://jobpass.example.com --env prod --role deploy-web
+    ///   # GitLab CI (id_tokens: JOBPASS_ID_TOKEN: aud: https://jobpass.example.com)
+    ///   eval "$(jobpass exchange --server … --env prod --role deploy --token-env JOBPASS_ID_TOKEN --format env)"
+    ///   # run a command with the credentials, revoke the lease when it ends
+    ///   jobpass exchange --server … --env prod --role deploy-web --revoke-at-exit -- ./deploy.sh
     #[command(verbatim_doc_comment)]
     Exchange(ExchangeArgs),
     /// Offline policy tools.
@@ -70,6 +76,14 @@ pub enum Command {
     Freeze(FreezeArgs),
     /// Unfreeze an environment (security role).
     Unfreeze(FreezeArgs),
+    /// Print shell completions.
+    ///
+    /// Example: jobpass completions bash > /etc/bash_completion.d/jobpass
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
     /// Check a running broker: GET /healthz; exit 0 when healthy (container health checks).
     Health {
         /// Broker URL.
@@ -162,6 +176,8 @@ pub enum Format {
     Json,
     /// `export NAME=value` lines for a shell.
     Env,
+    /// GitHub Actions: masked values appended to $GITHUB_ENV and $GITHUB_OUTPUT.
+    Github,
 }
 
 /// `exchange`
@@ -176,18 +192,31 @@ pub struct ExchangeArgs {
     /// Role (default: the environment's default role).
     #[arg(long)]
     pub role: Option<String>,
-    /// The OIDC token (prefer --token-file: arguments are visible to other processes).
-    #[arg(long, conflicts_with = "token_file")]
+    /// The OIDC token (prefer --token-file or --token-env: arguments are visible to other processes).
+    #[arg(long, conflicts_with_all = ["token_file", "token_env"])]
     pub token: Option<String>,
     /// File holding the OIDC token.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_env")]
     pub token_file: Option<PathBuf>,
-    /// CA certificate (PEM) to trust for the broker.
+    /// Variable holding the OIDC token (GitLab CI: the name under `id_tokens:`).
     #[arg(long)]
+    pub token_env: Option<String>,
+    /// Audience to ask GitHub Actions for (default: the environment's, asked of the broker).
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// CA certificate (PEM) to trust for the broker.
+    #[arg(long, env = "JOBPASS_CA")]
     pub ca: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "json")]
-    pub format: Format,
+    /// Output: json, env (`export` lines) or github ($GITHUB_ENV/$GITHUB_OUTPUT, values
+    /// masked). Default: github on GitHub Actions, else json.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Revoke the lease when COMMAND ends (whatever its exit status).
+    #[arg(long, requires = "command")]
+    pub revoke_at_exit: bool,
+    /// Command to run with the credentials in its environment (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 /// `policy …`
@@ -442,7 +471,7 @@ pub enum LeasesOp {
 pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve(a) => serve(a).await,
-        Command::Exchange(a) => exchange(a).await,
+        Command::Exchange(a) => crate::ci::exchange(a).await,
         Command::Policy(c) => policy(c),
         Command::Audit(c) => audit_cmd(c),
         Command::Keys(KeysCmd::Generate { out }) => RootKey::generate_file(&out)
@@ -453,6 +482,15 @@ pub async fn run(cli: Cli) -> i32 {
             .map_err(|e| e.to_string()),
         Command::Keys(k) => crate::client::keys(k).await,
         Command::Revoke(a) => crate::client::revoke(a).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "jobpass", &mut out);
+            use std::io::Write;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(&out);
+            Ok(0)
+        }
         Command::Health { server, ca } => crate::client::health(&server, ca.as_deref()).await,
         Command::Freeze(a) => crate::client::freeze(a, true).await,
         Command::Unfreeze(a) => crate::client::freeze(a, false).await,
@@ -609,83 +647,6 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-async fn exchange(a: ExchangeArgs) -> Result<i32, String> {
-    let token = match (&a.token, &a.token_file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map_err(|e| format!("cannot read {}: {e}", f.display()))?
-            .trim()
-            .to_string(),
-        (None, None) => {
-            return Err("no OIDC token: pass --token or --token-file".into());
-        }
-    };
-    let mut body = serde_json::json!({"token": token, "environment": a.env});
-    if let Some(r) = &a.role {
-        body["role"] = Value::String(r.clone());
-    }
-    let client = crate::client::http_client(a.ca.as_deref(), None, None)?;
-    let (status, answer) = crate::client::send(
-        &client,
-        reqwest_method_post(),
-        &format!("{}/v1/exchange", a.server.trim_end_matches('/')),
-        Some(body),
-    )
-    .await?;
-    if !status.is_success() {
-        eprintln!("{}", crate::client::error_text(&answer));
-        return Ok(1);
-    }
-    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
-        // Mask every value before anything prints it into the job log.
-        for c in answer["credentials"].as_array().into_iter().flatten() {
-            for field in ["token", "password", "private_key_pem"] {
-                if let Some(v) = c[field].as_str() {
-                    for line in v.lines().filter(|l| !l.trim().is_empty()) {
-                        println!("::add-mask::{line}");
-                    }
-                }
-            }
-        }
-    }
-    match a.format {
-        Format::Json => println!("{answer}"),
-        Format::Env => {
-            println!(
-                "export JOBPASS_LEASE_ID={}",
-                shell_quote(answer["lease_id"].as_str().unwrap_or_default())
-            );
-            for c in answer["credentials"].as_array().into_iter().flatten() {
-                let name = env_name(c["name"].as_str().unwrap_or("credential"));
-                if let Some(t) = c["token"].as_str() {
-                    println!("export JOBPASS_{name}={}", shell_quote(t));
-                }
-            }
-        }
-    }
-    Ok(0)
-}
-
-fn reqwest_method_post() -> openidconnect::http::Method {
-    openidconnect::http::Method::POST
-}
-
-fn env_name(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn policy(c: PolicyCmd) -> Result<i32, String> {

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod ci;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -31,6 +31,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/oauth/token", post(oauth_token))
         .route("/v1/secrets/{env}/{*path}", get(read_secret))
         .route("/v1/revoke/self", post(revoke_self))
+        .route("/v1/envs/{env}", get(env_info))
         .route(
             "/v1/envs/{env}/.well-known/openid-configuration",
             get(env_discovery),
@@ -505,6 +506,23 @@ async fn env_crl(
         app.clock.as_ref(),
     )?;
     Ok(pem(crl))
+}
+
+/// What a CI client needs before exchanging: the audience its token must carry.
+async fn env_info(
+    State(app): State<Arc<App>>,
+    Path(env): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let policies = app.policies.load();
+    let e = policies
+        .environment(&env)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown environment `{env}`")))?;
+    Ok(Json(json!({
+        "environment": e.name,
+        "audience": e.audience,
+        "default_role": e.default_role,
+        "issuer": app.env_issuer(&env),
+    })))
 }
 
 async fn env_discovery(

@@ -10,6 +10,7 @@
 
 mod admin;
 mod audit_log;
+mod ci;
 mod cli;
 mod dynamic;
 mod emergency;
