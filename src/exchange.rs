@@ -60,6 +60,7 @@ impl IssuedCredential {
 /// Key material loaded before the write transaction.
 #[derive(Default)]
 struct Keys {
+    sealer: Option<crate::crypto::keyring::Sealer>,
     signer: Option<std::sync::Arc<JwtSigner>>,
     ca: Option<std::sync::Arc<crate::mint::x509::EnvCa>>,
 }
@@ -296,7 +297,7 @@ impl App {
         let mut keys = Keys::default();
         let mut external = Vec::new();
         if let Ok(role) = &decision {
-            self.keyring.prepare(&env.name).await?;
+            keys.sealer = Some(self.keyring.sealer(&env.name).await?);
             let has = |k: &str| role.grants.iter().any(|g| g.kind.name() == k);
             if has("jwt") {
                 keys.signer = Some(self.signers.for_env(&env.name).await?);
@@ -496,10 +497,12 @@ impl App {
             })).collect::<Vec<_>>(),
             "postgres": external.iter().map(|pg| json!({"target": pg.target, "role": pg.role_name})).collect::<Vec<_>>(),
         });
-        let (key_version, sealed) = self
-            .keyring
-            .seal(env_name, "leases", lease_id, details.to_string().as_bytes())
-            .await?;
+        let sealer = keys
+            .sealer
+            .as_ref()
+            .ok_or_else(|| ApiError::from(MintError::Key("data key not loaded".into())))?;
+        let (key_version, sealed) =
+            sealer.seal("leases", lease_id, details.to_string().as_bytes())?;
         let lease = LeaseRow {
             id: lease_id.to_string(),
             env: env_name.to_string(),

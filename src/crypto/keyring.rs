@@ -18,6 +18,37 @@ struct EnvKeys {
     keys: BTreeMap<i64, Option<DataKey>>,
 }
 
+/// An environment's current data key, captured for sealing without store access.
+pub struct Sealer {
+    env: String,
+    version: i64,
+    key: DataKey,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealer({}, v{}, [REDACTED])", self.env, self.version)
+    }
+}
+
+impl Sealer {
+    /// Seals `plaintext` for the record `table/id`; returns (key version, blob).
+    pub fn seal(
+        &self,
+        table: &str,
+        id: &str,
+        plaintext: &[u8],
+    ) -> Result<(i64, Vec<u8>), CryptoError> {
+        let blob = aead::seal(
+            &self.key,
+            plaintext,
+            &store::aad(table, &self.env, id, self.version),
+        )
+        .map_err(|_| CryptoError::Random)?;
+        Ok((self.version, blob))
+    }
+}
+
 /// Data keys of every environment.
 pub struct Keyring {
     wrap: Zeroizing<[u8; 32]>,
@@ -120,9 +151,20 @@ impl Keyring {
     /// transaction: creating a key needs the store's writer.
     /// Fails with [`CryptoError::Destroyed`] when the environment was crypto-shredded.
     pub async fn prepare(&self, env: &str) -> Result<(), CryptoError> {
+        self.sealer(env).await.map(|_| ())
+    }
+
+    /// The environment's current key, taken now, to seal records later without touching the
+    /// store (inside a write transaction, which on PostgreSQL must not wait for a second pool
+    /// connection). Fails with [`CryptoError::Destroyed`] when the environment was shredded.
+    pub async fn sealer(&self, env: &str) -> Result<Sealer, CryptoError> {
         let ek = self.load(env).await?;
         match ek.keys.get(&ek.current) {
-            Some(Some(_)) => Ok(()),
+            Some(Some(k)) => Ok(Sealer {
+                env: env.to_string(),
+                version: ek.current,
+                key: k.clone(),
+            }),
             _ => Err(CryptoError::Destroyed(env.to_string())),
         }
     }

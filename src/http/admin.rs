@@ -154,18 +154,14 @@ async fn put_secret(
     let fields: Vec<String> = body.data.keys().cloned().collect();
     let plain = zeroize::Zeroizing::new(Value::Object(body.data).to_string());
     let now = app.clock.unix();
-    app.keyring.prepare(&env).await?;
+    let sealer = app.keyring.sealer(&env).await?;
     let mut tx = app.store.begin().await?;
     let version = tx.next_secret_version(&env, &path).await?;
-    let (key_version, sealed) = app
-        .keyring
-        .seal(
-            &env,
-            "secrets",
-            &secret_record_id(&path, version),
-            plain.as_bytes(),
-        )
-        .await?;
+    let (key_version, sealed) = sealer.seal(
+        "secrets",
+        &secret_record_id(&path, version),
+        plain.as_bytes(),
+    )?;
     tx.insert_secret(
         &env,
         &path,

@@ -155,3 +155,32 @@ async fn background_work_runs_on_one_replica_and_moves_when_it_dies() {
     assert!(led, "C took over when A died");
     c.stop().await;
 }
+
+#[tokio::test]
+async fn more_concurrent_exchanges_than_pool_connections_all_succeed() {
+    if !postgres() {
+        return;
+    }
+    // The PostgreSQL pool has 16 connections; an exchange must never hold one while waiting
+    // for another (which deadlocked the pool under load once).
+    let b = Broker::start().await;
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (client, url, token) = (b.client(), b.url.clone(), b.github_token());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"token": token, "environment": "prod", "role": "deploy-web"});
+            let r = client
+                .post(format!("{url}/v1/exchange"))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (s, text) = t.await.unwrap();
+        assert_eq!(s, 200, "{text}");
+    }
+}
