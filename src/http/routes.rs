@@ -112,7 +112,7 @@ async fn exchange(
 /// Runs an exchange in its own task: if the client goes away or the request times out, the
 /// exchange still finishes (audit record and commit, or rollback and abort record) instead of
 /// being cut between the two.
-async fn run_exchange(
+pub(crate) async fn run_exchange(
     app: &Arc<App>,
     req: ExchangeRequest,
 ) -> Result<crate::exchange::Issued, ApiError> {
@@ -214,7 +214,8 @@ impl App {
     }
 }
 
-fn grant_actor(g: &TokenGrant) -> Actor {
+/// The audit actor of a broker token's grant.
+pub(crate) fn grant_actor(g: &TokenGrant) -> Actor {
     Actor {
         kind: "token".into(),
         subject: Some(g.subject.clone()),
@@ -229,11 +230,50 @@ async fn read_secret(
     Path((env, path)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    let read = audited_secret_read(
+        &app,
+        &env,
+        &path,
+        None,
+        bearer(&headers),
+        "Authorization: Bearer",
+    )
+    .await?;
+    Ok(Json(
+        json!({"path": read.path, "version": read.version, "data": read.data}),
+    ))
+}
+
+/// A secret version read with a broker token.
+pub struct SecretRead {
+    /// Path in the environment.
+    pub path: String,
+    /// Version number.
+    pub version: i64,
+    /// Unix seconds when this version was written.
+    pub created_at: i64,
+    /// The secret's fields.
+    pub data: Value,
+}
+
+/// Reads a secret with a broker token — the native route and the Vault-compatible KV reads
+/// both go through here: the token must be live, of environment `env`, and one of its grant's
+/// globs must cover `path`. `version` None means the latest. Every read, allowed or denied, is
+/// audited as `secret_read`; a read whose audit record cannot be written is refused (fail
+/// closed). `token_header` names where the token is expected (for the error message).
+pub async fn audited_secret_read(
+    app: &App,
+    env: &str,
+    path: &str,
+    version: Option<i64>,
+    token: Option<SecretString>,
+    token_header: &str,
+) -> Result<SecretRead, ApiError> {
     let mut ev = AuditEvent::new("secret_read", Outcome::Denied);
-    ev.environment = Some(env.clone());
+    ev.environment = Some(env.to_string());
     ev.details
-        .insert("path".into(), Value::String(path.clone()));
-    let result = read_secret_inner(&app, &env, &path, &headers, &mut ev).await;
+        .insert("path".into(), Value::String(path.to_string()));
+    let result = read_secret_inner(app, env, path, version, token, token_header, &mut ev).await;
     match &result {
         Ok(_) => {
             ev.outcome = Outcome::Success;
@@ -253,11 +293,13 @@ async fn read_secret_inner(
     app: &App,
     env: &str,
     path: &str,
-    headers: &HeaderMap,
+    version: Option<i64>,
+    token: Option<SecretString>,
+    token_header: &str,
     ev: &mut AuditEvent,
-) -> Result<Json<Value>, ApiError> {
-    let token = bearer(headers).ok_or_else(|| {
-        ApiError::InvalidToken("a broker token is required (Authorization: Bearer)".into())
+) -> Result<SecretRead, ApiError> {
+    let token = token.ok_or_else(|| {
+        ApiError::InvalidToken(format!("a broker token is required ({token_header})"))
     })?;
     ev.credentials.push(MaskedCredential::new(
         &app.audit_key,
@@ -275,11 +317,19 @@ async fn read_secret_inner(
             "this token may not read `{path}` in environment `{env}`"
         )));
     }
-    let row = app
-        .store
-        .latest_secret(env, path)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no secret at `{path}`")))?;
+    let row = match version {
+        None => app.store.latest_secret(env, path).await?,
+        Some(v) => app
+            .store
+            .secret_versions(env, path)
+            .await?
+            .into_iter()
+            .find(|r| r.version == v),
+    };
+    let row = row.ok_or_else(|| match version {
+        None => ApiError::NotFound(format!("no secret at `{path}`")),
+        Some(v) => ApiError::NotFound(format!("no version {v} of the secret at `{path}`")),
+    })?;
     let plain = app
         .keyring
         .open(
@@ -293,9 +343,12 @@ async fn read_secret_inner(
     let data: Value =
         serde_json::from_slice(&plain).map_err(|e| ApiError::unavailable("secret decoding", &e))?;
     ev.details.insert("version".into(), json!(row.version));
-    Ok(Json(
-        json!({"path": path, "version": row.version, "data": data}),
-    ))
+    Ok(SecretRead {
+        path: path.to_string(),
+        version: row.version,
+        created_at: row.created_at,
+        data,
+    })
 }
 
 /// Record identity of a secret version (associated data of its ciphertext).

@@ -21,3 +21,4 @@ mod reload;
 mod replicas;
 mod secrets;
 mod support;
+mod vault;

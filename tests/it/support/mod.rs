@@ -15,7 +15,7 @@ use jobpass::app::App;
 use jobpass::clock::{Clock, SystemClock};
 use jobpass::config::Config;
 use jobpass::crypto::RootKey;
-use jobpass::http::server::{Running, serve};
+use jobpass::http::server::{Running, serve, serve_router};
 use jobpass::store::LeaseFilter;
 use jobpass::tls::{AdminRole, DevPki, generate_pki};
 use openidconnect::reqwest;
@@ -84,6 +84,8 @@ pub struct Options {
     pub store: Option<String>,
     /// Do not start the background worker (tests that choose which replica leads).
     pub no_background: bool,
+    /// Also serve the Vault-compatible router on its own TLS listener (`Broker.vault_url`).
+    pub vault: bool,
 }
 
 /// A fresh, empty PostgreSQL database for one broker when `JOBPASS_TEST_POSTGRES_URL` is set
@@ -146,9 +148,13 @@ pub struct Broker {
     pub pki: DevPki,
     pub config_path: PathBuf,
     pub clock: Arc<OffsetClock>,
+    /// URL of the Vault-compatible listener (with `Options.vault`).
+    pub vault_url: Option<String>,
     running: Option<Running>,
+    vault_running: Option<Running>,
     background: Vec<tokio::task::JoinHandle<()>>,
     no_background: bool,
+    vault: bool,
 }
 
 pub fn policies(gh: &str, gl: &str) -> Vec<(&'static str, String)> {
@@ -429,9 +435,12 @@ impl Broker {
             gl,
             pki,
             config_path,
+            vault_url: None,
             running: None,
+            vault_running: None,
             background: Vec::new(),
             no_background: opts.no_background,
+            vault: opts.vault,
         };
         broker.listen().await;
         broker
@@ -450,6 +459,17 @@ impl Broker {
             c.tls.admin_client_ca.as_deref(),
         )
         .unwrap();
+        if self.vault {
+            let vault = serve_router(
+                jobpass::http::vault::router(self.app.clone()),
+                "127.0.0.1:0".parse().unwrap(),
+                Some(tls.clone()),
+            )
+            .await
+            .unwrap();
+            self.vault_url = Some(format!("https://{}", vault.addr));
+            self.vault_running = Some(vault);
+        }
         let running = serve(self.app.clone(), "127.0.0.1:0".parse().unwrap(), Some(tls))
             .await
             .unwrap();
@@ -535,10 +555,14 @@ impl Broker {
         let Broker {
             app,
             running,
+            vault_running,
             background,
             ..
         } = self;
         if let Some(r) = running {
+            r.shutdown().await;
+        }
+        if let Some(r) = vault_running {
             r.shutdown().await;
         }
         for task in background {
@@ -559,10 +583,15 @@ impl Broker {
             config_path,
             clock,
             running,
+            vault_running,
             background,
+            vault,
             ..
         } = self;
         if let Some(r) = running {
+            r.shutdown().await;
+        }
+        if let Some(r) = vault_running {
             r.shutdown().await;
         }
         for task in background {
@@ -585,9 +614,12 @@ impl Broker {
             pki,
             config_path,
             clock,
+            vault_url: None,
             running: None,
+            vault_running: None,
             background: Vec::new(),
             no_background: false,
+            vault,
         };
         b.listen().await;
         b
