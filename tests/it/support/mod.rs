@@ -47,6 +47,21 @@ impl Clock for OffsetClock {
     }
 }
 
+/// Stops listeners and background tasks (a broker going down).
+async fn stop_all(
+    running: Option<Running>,
+    vault_running: Option<Running>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+) {
+    for r in [running, vault_running].into_iter().flatten() {
+        r.shutdown().await;
+    }
+    for task in background {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
 /// Another replica sharing a broker's store.
 pub struct Replica {
     pub app: Arc<App>,
@@ -550,28 +565,6 @@ impl Broker {
             .as_u16()
     }
 
-    /// Stops this broker for good: server, background tasks, state (a replica dying).
-    pub async fn kill(self) {
-        let Broker {
-            app,
-            running,
-            vault_running,
-            background,
-            ..
-        } = self;
-        if let Some(r) = running {
-            r.shutdown().await;
-        }
-        if let Some(r) = vault_running {
-            r.shutdown().await;
-        }
-        for task in background {
-            task.abort();
-            let _ = task.await;
-        }
-        drop(app);
-    }
-
     /// Stops the server and starts a new one on the same files (a restart).
     pub async fn restart(self) -> Broker {
         let Broker {
@@ -588,16 +581,7 @@ impl Broker {
             vault,
             ..
         } = self;
-        if let Some(r) = running {
-            r.shutdown().await;
-        }
-        if let Some(r) = vault_running {
-            r.shutdown().await;
-        }
-        for task in background {
-            task.abort();
-            let _ = task.await;
-        }
+        stop_all(running, vault_running, background).await;
         // The audit log is locked while open: the old state must be gone first.
         assert_eq!(
             Arc::strong_count(&app),
