@@ -11,10 +11,16 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::rootkey::Purpose;
 use crate::crypto::{Keyring, RootKey};
+use crate::exchange::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::mint::Minters;
 use crate::mint::cas::Cas;
+use crate::mint::jwt::JwtMinter;
 use crate::mint::jwt::Signers;
 use crate::mint::postgres::PgTarget;
+use crate::mint::postgres::PostgresMinter;
+use crate::mint::token::TokenMinter;
+use crate::mint::x509::X509Minter;
 use crate::oidc::{Verifier, VerifierOptions};
 use crate::policy::{Grant, GrantKind, PolicySet, ServerCapabilities};
 use crate::store::Store;
@@ -95,11 +101,15 @@ pub struct App {
     /// Data keys.
     pub keyring: Arc<Keyring>,
     /// JWT signing keys.
-    pub signers: Signers,
+    pub signers: Arc<Signers>,
     /// Certificate authorities.
-    pub cas: Cas,
+    pub cas: Arc<Cas>,
     /// `[postgres.<name>]` targets.
-    pub pg_targets: std::collections::BTreeMap<String, PgTarget>,
+    pub pg_targets: Arc<std::collections::BTreeMap<String, PgTarget>>,
+    /// One minter per credential kind.
+    pub minters: Minters,
+    /// The exchange's commit stage (group commit of leases and audit records).
+    pub ledger: Ledger,
     /// Wakes the revocation worker.
     pub revocations: tokio::sync::Notify,
     /// Held while this replica runs the background work.
@@ -176,8 +186,8 @@ impl App {
             store.clone(),
             clock.clone(),
         ));
-        let signers = Signers::new(store.clone(), keyring.clone(), clock.clone());
-        let cas = Cas::new(store.clone(), keyring.clone(), clock.clone());
+        let signers = Arc::new(Signers::new(store.clone(), keyring.clone(), clock.clone()));
+        let cas = Arc::new(Cas::new(store.clone(), keyring.clone(), clock.clone()));
         let mut pg_targets = std::collections::BTreeMap::new();
         for (name, target) in &config.postgres {
             let t = PgTarget::new(name, &target.url)
@@ -211,6 +221,16 @@ impl App {
         let token_key_bytes: Zeroizing<[u8; 32]> = root.derive(Purpose::TokenHash)?;
         let token_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &token_key_bytes[..]);
         let public_url = config.public_url();
+        let pg_targets = Arc::new(pg_targets);
+        let minters = Minters {
+            token: TokenMinter::new(token_key.clone()),
+            jwt: JwtMinter::new(signers.clone()),
+            postgres: PostgresMinter::new(pg_targets.clone(), store.clone()),
+            x509: X509Minter::new(cas.clone()),
+        };
+        let names: Vec<&str> = policies.environments().map(|e| e.name.as_str()).collect();
+        store.ensure_environments(&names).await?;
+        let ledger = Ledger::start(store.clone(), audit.clone(), clock.clone());
         Ok(Arc::new(App {
             audit_key: audit_key(&root)?,
             config,
@@ -220,6 +240,8 @@ impl App {
             signers,
             cas,
             pg_targets,
+            minters,
+            ledger,
             revocations: tokio::sync::Notify::new(),
             leader: tokio::sync::Mutex::new(None),
             verifier,

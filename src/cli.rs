@@ -609,6 +609,8 @@ async fn serve(a: ServeArgs) -> Result<i32, String> {
     if let Some(v) = vault {
         v.shutdown().await;
     }
+    // Exchanges already queued are committed (or refused) before the process ends.
+    app.ledger.stop().await;
     Ok(0)
 }
 

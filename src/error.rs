@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::audit::AuditError;
 use crate::crypto::CryptoError;
+use crate::exchange::ExchangeError;
 use crate::mint::MintError;
 use crate::oidc::OidcError;
 use crate::store::StoreError;
@@ -88,6 +89,38 @@ impl IntoResponse for ApiError {
             );
         }
         resp
+    }
+}
+
+impl From<&ExchangeError> for ApiError {
+    /// The answer to a failed exchange. Server-side causes are logged here (once per
+    /// exchange) and answered with a generic 503.
+    fn from(e: &ExchangeError) -> Self {
+        match e {
+            ExchangeError::UnknownEnvironment(_)
+            | ExchangeError::NoRole
+            | ExchangeError::UnknownRole { .. } => ApiError::InvalidRequest(e.to_string()),
+            ExchangeError::Token(oidc) => {
+                if oidc.is_client_error() {
+                    ApiError::InvalidToken(oidc.to_string())
+                } else {
+                    ApiError::unavailable("token verification", oidc)
+                }
+            }
+            ExchangeError::Replayed => ApiError::Replayed,
+            ExchangeError::Frozen(env) => ApiError::Frozen(env.clone()),
+            ExchangeError::Denied(denial) => ApiError::AccessDenied(denial.public_message()),
+            ExchangeError::Keys(CryptoError::Destroyed(env)) => ApiError::Unavailable(format!(
+                "the keys of environment `{env}` were destroyed; its records cannot be decrypted"
+            )),
+            ExchangeError::Keys(other) => ApiError::unavailable("key material", other),
+            ExchangeError::Mint(m) => ApiError::unavailable("credential minting", m),
+            ExchangeError::Store(s) => ApiError::unavailable("the store", s),
+            ExchangeError::Audit(a) => ApiError::unavailable("the audit log", a),
+            ExchangeError::NotCommitted(s) => ApiError::unavailable("the store commit", s),
+            ExchangeError::Abandoned => ApiError::Unavailable(e.to_string()),
+            ExchangeError::Internal(why) => ApiError::unavailable("the exchange", why),
+        }
     }
 }
 

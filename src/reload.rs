@@ -37,6 +37,11 @@ pub async fn reload(app: &App, trigger: &str) -> Reload {
             if new == old {
                 return Reload::Unchanged;
             }
+            let names: Vec<&str> = set.environments().map(|e| e.name.as_str()).collect();
+            if let Err(e) = app.store.ensure_environments(&names).await {
+                // Only the freeze lock of a new environment's first batches depends on it.
+                tracing::warn!(error = %e, "could not record the new environments");
+            }
             app.policies.store(Arc::new(set));
             tracing::info!(old = %old, new = %new, trigger, "policies reloaded");
             (Outcome::Success, Reload::Changed(new))

@@ -22,9 +22,10 @@ const MAX_LINE: usize = 16 * 1024 * 1024;
 /// Chunk size when reading the last line backwards.
 const TAIL_CHUNK: u64 = 8192;
 
+/// One caller's records: written together, all or none.
 struct Request {
-    event: AuditEvent,
-    reply: oneshot::Sender<Result<u64, AuditError>>,
+    events: Vec<AuditEvent>,
+    reply: oneshot::Sender<Result<Vec<u64>, AuditError>>,
 }
 
 /// Handle to an open audit log. Cheap to clone (an `Arc` inside); all clones feed the same
@@ -122,9 +123,25 @@ impl AuditLog {
     /// failure could not be undone), [`AuditError::Closed`] (the writer stopped),
     /// [`AuditError::Serialize`]. Any error means the record is not in the log.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let seqs = self.append_all(vec![event]).await?;
+        seqs.first().copied().ok_or(AuditError::Closed)
+    }
+
+    /// Appends several records as consecutive lines under one sync, all or none, and returns
+    /// their `seq`s once they are durable (the group commit of the exchange ledger uses this:
+    /// one batch of exchanges, one audit fsync). Same guarantees and errors as
+    /// [`append`](Self::append); an empty list is a no-op.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append); on any error none of the records is in the log.
+    pub async fn append_all(&self, events: Vec<AuditEvent>) -> Result<Vec<u64>, AuditError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let tx = self.inner.tx.as_ref().ok_or(AuditError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        tx.send(Request { event, reply })
+        tx.send(Request { events, reply })
             .await
             .map_err(|_| AuditError::Closed)?;
         answer.await.map_err(|_| AuditError::Closed)?
@@ -211,15 +228,19 @@ impl Writer {
 
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.blocking_recv() {
+            let mut records = first.events.len();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while records < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(request) => batch.push(request),
+                    Ok(request) => {
+                        records += request.events.len();
+                        batch.push(request);
+                    }
                     Err(_) => break,
                 }
             }
-            let events: Vec<&AuditEvent> = batch.iter().map(|r| &r.event).collect();
-            let results = self.commit(&events);
+            let groups: Vec<&[AuditEvent]> = batch.iter().map(|r| r.events.as_slice()).collect();
+            let results = self.commit_groups(&groups);
             for (request, result) in batch.into_iter().zip(results) {
                 // The caller may have stopped waiting; its record is written all the same.
                 let _ = request.reply.send(result);
@@ -228,30 +249,59 @@ impl Writer {
     }
 
     /// Writes `events` as consecutive lines under one sync; one result per event.
+    #[cfg(test)]
     fn commit(&mut self, events: &[&AuditEvent]) -> Vec<Result<u64, AuditError>> {
+        let groups: Vec<&[AuditEvent]> = events.iter().map(|e| std::slice::from_ref(*e)).collect();
+        self.commit_groups(&groups)
+            .into_iter()
+            .map(|r| r.map(|seqs| seqs.first().copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Writes every group as consecutive lines under one sync; one result per group. A group
+    /// is all or nothing: if one of its records cannot be serialized, none of it is written.
+    fn commit_groups(&mut self, groups: &[&[AuditEvent]]) -> Vec<Result<Vec<u64>, AuditError>> {
         if self.poisoned && !self.recover() {
-            return events.iter().map(|_| Err(AuditError::Poisoned)).collect();
+            return groups.iter().map(|_| Err(AuditError::Poisoned)).collect();
         }
         let time = rfc3339(self.clock.unix());
         let mut seq = self.seq;
         let mut prev = self.prev.clone();
         let mut buf = String::new();
-        let mut results = Vec::with_capacity(events.len());
-        for event in events {
-            let pos = Position {
-                seq: seq + 1,
-                time: &time,
-                replica: self.replica.as_deref(),
-                prev: &prev,
-            };
-            match render(&self.key, &pos, event) {
-                Ok(rendered) => {
-                    seq += 1;
-                    buf.push_str(&rendered.line);
-                    prev = rendered.mac;
-                    results.push(Ok(seq));
+        let mut results = Vec::with_capacity(groups.len());
+        for group in groups {
+            let (group_seq, group_prev, group_len) = (seq, prev.clone(), buf.len());
+            let mut seqs = Vec::with_capacity(group.len());
+            let mut failed = None;
+            for event in *group {
+                let pos = Position {
+                    seq: seq + 1,
+                    time: &time,
+                    replica: self.replica.as_deref(),
+                    prev: &prev,
+                };
+                match render(&self.key, &pos, event) {
+                    Ok(rendered) => {
+                        seq += 1;
+                        buf.push_str(&rendered.line);
+                        prev = rendered.mac;
+                        seqs.push(seq);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
-                Err(e) => results.push(Err(AuditError::Serialize(e))),
+            }
+            match failed {
+                None => results.push(Ok(seqs)),
+                Some(e) => {
+                    // Take the whole group back out of the batch.
+                    seq = group_seq;
+                    prev = group_prev;
+                    buf.truncate(group_len);
+                    results.push(Err(AuditError::Serialize(e)));
+                }
             }
         }
         if buf.is_empty() {

@@ -167,10 +167,10 @@ async fn oauth_token(
     let cred = issued
         .credentials
         .iter()
-        .find(|c| c.kind == "token")
+        .find(|c| c.kind == crate::mint::Kind::Token)
         .or_else(|| issued.credentials.first())
         .ok_or_else(|| ApiError::InvalidRequest("the role grants no credential".into()))?;
-    let issued_type = if cred.kind == "jwt" {
+    let issued_type = if cred.kind == crate::mint::Kind::Jwt {
         JWT_TYPE
     } else {
         ACCESS_TOKEN_TYPE

@@ -283,7 +283,7 @@ async fn login(
     .map_err(VaultError::from_login)?;
 
     let now = app.clock.unix();
-    let Some(cred) = issued.credentials.iter().find(|c| c.kind == "token") else {
+    let Some(cred) = issued.credential(crate::mint::Kind::Token) else {
         // The policy changed between the check above and the exchange: end the lease, whose
         // credentials nobody will receive.
         let sel = Selector {

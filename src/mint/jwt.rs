@@ -134,6 +134,83 @@ impl StoredKey for JwtSigner {
 /// The JWT signing keys of every environment.
 pub type Signers = KeyStore<JwtSigner>;
 
+/// Mints JWTs signed by the environment's key: `iss` the environment's issuer URL, `sub` of
+/// the source token, `aud` of the grant, `jti` the credential id, the grant's claims, and the
+/// source's chosen claims under `src` (SPEC §3).
+pub struct JwtMinter {
+    signers: std::sync::Arc<Signers>,
+}
+
+impl JwtMinter {
+    /// A minter over the environments' signing keys.
+    #[must_use]
+    pub fn new(signers: std::sync::Arc<Signers>) -> Self {
+        Self { signers }
+    }
+}
+
+impl super::Minter for JwtMinter {
+    async fn prepare(
+        &self,
+        _grant: &crate::policy::Grant,
+        cx: &super::MintContext<'_>,
+    ) -> Result<super::Prepared, MintError> {
+        Ok(super::Prepared::Jwt(self.signers.for_env(cx.env).await?))
+    }
+
+    fn issue(
+        &self,
+        grant: &crate::policy::Grant,
+        prepared: &super::Prepared,
+        cx: &super::MintContext<'_>,
+    ) -> Result<super::Minted, MintError> {
+        let (crate::policy::GrantKind::Jwt { audience, claims }, super::Prepared::Jwt(signer)) =
+            (&grant.kind, prepared)
+        else {
+            return Err(MintError::Key("signing key not loaded".into()));
+        };
+        let id = cx.credential_id()?;
+        let src = cx.source;
+        let mut body = claims.clone();
+        let mut src_claims = serde_json::Map::new();
+        for name in crate::exchange::ACTOR_CLAIMS {
+            if let Some(v) = src.claims.get(*name) {
+                src_claims.insert((*name).to_string(), v.clone());
+            }
+        }
+        src_claims.insert("iss".into(), Value::String(src.issuer.clone()));
+        for (k, v) in [
+            ("iss", Value::String(cx.jwt_issuer.to_string())),
+            ("sub", Value::String(src.subject.clone())),
+            ("aud", Value::String(audience.clone())),
+            ("iat", json!(cx.now)),
+            ("nbf", json!(cx.now)),
+            ("exp", json!(cx.expires_at)),
+            ("jti", Value::String(id.clone())),
+            ("env", Value::String(cx.env.to_string())),
+            ("role", Value::String(cx.role.to_string())),
+            ("lease_id", Value::String(cx.lease_id.to_string())),
+            ("src", Value::Object(src_claims)),
+        ] {
+            body.insert(k.to_string(), v);
+        }
+        let jwt = signer.sign(&Value::Object(body))?;
+        let row = cx.row(id, grant, None, "[]".to_string());
+        Ok(super::Minted {
+            credential: super::IssuedCredential {
+                name: grant.name.clone(),
+                kind: super::Kind::Jwt,
+                value: secrecy::SecretString::from(jwt),
+                public: serde_json::Map::new(),
+                expires_at: cx.expires_at,
+            },
+            row,
+        })
+    }
+
+    async fn teardown(&self, _prepared: &super::Prepared) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

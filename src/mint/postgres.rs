@@ -526,6 +526,157 @@ pub fn scram_check(password: &str, verifier: &str) -> bool {
     bool::from(ok)
 }
 
+/// A PostgreSQL role created for an exchange in progress.
+pub struct CreatedRole {
+    /// The `[postgres.<name>]` target.
+    pub target: String,
+    /// The role's name (also its username).
+    pub role_name: String,
+    /// Its password.
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for CreatedRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedRole")
+            .field("target", &self.target)
+            .field("role_name", &self.role_name)
+            .field("password", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// Mints PostgreSQL login roles. Each role is recorded as an intent before `CREATE ROLE`, so
+/// a crash between the two leaves something reconciliation finds; the lease takes the
+/// intent over when it commits, and an exchange that does not commit drops its roles.
+pub struct PostgresMinter {
+    /// `[postgres.<name>]` targets.
+    pub targets: std::sync::Arc<std::collections::BTreeMap<String, PgTarget>>,
+    store: crate::store::Store,
+}
+
+impl PostgresMinter {
+    /// A minter over the configured targets, recording intents in `store`.
+    #[must_use]
+    pub fn new(
+        targets: std::sync::Arc<std::collections::BTreeMap<String, PgTarget>>,
+        store: crate::store::Store,
+    ) -> Self {
+        Self { targets, store }
+    }
+
+    fn target(&self, name: &str) -> Result<&PgTarget, MintError> {
+        self.targets.get(name).ok_or_else(|| MintError::Database {
+            target: name.to_string(),
+            reason: "not configured".into(),
+        })
+    }
+}
+
+impl super::Minter for PostgresMinter {
+    async fn prepare(
+        &self,
+        grant: &crate::policy::Grant,
+        cx: &super::MintContext<'_>,
+    ) -> Result<super::Prepared, MintError> {
+        let crate::policy::GrantKind::Postgres {
+            database,
+            member_of,
+        } = &grant.kind
+        else {
+            return Err(MintError::Crypto("not a postgres grant".into()));
+        };
+        let target = self.target(database)?;
+        let created = CreatedRole {
+            target: database.clone(),
+            role_name: new_role_name()?,
+            password: new_password()?,
+        };
+        let intent = crate::store::PgIntent {
+            role_name: created.role_name.clone(),
+            target: database.clone(),
+            env: cx.env.to_string(),
+            lease_id: cx.lease_id.to_string(),
+        };
+        self.store
+            .insert_intent(&intent, cx.clock.unix())
+            .await
+            .map_err(|e| target.error(format!("could not record the role intent: {e}")))?;
+        let prepared = super::Prepared::Postgres(created);
+        if let super::Prepared::Postgres(c) = &prepared
+            && let Err(e) = target
+                .create_role(&c.role_name, &c.password, cx.expires_at, member_of)
+                .await
+        {
+            self.teardown(&prepared).await;
+            return Err(e);
+        }
+        Ok(prepared)
+    }
+
+    fn issue(
+        &self,
+        grant: &crate::policy::Grant,
+        prepared: &super::Prepared,
+        cx: &super::MintContext<'_>,
+    ) -> Result<super::Minted, MintError> {
+        let super::Prepared::Postgres(created) = prepared else {
+            return Err(MintError::Database {
+                target: grant.name.clone(),
+                reason: "role was not created".into(),
+            });
+        };
+        let target = self.target(&created.target)?;
+        let mut public = serde_json::Map::new();
+        public.insert(
+            "username".into(),
+            serde_json::Value::String(created.role_name.clone()),
+        );
+        public.insert(
+            "host".into(),
+            serde_json::Value::String(target.host().to_string()),
+        );
+        public.insert("port".into(), serde_json::json!(target.port()));
+        public.insert(
+            "database".into(),
+            serde_json::Value::String(target.database().to_string()),
+        );
+        let scope = serde_json::json!({"target": created.target}).to_string();
+        let row = cx.row(cx.credential_id()?, grant, None, scope);
+        Ok(super::Minted {
+            credential: super::IssuedCredential {
+                name: grant.name.clone(),
+                kind: super::Kind::Postgres,
+                value: created.password.clone(),
+                public,
+                expires_at: cx.expires_at,
+            },
+            row,
+        })
+    }
+
+    /// Drops the role and forgets its intent (an intent whose drop failed stays, and
+    /// reconciliation retries it).
+    async fn teardown(&self, prepared: &super::Prepared) {
+        let super::Prepared::Postgres(created) = prepared else {
+            return;
+        };
+        let Ok(target) = self.target(&created.target) else {
+            return;
+        };
+        match target.drop_role(&created.role_name).await {
+            Ok(()) => {
+                if let Err(e) = self.store.delete_intent(&created.role_name).await {
+                    tracing::warn!(error = %e, "could not forget the intent of a dropped role; reconciliation will");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not drop the role of an aborted exchange; reconciliation will retry");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::Future;

@@ -262,6 +262,68 @@ fn random_serial() -> Result<(SerialNumber, String), MintError> {
     Ok((SerialNumber::from_slice(&bytes), hex::encode(bytes)))
 }
 
+/// Mints client certificates from the environment's CA, with the URI SAN
+/// `jobpass://<env>/<role>/<lease>`; the row keeps the serial (for the CRL).
+pub struct X509Minter {
+    cas: std::sync::Arc<super::cas::Cas>,
+}
+
+impl X509Minter {
+    /// A minter over the environments' CAs.
+    #[must_use]
+    pub fn new(cas: std::sync::Arc<super::cas::Cas>) -> Self {
+        Self { cas }
+    }
+}
+
+impl super::Minter for X509Minter {
+    async fn prepare(
+        &self,
+        _grant: &crate::policy::Grant,
+        cx: &super::MintContext<'_>,
+    ) -> Result<super::Prepared, MintError> {
+        Ok(super::Prepared::X509(self.cas.for_env(cx.env).await?))
+    }
+
+    fn issue(
+        &self,
+        grant: &crate::policy::Grant,
+        prepared: &super::Prepared,
+        cx: &super::MintContext<'_>,
+    ) -> Result<super::Minted, MintError> {
+        let (crate::policy::GrantKind::X509 { common_name }, super::Prepared::X509(ca)) =
+            (&grant.kind, prepared)
+        else {
+            return Err(MintError::Key("CA not loaded".into()));
+        };
+        let san = format!("jobpass://{}/{}/{}", cx.env, cx.role, cx.lease_id);
+        let cert = ca.issue(common_name, &san, cx.expires_at, cx.clock)?;
+        let mut public = serde_json::Map::new();
+        public.insert(
+            "certificate_pem".into(),
+            serde_json::Value::String(cert.certificate_pem),
+        );
+        public.insert(
+            "ca_pem".into(),
+            serde_json::Value::String(ca.ca_pem().to_string()),
+        );
+        let scope = serde_json::json!({"serial": cert.serial_hex}).to_string();
+        let row = cx.row(cx.credential_id()?, grant, None, scope);
+        Ok(super::Minted {
+            credential: super::IssuedCredential {
+                name: grant.name.clone(),
+                kind: super::Kind::X509,
+                value: cert.private_key_pem,
+                public,
+                expires_at: cx.expires_at,
+            },
+            row,
+        })
+    }
+
+    async fn teardown(&self, _prepared: &super::Prepared) {}
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -82,6 +82,7 @@ impl Replica {
         if let Some(r) = running {
             r.shutdown().await;
         }
+        app.ledger.stop().await;
         assert_eq!(Arc::strong_count(&app), 1);
         drop(app);
     }
@@ -582,7 +583,9 @@ impl Broker {
             ..
         } = self;
         stop_all(running, vault_running, background).await;
-        // The audit log is locked while open: the old state must be gone first.
+        // The audit log is locked while open: the old state (its ledger writer included, as
+        // `serve` stops it on shutdown) must be gone first.
+        app.ledger.stop().await;
         assert_eq!(
             Arc::strong_count(&app),
             1,

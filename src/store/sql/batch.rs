@@ -1,0 +1,232 @@
+//! The write half of the exchange ledger: a whole batch of exchanges in a few multi-row
+//! statements inside one write transaction, the same SQL on SQLite and PostgreSQL.
+//!
+//! Each call costs one round trip to the database whatever the batch size, so a batch of
+//! exchanges holds the writer for about as long as one exchange used to. Rows are chunked so
+//! no statement exceeds the backends' limits on bound parameters.
+
+use std::collections::HashSet;
+
+use sqlx::{QueryBuilder, Row};
+
+use super::WriteTx;
+use crate::store::{CredentialRow, LeaseRow, Result};
+
+/// Rows per multi-row statement (SQLite allows 32,766 bound parameters, PostgreSQL 65,535;
+/// the widest row here binds 10).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Runs `$body` with `$c` bound to the transaction's connection and `$db` to its database type.
+macro_rules! with_tx_db {
+    ($tx:expr, |$c:ident, $db:ident| $body:block) => {
+        match $tx {
+            WriteTx::Sqlite(tx) => {
+                let $c = &mut **tx;
+                #[allow(dead_code)]
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            WriteTx::Postgres(tx) => {
+                let $c = &mut **tx;
+                #[allow(dead_code)]
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// A source token's single-use slot.
+#[derive(Debug, Clone)]
+pub struct ReplaySlot {
+    /// SHA-256 replay key (issuer + jti, or issuer + signed part of the token).
+    pub key: [u8; 32],
+    /// Issuer of the token.
+    pub issuer: String,
+    /// Unix seconds until which the slot is kept (token expiry plus leeway).
+    pub expires_at: i64,
+}
+
+/// A lease with its indexed claims, as one exchange writes it.
+#[derive(Debug, Clone)]
+pub struct NewLease {
+    /// The lease row.
+    pub lease: LeaseRow,
+    /// Claim name and value pairs kept searchable for revocation by claim.
+    pub claims: Vec<(String, String)>,
+    /// Credentials of the lease (never their values).
+    pub credentials: Vec<CredentialRow>,
+}
+
+impl WriteTx {
+    /// Which of `envs` are frozen, read inside the transaction. On PostgreSQL the rows are
+    /// share-locked, so a freeze waits for this transaction to end: no lease of a batch that
+    /// did not see the freeze commits after the freeze has.
+    pub async fn frozen_among(&mut self, envs: &[&str]) -> Result<HashSet<String>> {
+        if envs.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let postgres = matches!(self, WriteTx::Postgres(_));
+        with_tx_db!(self, |conn, Db| {
+            let mut q: QueryBuilder<Db> =
+                QueryBuilder::new("SELECT env, frozen FROM environments WHERE env IN (");
+            let mut list = q.separated(", ");
+            for env in envs {
+                list.push_bind(env.to_string());
+            }
+            q.push(")");
+            if postgres {
+                q.push(" FOR SHARE");
+            }
+            let rows = q.build().fetch_all(&mut *conn).await?;
+            let mut frozen = HashSet::new();
+            for r in &rows {
+                if r.try_get::<i64, _>("frozen")? != 0 {
+                    frozen.insert(r.try_get::<String, _>("env")?);
+                }
+            }
+            Ok(frozen)
+        })
+    }
+
+    /// Records source tokens as used; returns the keys recorded now. A key missing from the
+    /// answer was already used (a replay). Keys must be distinct; they are inserted in
+    /// ascending order so concurrent batches on PostgreSQL lock them in the same order and
+    /// never deadlock.
+    pub async fn claim_replays(
+        &mut self,
+        slots: &[&ReplaySlot],
+        now: i64,
+    ) -> Result<HashSet<[u8; 32]>> {
+        let mut sorted: Vec<&ReplaySlot> = slots.to_vec();
+        sorted.sort_unstable_by_key(|s| s.key);
+        let mut claimed = HashSet::with_capacity(sorted.len());
+        for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+            with_tx_db!(self, |conn, Db| {
+                let mut q: QueryBuilder<Db> =
+                    QueryBuilder::new("INSERT INTO replay (key, issuer, seen_at, expires_at) ");
+                q.push_values(chunk, |mut b, s| {
+                    b.push_bind(s.key.to_vec())
+                        .push_bind(s.issuer.clone())
+                        .push_bind(now)
+                        .push_bind(s.expires_at);
+                });
+                q.push(" ON CONFLICT (key) DO NOTHING RETURNING key");
+                for r in q.build().fetch_all(&mut *conn).await? {
+                    let key: Vec<u8> = r.try_get("key")?;
+                    if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
+                        claimed.insert(k);
+                    }
+                }
+            });
+        }
+        Ok(claimed)
+    }
+
+    /// Gives single-use slots back (an exchange of the batch was abandoned after its slot was
+    /// taken: its token may be presented again).
+    pub async fn release_replays(&mut self, keys: &[[u8; 32]]) -> Result<()> {
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            with_tx_db!(self, |conn, Db| {
+                let mut q: QueryBuilder<Db> =
+                    QueryBuilder::new("DELETE FROM replay WHERE key IN (");
+                let mut list = q.separated(", ");
+                for k in chunk {
+                    list.push_bind(k.to_vec());
+                }
+                q.push(")");
+                q.build().execute(&mut *conn).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes role intents as their leases take over; returns the names deleted now. A name
+    /// missing from the answer was claimed by reconciliation first (that exchange must abort).
+    pub async fn take_intents(&mut self, role_names: &[&str]) -> Result<HashSet<String>> {
+        let mut taken = HashSet::with_capacity(role_names.len());
+        for chunk in role_names.chunks(ROWS_PER_STATEMENT) {
+            with_tx_db!(self, |conn, Db| {
+                let mut q: QueryBuilder<Db> =
+                    QueryBuilder::new("DELETE FROM pg_intents WHERE role_name IN (");
+                let mut list = q.separated(", ");
+                for name in chunk {
+                    list.push_bind(name.to_string());
+                }
+                q.push(") RETURNING role_name");
+                for r in q.build().fetch_all(&mut *conn).await? {
+                    taken.insert(r.try_get::<String, _>("role_name")?);
+                }
+            });
+        }
+        Ok(taken)
+    }
+
+    /// Inserts leases with their indexed claims and credentials: three multi-row statements
+    /// (more only for batches beyond [`ROWS_PER_STATEMENT`] rows).
+    pub async fn insert_leases(&mut self, leases: &[&NewLease]) -> Result<()> {
+        for chunk in leases.chunks(ROWS_PER_STATEMENT) {
+            with_tx_db!(self, |conn, Db| {
+                let mut q: QueryBuilder<Db> = QueryBuilder::new(
+                    "INSERT INTO leases (id, env, role, issuer, subject, policy_version, issued_at,
+                                         expires_at, key_version, sealed) ",
+                );
+                q.push_values(chunk, |mut b, n| {
+                    let l = &n.lease;
+                    b.push_bind(l.id.clone())
+                        .push_bind(l.env.clone())
+                        .push_bind(l.role.clone())
+                        .push_bind(l.issuer.clone())
+                        .push_bind(l.subject.clone())
+                        .push_bind(l.policy_version.clone())
+                        .push_bind(l.issued_at)
+                        .push_bind(l.expires_at)
+                        .push_bind(l.key_version)
+                        .push_bind(l.sealed.clone());
+                });
+                q.build().execute(&mut *conn).await?;
+            });
+        }
+        let claims: Vec<(&str, &str, &str)> = leases
+            .iter()
+            .flat_map(|n| {
+                n.claims
+                    .iter()
+                    .map(|(k, v)| (n.lease.id.as_str(), k.as_str(), v.as_str()))
+            })
+            .collect();
+        for chunk in claims.chunks(ROWS_PER_STATEMENT) {
+            with_tx_db!(self, |conn, Db| {
+                let mut q: QueryBuilder<Db> =
+                    QueryBuilder::new("INSERT INTO lease_claims (lease_id, name, value) ");
+                q.push_values(chunk, |mut b, (id, name, value)| {
+                    b.push_bind(id.to_string())
+                        .push_bind(name.to_string())
+                        .push_bind(value.to_string());
+                });
+                q.build().execute(&mut *conn).await?;
+            });
+        }
+        let creds: Vec<&CredentialRow> = leases.iter().flat_map(|n| &n.credentials).collect();
+        for chunk in creds.chunks(ROWS_PER_STATEMENT) {
+            with_tx_db!(self, |conn, Db| {
+                let mut q: QueryBuilder<Db> = QueryBuilder::new(
+                    "INSERT INTO credentials (id, lease_id, env, name, kind, token_hash, scope,
+                                              expires_at) ",
+                );
+                q.push_values(chunk, |mut b, c| {
+                    b.push_bind(c.id.clone())
+                        .push_bind(c.lease_id.clone())
+                        .push_bind(c.env.clone())
+                        .push_bind(c.name.clone())
+                        .push_bind(c.kind.clone())
+                        .push_bind(c.token_hash.clone())
+                        .push_bind(c.scope.clone())
+                        .push_bind(c.expires_at);
+                });
+                q.build().execute(&mut *conn).await?;
+            });
+        }
+        Ok(())
+    }
+}
