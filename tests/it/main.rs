@@ -15,6 +15,7 @@ mod cli;
 mod dynamic;
 mod emergency;
 mod exchange;
+mod ledger;
 mod oidc;
 mod refusals;
 mod reload;
