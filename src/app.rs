@@ -230,7 +230,7 @@ impl App {
         };
         let names: Vec<&str> = policies.environments().map(|e| e.name.as_str()).collect();
         store.ensure_environments(&names).await?;
-        let ledger = Ledger::start(store.clone(), audit.clone(), clock.clone());
+        let ledger = Ledger::start(store.clone(), audit.clone(), keyring.clone(), clock.clone());
         Ok(Arc::new(App {
             audit_key: audit_key(&root)?,
             config,

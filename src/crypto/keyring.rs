@@ -169,6 +169,23 @@ impl Keyring {
         }
     }
 
+    /// Like [`sealer`](Self::sealer), but from the in-memory cache when it holds the
+    /// environment's keys (no store read). Only for records written through the exchange
+    /// ledger, which checks inside its transaction that the version is still live (not
+    /// destroyed, here or on another replica) and refreshes this cache when it is not current.
+    pub async fn sealer_cached(&self, env: &str) -> Result<Sealer, CryptoError> {
+        if let Some(ek) = self.cached(env)
+            && let Some(Some(k)) = ek.keys.get(&ek.current)
+        {
+            return Ok(Sealer {
+                env: env.to_string(),
+                version: ek.current,
+                key: k.clone(),
+            });
+        }
+        self.sealer(env).await
+    }
+
     /// Seals `plaintext` for the record `table/id` of `env` with the current key version.
     pub async fn seal(
         &self,

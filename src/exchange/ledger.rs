@@ -29,6 +29,7 @@ use super::audit::{ExchangeAudit, Verdict};
 use super::error::ExchangeError;
 use crate::audit::AuditLog;
 use crate::clock::SharedClock;
+use crate::crypto::Keyring;
 use crate::error::ApiError;
 use crate::store::{NewLease, ReplaySlot, Store, StoreError};
 
@@ -80,11 +81,17 @@ impl Ledger {
     /// Starts the writer task on the current tokio runtime. It stops when every handle is
     /// dropped, after committing what it was given.
     #[must_use]
-    pub fn start(store: Store, audit: AuditLog, clock: SharedClock) -> Ledger {
+    pub fn start(
+        store: Store,
+        audit: AuditLog,
+        keyring: Arc<Keyring>,
+        clock: SharedClock,
+    ) -> Ledger {
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
             store,
             audit,
+            keyring,
             clock,
         };
         let task = tokio::spawn(writer.run(rx));
@@ -129,6 +136,7 @@ impl Ledger {
 struct Writer {
     store: Store,
     audit: AuditLog,
+    keyring: Arc<Keyring>,
     clock: SharedClock,
 }
 
@@ -253,9 +261,21 @@ impl Writer {
         envs.sort_unstable();
         envs.dedup();
         let frozen = tx.frozen_among(&envs).await.map_err(BatchError::Store)?;
+        // Leases were sealed with a cached data key: it must still be live (a key destroyed
+        // on any replica refuses the lease); a newer version makes the cache refresh.
+        let keys = tx.key_versions(&envs).await.map_err(BatchError::Store)?;
         for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()) {
+            let version = entry.lease.lease.key_version;
+            let state = keys.get(&entry.env);
             if frozen.contains(&entry.env) {
                 *verdict = Some(ExchangeError::Frozen(entry.env.clone()));
+            } else if state.is_none_or(|k| k.destroyed.contains(&version) || version > k.current) {
+                self.keyring.invalidate(&entry.env);
+                *verdict = Some(ExchangeError::Keys(crate::crypto::CryptoError::Destroyed(
+                    entry.env.clone(),
+                )));
+            } else if state.is_some_and(|k| version < k.current) {
+                self.keyring.invalidate(&entry.env);
             }
         }
 
@@ -343,6 +363,11 @@ fn refusal_answer(cause: &ExchangeError) -> ApiError {
     match cause {
         ExchangeError::Replayed => ApiError::Replayed,
         ExchangeError::Frozen(env) => ApiError::Frozen(env.clone()),
+        ExchangeError::Keys(crate::crypto::CryptoError::Destroyed(env)) => {
+            ApiError::Unavailable(format!(
+                "the keys of environment `{env}` were destroyed; its records cannot be decrypted"
+            ))
+        }
         other => ApiError::Unavailable(other.to_string()),
     }
 }
@@ -359,6 +384,7 @@ mod tests {
     use super::{Entry, Ledger, Reply, Writer};
     use crate::audit::{AuditKey, AuditLog, MaskedCredential};
     use crate::clock::{FixedClock, SharedClock};
+    use crate::crypto::Keyring;
     use crate::exchange::audit::ExchangeAudit;
     use crate::exchange::error::ExchangeError;
     use crate::store::{CredentialRow, LeaseRow, NewLease, ReplaySlot, Store};
@@ -366,6 +392,7 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     struct Fixture {
+        keyring: Arc<Keyring>,
         dir: tempfile::TempDir,
         store: Store,
         audit: AuditLog,
@@ -383,12 +410,21 @@ mod tests {
         let key = AuditKey::from_bytes([7; 32]);
         let path = audit_file.map_or_else(|| dir.path().join("audit.log"), ToOwned::to_owned);
         let audit = AuditLog::open(&path, key.clone(), clock.clone(), None, false).unwrap();
+        let keyring = Arc::new(Keyring::new(
+            zeroize::Zeroizing::new([3; 32]),
+            store.clone(),
+            clock.clone(),
+        ));
+        keyring.prepare("prod").await.unwrap();
+        keyring.prepare("dev").await.unwrap();
         let writer = Writer {
             store: store.clone(),
             audit: audit.clone(),
+            keyring: keyring.clone(),
             clock,
         };
         Fixture {
+            keyring,
             dir,
             store,
             audit,
@@ -470,6 +506,7 @@ mod tests {
                 Err(ExchangeError::Abandoned) => "abandoned".to_string(),
                 Err(ExchangeError::Store(_)) => "store".to_string(),
                 Err(ExchangeError::Audit(_)) => "audit".to_string(),
+                Err(ExchangeError::Keys(_)) => "keys".to_string(),
                 Err(e) => format!("other: {e}"),
             })
             .collect()
@@ -631,11 +668,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lease_sealed_under_a_key_destroyed_meanwhile_is_refused() {
+        let f = fixture().await;
+        // Shredded by another replica: this replica's cached key is stale.
+        f.store.destroy_keys("prod", NOW).await.unwrap();
+        let replies = f
+            .writer
+            .commit(&[entry("prod", 1, 1), entry("dev", 2, 2)])
+            .await;
+        assert_eq!(outcomes(&replies), ["keys", "issued"]);
+        assert!(f.store.lease("lse_0001").await.unwrap().is_none());
+        assert!(!f.store.replay_seen(&[1; 32]).await.unwrap());
+        assert!(
+            f.keyring.sealer_cached("prod").await.is_err(),
+            "the cache was refreshed from the store"
+        );
+    }
+
+    #[tokio::test]
     async fn concurrent_submissions_share_batches_and_each_gets_its_own_answer() {
         let f = fixture().await;
         let ledger = Ledger::start(
             f.store.clone(),
             f.audit.clone(),
+            f.keyring.clone(),
             Arc::new(FixedClock::at(NOW)),
         );
         let mut tasks = Vec::new();

@@ -301,7 +301,7 @@ impl App {
         };
         let sealer = self
             .keyring
-            .sealer(&env.name)
+            .sealer_cached(&env.name)
             .await
             .map_err(ExchangeError::from)?;
         if role

@@ -10,7 +10,7 @@
 
 mod sql;
 
-pub use sql::{LeaderLock, NewLease, ReplaySlot, Store, WriteTx};
+pub use sql::{KeyState, LeaderLock, NewLease, ReplaySlot, Store, WriteTx};
 
 /// Store failures. Messages carry no SQL text with values and no secret.
 #[derive(Debug, thiserror::Error)]

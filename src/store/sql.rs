@@ -91,7 +91,7 @@ macro_rules! with_tx {
 }
 
 mod batch;
-pub use batch::{NewLease, ReplaySlot};
+pub use batch::{KeyState, NewLease, ReplaySlot};
 
 macro_rules! lease_row {
     ($r:expr) => {{

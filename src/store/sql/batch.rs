@@ -5,7 +5,7 @@
 //! exchanges holds the writer for about as long as one exchange used to. Rows are chunked so
 //! no statement exceeds the backends' limits on bound parameters.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{QueryBuilder, Row};
 
@@ -34,6 +34,15 @@ macro_rules! with_tx_db {
             }
         }
     };
+}
+
+/// An environment's data-key versions, as a batch sees them.
+#[derive(Debug, Clone, Default)]
+pub struct KeyState {
+    /// Newest version (0 when the environment has none).
+    pub current: i64,
+    /// Versions destroyed.
+    pub destroyed: HashSet<i64>,
 }
 
 /// A source token's single-use slot.
@@ -87,6 +96,36 @@ impl WriteTx {
             }
             Ok(frozen)
         })
+    }
+
+    /// The data-key state of `envs` as committed now: per environment, its newest version and
+    /// the versions destroyed (crypto-shredded).
+    pub async fn key_versions(&mut self, envs: &[&str]) -> Result<HashMap<String, KeyState>> {
+        let mut out: HashMap<String, KeyState> = HashMap::new();
+        if envs.is_empty() {
+            return Ok(out);
+        }
+        with_tx_db!(self, |conn, Db| {
+            let mut q: QueryBuilder<Db> = QueryBuilder::new(
+                "SELECT env, version, CAST(CASE WHEN wrapped IS NULL THEN 1 ELSE 0 END AS BIGINT)
+                 AS destroyed FROM data_keys WHERE env IN (",
+            );
+            let mut list = q.separated(", ");
+            for env in envs {
+                list.push_bind(env.to_string());
+            }
+            q.push(")");
+            for r in q.build().fetch_all(&mut *conn).await? {
+                let env: String = r.try_get("env")?;
+                let version: i64 = r.try_get("version")?;
+                let state = out.entry(env).or_default();
+                state.current = state.current.max(version);
+                if r.try_get::<i64, _>("destroyed")? != 0 {
+                    state.destroyed.insert(version);
+                }
+            }
+        });
+        Ok(out)
     }
 
     /// Records source tokens as used; returns the keys recorded now. A key missing from the
