@@ -205,6 +205,33 @@ impl Keyring {
         Ok((ek.current, blob))
     }
 
+    /// Opens a record whose key state the caller read from the store in the same query as
+    /// the record (`live`: its version is not destroyed). With a live version already
+    /// cached, no store read is needed; otherwise as [`open`](Self::open).
+    pub async fn open_checked(
+        &self,
+        env: &str,
+        (table, id): (&str, &str),
+        version: i64,
+        live: bool,
+        blob: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if !live {
+            self.invalidate(env);
+            return Err(CryptoError::Destroyed(env.to_string()));
+        }
+        if let Some(ek) = self.cached(env)
+            && let Some(Some(key)) = ek.keys.get(&version)
+        {
+            return aead::open(key, blob, &store::aad(table, env, id, version)).map_err(|_| {
+                CryptoError::Open {
+                    env: env.to_string(),
+                }
+            });
+        }
+        self.open(env, table, id, version, blob).await
+    }
+
     /// Opens a record sealed by [`Keyring::seal`].
     pub async fn open(
         &self,

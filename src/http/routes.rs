@@ -199,18 +199,24 @@ impl App {
     /// Resolves a broker token to its live grant: 401 when unknown, expired or revoked.
     pub async fn live_token_grant(&self, token: &SecretString) -> Result<TokenGrant, ApiError> {
         let digest = token_digest(&self.token_key, token.expose_secret());
-        let grant = self
-            .store
-            .token_grant(&digest)
-            .await?
-            .ok_or_else(|| ApiError::InvalidToken("unknown broker token".into()))?;
+        let grant = self.store.token_grant(&digest).await?;
+        Ok(self.check_live(grant.map(|g| (g, ())))?.0)
+    }
+
+    /// 401 unless a token's grant (found with what came along with it) is live.
+    pub fn check_live<T>(
+        &self,
+        found: Option<(TokenGrant, T)>,
+    ) -> Result<(TokenGrant, T), ApiError> {
+        let (grant, with) =
+            found.ok_or_else(|| ApiError::InvalidToken("unknown broker token".into()))?;
         if grant.revoked_at.is_some() {
             return Err(ApiError::InvalidToken("this credential was revoked".into()));
         }
         if grant.expires_at <= self.clock.unix() {
             return Err(ApiError::InvalidToken("this credential has expired".into()));
         }
-        Ok(grant)
+        Ok((grant, with))
     }
 }
 
@@ -307,7 +313,9 @@ async fn read_secret_inner(
         "token",
         token.expose_secret(),
     ));
-    let grant = app.live_token_grant(&token).await?;
+    let digest = token_digest(&app.token_key, token.expose_secret());
+    let found = app.store.token_secret(&digest, env, path, version).await?;
+    let (grant, secret) = app.check_live(found)?;
     ev.actor = grant_actor(&grant);
     super::admin::check_path(path)?;
     ev.role = Some(grant.role.clone());
@@ -317,26 +325,17 @@ async fn read_secret_inner(
             "this token may not read `{path}` in environment `{env}`"
         )));
     }
-    let row = match version {
-        None => app.store.latest_secret(env, path).await?,
-        Some(v) => app
-            .store
-            .secret_versions(env, path)
-            .await?
-            .into_iter()
-            .find(|r| r.version == v),
-    };
-    let row = row.ok_or_else(|| match version {
+    let (row, live) = secret.ok_or_else(|| match version {
         None => ApiError::NotFound(format!("no secret at `{path}`")),
         Some(v) => ApiError::NotFound(format!("no version {v} of the secret at `{path}`")),
     })?;
     let plain = app
         .keyring
-        .open(
+        .open_checked(
             env,
-            "secrets",
-            &secret_record_id(path, row.version),
+            ("secrets", &secret_record_id(path, row.version)),
             row.key_version,
+            live,
             &row.sealed,
         )
         .await?;

@@ -444,6 +444,71 @@ impl Store {
         })
     }
 
+    /// One round trip for a secret read: the grant behind a broker token digest (with its
+    /// lease's state) and, when present, the secret `env`/`path` at `version` (the latest when
+    /// None) with whether its data key is still live. The caller checks the grant before it
+    /// decrypts anything.
+    pub async fn token_secret(
+        &self,
+        digest: &[u8],
+        env: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<Option<(TokenGrant, Option<(SecretRow, bool)>)>> {
+        with_db!(self, |w, r, Db| {
+            let row = sqlx::query(
+                "SELECT c.id, c.name, c.scope, c.expires_at, l.id AS lease_id, l.env, l.role,
+                        l.subject, l.issuer, l.revoked_at,
+                        s.version AS s_version, s.fields AS s_fields,
+                        s.key_version AS s_key_version, s.sealed AS s_sealed,
+                        s.created_at AS s_created_at,
+                        CAST(CASE WHEN d.wrapped IS NULL THEN 0 ELSE 1 END AS BIGINT) AS s_key_live
+                 FROM credentials c JOIN leases l ON l.id = c.lease_id
+                 LEFT JOIN secrets s ON s.env = $2 AND s.path = $3 AND s.version = COALESCE($4,
+                     (SELECT MAX(version) FROM secrets WHERE env = $2 AND path = $3))
+                 LEFT JOIN data_keys d ON d.env = s.env AND d.version = s.key_version
+                 WHERE c.token_hash = $1",
+            )
+            .bind(digest)
+            .bind(env)
+            .bind(path)
+            .bind(version)
+            .fetch_optional(r)
+            .await?;
+            let Some(r) = row else { return Ok(None) };
+            let scope: String = r.try_get("scope")?;
+            let grant = TokenGrant {
+                credential_id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                lease_id: r.try_get("lease_id")?,
+                env: r.try_get("env")?,
+                role: r.try_get("role")?,
+                subject: r.try_get("subject")?,
+                issuer: r.try_get("issuer")?,
+                scope: serde_json::from_str(&scope).unwrap_or_default(),
+                expires_at: r.try_get("expires_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            };
+            let secret = match r.try_get::<Option<i64>, _>("s_version")? {
+                None => None,
+                Some(version) => {
+                    let fields: String = r.try_get("s_fields")?;
+                    Some((
+                        SecretRow {
+                            version,
+                            fields: serde_json::from_str(&fields).unwrap_or_default(),
+                            key_version: r.try_get("s_key_version")?,
+                            sealed: r.try_get("s_sealed")?,
+                            created_at: r.try_get("s_created_at")?,
+                        },
+                        r.try_get::<i64, _>("s_key_live")? != 0,
+                    ))
+                }
+            };
+            Ok(Some((grant, secret)))
+        })
+    }
+
     /// Credentials of a lease.
     pub async fn lease_credentials(&self, lease_id: &str) -> Result<Vec<CredentialRow>> {
         with_db!(self, |w, r, Db| {
