@@ -184,7 +184,13 @@ impl PgTarget {
             check_any_ident(group).map_err(|r| self.error(r))?;
         }
         let until = pg_timestamp(valid_until).map_err(|r| self.error(r))?;
-        let verifier = Zeroizing::new(scram_verifier(password.expose_secret())?);
+        // 4,096 PBKDF2 rounds: CPU work kept off the async threads.
+        let secret = password.clone();
+        let verifier = tokio::task::spawn_blocking(move || {
+            scram_verifier(secret.expose_secret()).map(Zeroizing::new)
+        })
+        .await
+        .map_err(|e| self.error(format!("verifier task failed: {e}")))??;
 
         let mut tx = self
             .pool

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use openidconnect::core::CoreJsonWebKey;
+use super::ring_key::RingJwk;
 use openidconnect::reqwest;
 use openidconnect::url::{Host, Url};
 use openidconnect::{JsonWebKey as _, JsonWebKeySet};
@@ -97,9 +97,9 @@ fn redacted(url: &Url) -> String {
 }
 
 /// Parses a JWKS document, requiring at least one key this crate understands.
-pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<JsonWebKeySet<CoreJsonWebKey>, String> {
+pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<JsonWebKeySet<RingJwk>, String> {
     // Keys are public, so the parser's message could be shown; keep it short anyway.
-    let jwks: JsonWebKeySet<CoreJsonWebKey> =
+    let jwks: JsonWebKeySet<RingJwk> =
         serde_json::from_slice(bytes).map_err(|_| "not a JSON Web Key Set".to_owned())?;
     if jwks.keys().is_empty() {
         return Err("the key set has no usable key".to_owned());
@@ -112,9 +112,7 @@ pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<JsonWebKeySet<CoreJsonWebKey>, 
 }
 
 /// Reads a `jwks_file`.
-pub(crate) fn read_jwks_file(
-    path: &std::path::Path,
-) -> Result<JsonWebKeySet<CoreJsonWebKey>, OidcError> {
+pub(crate) fn read_jwks_file(path: &std::path::Path) -> Result<JsonWebKeySet<RingJwk>, OidcError> {
     let bytes = std::fs::read(path)
         .map_err(|e| OidcError::Config(format!("cannot read jwks_file {}: {e}", path.display())))?;
     parse_jwks(&bytes)

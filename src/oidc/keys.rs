@@ -14,9 +14,9 @@
 
 use std::sync::Arc;
 
+use super::ring_key::RingJwk;
 use arc_swap::ArcSwapOption;
 use openidconnect::JsonWebKeySet;
-use openidconnect::core::CoreJsonWebKey;
 use openidconnect::reqwest;
 use openidconnect::url::Url;
 
@@ -29,7 +29,7 @@ const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
 /// A key set and when it was obtained.
 pub(crate) struct KeySnapshot {
-    pub(crate) jwks: JsonWebKeySet<CoreJsonWebKey>,
+    pub(crate) jwks: JsonWebKeySet<RingJwk>,
     /// Unix seconds of the fetch.
     fetched_at: i64,
     /// Increases with every successful fetch; lets a caller tell whether keys changed.
@@ -78,7 +78,7 @@ pub(crate) enum Want {
 
 impl IssuerKeys {
     /// An issuer whose keys are fixed.
-    pub(crate) fn fixed(url: String, jwks: JsonWebKeySet<CoreJsonWebKey>) -> Self {
+    pub(crate) fn fixed(url: String, jwks: JsonWebKeySet<RingJwk>) -> Self {
         Self {
             url,
             source: Source::Static,
@@ -226,7 +226,7 @@ async fn fetch_jwks(
     base: &Url,
     issuer: &str,
     allow_http: bool,
-) -> Result<JsonWebKeySet<CoreJsonWebKey>, String> {
+) -> Result<JsonWebKeySet<RingJwk>, String> {
     let discovery_url = discovery_url(base)?;
     let body = get_document(client, &discovery_url).await?;
     let doc: Discovery = serde_json::from_slice(&body)

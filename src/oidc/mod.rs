@@ -20,6 +20,7 @@
 
 mod config;
 mod keys;
+mod ring_key;
 mod token;
 
 use std::collections::HashMap;
