@@ -39,7 +39,7 @@ pub async fn reload(app: &App, trigger: &str) -> Reload {
             }
             let names: Vec<&str> = set.environments().map(|e| e.name.as_str()).collect();
             if let Err(e) = app.store.ensure_environments(&names).await {
-                // Only the freeze lock of a new environment's first batches depends on it.
+                // Not needed for correctness: every exchange batch makes sure of the rows.
                 tracing::warn!(error = %e, "could not record the new environments");
             }
             app.policies.store(Arc::new(set));

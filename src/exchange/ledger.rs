@@ -10,15 +10,19 @@
 //! - nothing is answered before its audit record and its rows are durable: records are
 //!   written (and fsync'ed) inside the transaction, before the commit;
 //! - a batch that fails before its records are durable fails every exchange in it (503) and
-//!   stores nothing; one whose commit fails after its records were written answers 503 to
-//!   every exchange and records each as `exchange_aborted`;
+//!   stores nothing; when the store refuses a batch of several, each exchange is retried
+//!   alone, so one the database cannot take fails only itself; a batch whose commit fails
+//!   after its records were written answers 503 to every exchange and records each as
+//!   `exchange_aborted`;
 //! - a source token is used at most once, within a batch too: the first exchange of a batch
-//!   presenting it wins, every other one is refused (409) and recorded as a replay;
+//!   presenting it wins, every other one is refused (409) and recorded as a replay; a token
+//!   already used is a replay before anything else (even in a frozen environment);
 //! - a freeze that committed before a batch began is seen by it (the environment's row is
 //!   read inside the transaction; on PostgreSQL it is share-locked, so a freeze waits for
 //!   batches in flight and no lease commits after a freeze did);
 //! - an exchange whose PostgreSQL role intent was claimed by reconciliation is abandoned
-//!   (503) and its token's single-use slot is given back.
+//!   (503): its token's single-use slot is given back and its other intents stay for
+//!   reconciliation (the lease takes all of its intents over, or none).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -75,6 +79,16 @@ enum Message {
 pub struct Ledger {
     tx: mpsc::Sender<Message>,
     task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Marks the ledger dead when its writer ends, however it ends (a panic included).
+struct AliveGuard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Ledger {
@@ -94,11 +108,23 @@ impl Ledger {
             keyring,
             clock,
         };
-        let task = tokio::spawn(writer.run(rx));
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            writer.run(rx).await;
+        });
         Ledger {
             tx,
             task: Arc::new(tokio::sync::Mutex::new(Some(task))),
+            alive,
         }
+    }
+
+    /// Whether the writer is running (readiness: without it no exchange can commit).
+    #[must_use]
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Commits what was queued before this call, then stops the writer and waits for it, so
@@ -181,9 +207,31 @@ impl Writer {
         }
     }
 
-    /// Commits a batch; one reply per entry, in order.
+    /// Commits a batch; one reply per entry, in order. When the store refuses a batch of
+    /// several exchanges (nothing was written), each is retried alone, so one exchange the
+    /// database cannot take fails only itself.
     pub(super) async fn commit(&self, entries: &[Entry]) -> Vec<Reply> {
         match self.try_commit(entries).await {
+            Err(BatchError::Store(e)) if entries.len() > 1 => {
+                tracing::warn!(error = %e, batch = entries.len(), "exchange batch refused by the store; retrying its exchanges one by one");
+                let mut out = Vec::with_capacity(entries.len());
+                for one in entries.chunks(1) {
+                    let result = self.try_commit(one).await;
+                    out.extend(self.settle(one, result).await);
+                }
+                out
+            }
+            result => self.settle(entries, result).await,
+        }
+    }
+
+    /// The replies to a batch's outcome (and the abort records of a failed commit).
+    async fn settle(
+        &self,
+        entries: &[Entry],
+        result: Result<Vec<Option<ExchangeError>>, BatchError>,
+    ) -> Vec<Reply> {
+        match result {
             Ok(verdicts) => verdicts
                 .into_iter()
                 .map(|v| Reply {
@@ -256,7 +304,28 @@ impl Writer {
         let mut tx = self.store.begin().await.map_err(BatchError::Store)?;
         let mut verdicts: Vec<Option<ExchangeError>> = entries.iter().map(|_| None).collect();
 
-        // Freezes committed before this transaction.
+        // Single use, first: a token already used is a replay (a possible theft) whatever
+        // else is wrong with the exchange. Inside the batch the first presentation wins.
+        let mut first: HashMap<[u8; 32], usize> = HashMap::with_capacity(entries.len());
+        let mut duplicate_of: Vec<Option<usize>> = vec![None; entries.len()];
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(&j) = first.get(&entry.slot.key) {
+                duplicate_of[i] = Some(j);
+                verdicts[i] = Some(ExchangeError::Replayed);
+            } else {
+                first.insert(entry.slot.key, i);
+            }
+        }
+        let keys: Vec<[u8; 32]> = first.keys().copied().collect();
+        let used = tx.replays_seen(&keys).await.map_err(BatchError::Store)?;
+        for (i, entry) in entries.iter().enumerate() {
+            if verdicts[i].is_none() && used.contains(&entry.slot.key) {
+                verdicts[i] = Some(ExchangeError::Replayed);
+            }
+        }
+
+        // Freezes committed before this transaction (on PostgreSQL the environments' rows are
+        // share-locked: a freeze waits for this batch).
         let mut envs: Vec<&str> = entries.iter().map(|e| e.env.as_str()).collect();
         envs.sort_unstable();
         envs.dedup();
@@ -265,6 +334,9 @@ impl Writer {
         // on any replica refuses the lease); a newer version makes the cache refresh.
         let keys = tx.key_versions(&envs).await.map_err(BatchError::Store)?;
         for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()) {
+            if verdict.is_some() {
+                continue;
+            }
             let version = entry.lease.lease.key_version;
             let state = keys.get(&entry.env);
             if frozen.contains(&entry.env) {
@@ -279,16 +351,7 @@ impl Writer {
             }
         }
 
-        // Single use: first in the batch wins, then the store's primary key decides.
-        let mut first: HashMap<[u8; 32], usize> = HashMap::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            if verdicts[i].is_some() {
-                continue;
-            }
-            if first.insert(entry.slot.key, i).is_some() {
-                verdicts[i] = Some(ExchangeError::Replayed);
-            }
-        }
+        // Claim the slots; one taken meanwhile by another replica is a replay too.
         let slots: Vec<&ReplaySlot> = live(entries, &verdicts).map(|(_, e)| &e.slot).collect();
         let claimed = tx
             .claim_replays(&slots, now)
@@ -300,18 +363,27 @@ impl Writer {
             }
         }
 
-        // PostgreSQL roles: the lease takes its intents over, unless reconciliation did.
+        // PostgreSQL roles: the lease takes all its intents over, or none of them (those of
+        // an exchange whose intent reconciliation claimed stay for reconciliation).
         let names: Vec<&str> = live(entries, &verdicts)
             .flat_map(|(_, e)| e.intents.iter().map(String::as_str))
             .collect();
         if !names.is_empty() {
-            let taken: HashSet<String> =
-                tx.take_intents(&names).await.map_err(BatchError::Store)?;
+            let present: HashSet<String> =
+                tx.lock_intents(&names).await.map_err(BatchError::Store)?;
             let mut released = Vec::new();
             for (i, entry) in entries.iter().enumerate() {
-                if verdicts[i].is_none() && entry.intents.iter().any(|n| !taken.contains(n)) {
+                if verdicts[i].is_none() && entry.intents.iter().any(|n| !present.contains(n)) {
                     verdicts[i] = Some(ExchangeError::Abandoned);
                     released.push(entry.slot.key);
+                }
+            }
+            // A token presented again in this batch was not used after all.
+            for i in 0..entries.len() {
+                if let Some(j) = duplicate_of[i]
+                    && matches!(verdicts[j], Some(ExchangeError::Abandoned))
+                {
+                    verdicts[i] = Some(ExchangeError::Abandoned);
                 }
             }
             if !released.is_empty() {
@@ -319,6 +391,10 @@ impl Writer {
                     .await
                     .map_err(BatchError::Store)?;
             }
+            let taken: Vec<&str> = live(entries, &verdicts)
+                .flat_map(|(_, e)| e.intents.iter().map(String::as_str))
+                .collect();
+            tx.take_intents(&taken).await.map_err(BatchError::Store)?;
         }
 
         let leases: Vec<&NewLease> = live(entries, &verdicts).map(|(_, e)| &e.lease).collect();
@@ -567,11 +643,20 @@ mod tests {
     #[tokio::test]
     async fn a_failed_batch_fails_every_exchange_and_stores_nothing() {
         let f = fixture().await;
-        let good = entry("prod", 1, 1);
-        // Its credential id collides with the first entry's: the insert fails mid-batch.
-        let mut bad = entry("prod", 2, 2);
-        bad.lease.credentials[0].id = "crd_0001".into();
-        let replies = f.writer.commit(&[good, bad, entry("dev", 3, 3)]).await;
+        // The store refuses every lease (as a full disk or a lost database would).
+        let Store::Sqlite { writer, .. } = &f.store else {
+            panic!("sqlite store expected")
+        };
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON leases BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(writer)
+        .await
+        .unwrap();
+        let replies = f
+            .writer
+            .commit(&[entry("prod", 1, 1), entry("prod", 2, 2), entry("dev", 3, 3)])
+            .await;
         assert_eq!(outcomes(&replies), ["store", "store", "store"]);
         assert!(
             replies.iter().all(|r| !r.recorded),
@@ -588,12 +673,58 @@ mod tests {
         }
         assert!(records(&f).is_empty(), "no record of a rolled-back batch");
 
-        // The same exchanges go through in a later batch: nothing was consumed.
+        // Once the store takes writes again, the same exchanges go through: nothing was used.
+        sqlx::query("DROP TRIGGER refuse")
+            .execute(writer)
+            .await
+            .unwrap();
         let retry = f
             .writer
             .commit(&[entry("prod", 1, 1), entry("dev", 3, 3)])
             .await;
         assert_eq!(outcomes(&retry), ["issued", "issued"]);
+    }
+
+    #[tokio::test]
+    async fn an_exchange_the_store_refuses_fails_alone_and_the_rest_of_its_batch_commits() {
+        let f = fixture().await;
+        // Its credential id collides with the first entry's: the batch insert fails.
+        let mut bad = entry("prod", 2, 2);
+        bad.lease.credentials[0].id = "crd_0001".into();
+        let replies = f
+            .writer
+            .commit(&[entry("prod", 1, 1), bad, entry("dev", 3, 3)])
+            .await;
+        assert_eq!(outcomes(&replies), ["issued", "store", "issued"]);
+        assert!(!replies[1].recorded, "the caller records the failure");
+        assert!(f.store.lease("lse_0001").await.unwrap().is_some());
+        assert!(f.store.lease("lse_0002").await.unwrap().is_none());
+        assert!(f.store.lease("lse_0003").await.unwrap().is_some());
+        assert!(
+            !f.store.replay_seen(&[2; 32]).await.unwrap(),
+            "its token is not used up"
+        );
+        let leases: Vec<String> = records(&f)
+            .iter()
+            .map(|r| r["lease_id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(leases, ["lse_0001", "lse_0003"]);
+    }
+
+    #[tokio::test]
+    async fn a_used_token_is_a_replay_even_in_a_frozen_environment() {
+        let f = fixture().await;
+        assert_eq!(
+            outcomes(&f.writer.commit(&[entry("prod", 1, 1)]).await),
+            ["issued"]
+        );
+        f.store
+            .set_frozen("prod", true, "INC-2", "sec", NOW)
+            .await
+            .unwrap();
+        let replies = f.writer.commit(&[entry("prod", 2, 1)]).await;
+        assert_eq!(outcomes(&replies), ["replayed"]);
+        assert_eq!(records(&f)[1]["event"], "replay");
     }
 
     #[tokio::test]
@@ -650,8 +781,20 @@ mod tests {
         f.store.insert_intent(&intent, NOW).await.unwrap();
         let mut kept = entry("prod", 1, 1);
         kept.intents = vec!["jp_kept".into()];
+        f.store
+            .insert_intent(
+                &crate::store::PgIntent {
+                    role_name: "jp_second".into(),
+                    target: "main".into(),
+                    env: "prod".into(),
+                    lease_id: "lse_0002".into(),
+                },
+                NOW,
+            )
+            .await
+            .unwrap();
         let mut lost = entry("prod", 2, 2);
-        lost.intents = vec!["jp_claimed_by_reconciliation".into()];
+        lost.intents = vec!["jp_second".into(), "jp_claimed_by_reconciliation".into()];
         let replies = f.writer.commit(&[kept, lost]).await;
         assert_eq!(outcomes(&replies), ["issued", "abandoned"]);
         assert!(f.store.lease("lse_0001").await.unwrap().is_some());
@@ -661,9 +804,18 @@ mod tests {
             !f.store.replay_seen(&[2; 32]).await.unwrap(),
             "slot given back"
         );
-        assert!(
-            f.store.intents(NOW + 1).await.unwrap().is_empty(),
-            "intent taken over"
+        let left: Vec<String> = f
+            .store
+            .intents(NOW + 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i.role_name)
+            .collect();
+        assert_eq!(
+            left,
+            ["jp_second"],
+            "the abandoned exchange's intent stays for reconciliation"
         );
     }
 

@@ -152,6 +152,8 @@ fn indexed_claims(t: &VerifiedToken) -> Vec<(String, String)> {
         .filter(|(k, _)| !matches!(k.as_str(), "exp" | "iat" | "nbf" | "aud"))
         .filter_map(|(k, v)| scalar_text(v).map(|s| (k.clone(), s)))
         .filter(|(k, v)| k.len() <= 128 && v.len() <= MAX_INDEXED_VALUE)
+        // No database keeps a NUL byte in text (PostgreSQL refuses the row).
+        .filter(|(k, v)| !k.contains('\0') && !v.contains('\0'))
         .collect()
 }
 
@@ -229,6 +231,10 @@ impl App {
                     let record = audit.record(&Verdict::Refused(&error, &answer));
                     if let Err(e) = self.audit.append(record).await {
                         tracing::error!(error = %e, "audit log write failed for a refused exchange");
+                        // A possible theft is never left unrecorded silently: fail closed.
+                        if matches!(error, ExchangeError::Replayed) {
+                            return Err(crate::error::ApiError::from(&ExchangeError::Audit(e)));
+                        }
                     }
                 }
                 Err(answer)

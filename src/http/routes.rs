@@ -67,6 +67,10 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if !app.ledger.is_alive() {
+        return ApiError::unavailable("the exchange ledger", &"its writer has stopped")
+            .into_response();
+    }
     match app.store.ping().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => ApiError::unavailable("the store", &e).into_response(),

@@ -163,6 +163,9 @@ type CiIdToken = IdToken<
     CoreJwsSigningAlgorithm,
 >;
 
+/// Longest `sub` accepted.
+const MAX_SUBJECT_BYTES: usize = 1024;
+
 /// Marker the `iat` check returns so its failure can be told from an expiry.
 const IAT_IN_FUTURE: &str = "iat-in-future";
 
@@ -284,6 +287,11 @@ impl Verifier {
             Err(Checked::NoMatchingKey) => return Err(OidcError::UnknownKey),
             Err(Checked::Failed(e)) => return Err(e),
         };
+        // The subject is stored and indexed with every lease: no CI platform sends more than
+        // a few hundred bytes, and a NUL byte is no text a database keeps.
+        if subject.len() > MAX_SUBJECT_BYTES || subject.contains('\0') {
+            return Err(malformed("sub is over 1024 bytes or holds a NUL character"));
+        }
 
         let alg = unverified.alg;
         let claims = unverified.payload;

@@ -288,3 +288,25 @@ async fn malformed_json_is_refused_without_echoing_it() {
     assert!(v["message"].as_str().unwrap().contains("extra"), "{v}");
     assert_eq!(b.lease_count().await, 0);
 }
+
+#[tokio::test]
+async fn an_oversized_or_nul_subject_is_refused_and_nul_claims_are_not_indexed() {
+    let b = Broker::start().await;
+    for sub in ["x".repeat(1025), "repo:acme/web\u{0}evil".to_string()] {
+        let mut c = claims(&b);
+        c["sub"] = json!(sub);
+        let (s, v) = b
+            .exchange(&b.gh.sign(c.clone()), "prod", Some("deploy-web"))
+            .await;
+        assert_eq!(s, 401, "{v}");
+        assert_eq!(v["error"], "invalid_token");
+    }
+    // A claim holding a NUL byte still exchanges (on either store); it is just not indexed.
+    let mut c = claims(&b);
+    c["workflow"] = json!("deploy\u{0}");
+    let (s, v) = b
+        .exchange(&b.gh.sign(c.clone()), "prod", Some("deploy-web"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(b.lease_count().await, 1);
+}

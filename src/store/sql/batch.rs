@@ -77,6 +77,13 @@ impl WriteTx {
         }
         let postgres = matches!(self, WriteTx::Postgres(_));
         with_tx_db!(self, |conn, Db| {
+            // Every environment gets a row, so there is always one to lock.
+            let mut q: QueryBuilder<Db> = QueryBuilder::new("INSERT INTO environments (env) ");
+            q.push_values(envs, |mut b, env| {
+                b.push_bind(env.to_string());
+            });
+            q.push(" ON CONFLICT (env) DO NOTHING");
+            q.build().execute(&mut *conn).await?;
             let mut q: QueryBuilder<Db> =
                 QueryBuilder::new("SELECT env, frozen FROM environments WHERE env IN (");
             let mut list = q.separated(", ");
@@ -126,6 +133,56 @@ impl WriteTx {
             }
         });
         Ok(out)
+    }
+
+    /// Which of `keys` were already used (read inside the transaction).
+    pub async fn replays_seen(&mut self, keys: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>> {
+        let mut seen = HashSet::new();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            with_tx_db!(self, |conn, Db| {
+                let mut q: QueryBuilder<Db> =
+                    QueryBuilder::new("SELECT key FROM replay WHERE key IN (");
+                let mut list = q.separated(", ");
+                for k in chunk {
+                    list.push_bind(k.to_vec());
+                }
+                q.push(")");
+                for r in q.build().fetch_all(&mut *conn).await? {
+                    let key: Vec<u8> = r.try_get("key")?;
+                    if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
+                        seen.insert(k);
+                    }
+                }
+            });
+        }
+        Ok(seen)
+    }
+
+    /// Which of the role intents `role_names` still exist; on PostgreSQL they are locked
+    /// until the transaction ends, so reconciliation cannot claim them in between.
+    pub async fn lock_intents(&mut self, role_names: &[&str]) -> Result<HashSet<String>> {
+        let postgres = matches!(self, WriteTx::Postgres(_));
+        let mut sorted = role_names.to_vec();
+        sorted.sort_unstable();
+        let mut present = HashSet::with_capacity(sorted.len());
+        for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+            with_tx_db!(self, |conn, Db| {
+                let mut q: QueryBuilder<Db> =
+                    QueryBuilder::new("SELECT role_name FROM pg_intents WHERE role_name IN (");
+                let mut list = q.separated(", ");
+                for name in chunk {
+                    list.push_bind(name.to_string());
+                }
+                q.push(") ORDER BY role_name");
+                if postgres {
+                    q.push(" FOR UPDATE");
+                }
+                for r in q.build().fetch_all(&mut *conn).await? {
+                    present.insert(r.try_get::<String, _>("role_name")?);
+                }
+            });
+        }
+        Ok(present)
     }
 
     /// Records source tokens as used; returns the keys recorded now. A key missing from the
