@@ -12,9 +12,37 @@ use sqlx::{QueryBuilder, Row};
 use super::WriteTx;
 use crate::store::{CredentialRow, LeaseRow, Result};
 
-/// Rows per multi-row statement (SQLite allows 32,766 bound parameters, PostgreSQL 65,535;
-/// the widest row here binds 10).
+/// Rows per multi-row statement on SQLite (it allows 32,766 bound parameters; the widest row
+/// here binds 10).
 const ROWS_PER_STATEMENT: usize = 1000;
+/// Most bytes of bound values per statement on PostgreSQL. sqlx leaves Nagle's algorithm on
+/// and a socket starts with a 16 KiB send buffer: a larger message goes out in two writes and
+/// the second waits for the server's delayed ACK (about 40 ms). Statements stay under it.
+const PG_STATEMENT_BYTES: usize = 8 * 1024;
+
+/// Splits `rows` into runs of at most `max_rows` rows and `budget` bytes (by `size`); a row
+/// larger than the budget goes alone.
+fn chunks_by<T>(
+    rows: &[T],
+    max_rows: usize,
+    budget: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        let b = size(row);
+        if i > start && (i - start >= max_rows || bytes + b > budget) {
+            out.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
 
 /// Runs `$body` with `$c` bound to the transaction's connection and `$db` to its database type.
 macro_rules! with_tx_db {
@@ -68,6 +96,14 @@ pub struct NewLease {
 }
 
 impl WriteTx {
+    /// `rows` in runs sized for one statement of this backend (`size`: bytes a row binds).
+    fn statements<'r, T>(&self, rows: &'r [T], size: impl Fn(&T) -> usize) -> Vec<&'r [T]> {
+        match self {
+            WriteTx::Sqlite(_) => chunks_by(rows, ROWS_PER_STATEMENT, usize::MAX, size),
+            WriteTx::Postgres(_) => chunks_by(rows, ROWS_PER_STATEMENT, PG_STATEMENT_BYTES, size),
+        }
+    }
+
     /// Which of `envs` are frozen, read inside the transaction. On PostgreSQL the rows are
     /// share-locked, so a freeze waits for this transaction to end: no lease of a batch that
     /// did not see the freeze commits after the freeze has.
@@ -138,7 +174,7 @@ impl WriteTx {
     /// Which of `keys` were already used (read inside the transaction).
     pub async fn replays_seen(&mut self, keys: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>> {
         let mut seen = HashSet::new();
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        for chunk in self.statements(keys, |_| 40) {
             with_tx_db!(self, |conn, Db| {
                 let mut q: QueryBuilder<Db> =
                     QueryBuilder::new("SELECT key FROM replay WHERE key IN (");
@@ -165,7 +201,7 @@ impl WriteTx {
         let mut sorted = role_names.to_vec();
         sorted.sort_unstable();
         let mut present = HashSet::with_capacity(sorted.len());
-        for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+        for chunk in self.statements(&sorted, |n| 8 + n.len()) {
             with_tx_db!(self, |conn, Db| {
                 let mut q: QueryBuilder<Db> =
                     QueryBuilder::new("SELECT role_name FROM pg_intents WHERE role_name IN (");
@@ -197,7 +233,7 @@ impl WriteTx {
         let mut sorted: Vec<&ReplaySlot> = slots.to_vec();
         sorted.sort_unstable_by_key(|s| s.key);
         let mut claimed = HashSet::with_capacity(sorted.len());
-        for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+        for chunk in self.statements(&sorted, |s| 60 + s.issuer.len()) {
             with_tx_db!(self, |conn, Db| {
                 let mut q: QueryBuilder<Db> =
                     QueryBuilder::new("INSERT INTO replay (key, issuer, seen_at, expires_at) ");
@@ -222,7 +258,7 @@ impl WriteTx {
     /// Gives single-use slots back (an exchange of the batch was abandoned after its slot was
     /// taken: its token may be presented again).
     pub async fn release_replays(&mut self, keys: &[[u8; 32]]) -> Result<()> {
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        for chunk in self.statements(keys, |_| 40) {
             with_tx_db!(self, |conn, Db| {
                 let mut q: QueryBuilder<Db> =
                     QueryBuilder::new("DELETE FROM replay WHERE key IN (");
@@ -241,7 +277,7 @@ impl WriteTx {
     /// missing from the answer was claimed by reconciliation first (that exchange must abort).
     pub async fn take_intents(&mut self, role_names: &[&str]) -> Result<HashSet<String>> {
         let mut taken = HashSet::with_capacity(role_names.len());
-        for chunk in role_names.chunks(ROWS_PER_STATEMENT) {
+        for chunk in self.statements(role_names, |n| 8 + n.len()) {
             with_tx_db!(self, |conn, Db| {
                 let mut q: QueryBuilder<Db> =
                     QueryBuilder::new("DELETE FROM pg_intents WHERE role_name IN (");
@@ -261,6 +297,9 @@ impl WriteTx {
     /// Inserts leases with their indexed claims and credentials: three multi-row statements
     /// (more only for batches beyond [`ROWS_PER_STATEMENT`] rows).
     pub async fn insert_leases(&mut self, leases: &[&NewLease]) -> Result<()> {
+        if let WriteTx::Postgres(tx) = self {
+            return insert_leases_pg(tx, leases).await;
+        }
         for chunk in leases.chunks(ROWS_PER_STATEMENT) {
             with_tx_db!(self, |conn, Db| {
                 let mut q: QueryBuilder<Db> = QueryBuilder::new(
@@ -324,5 +363,105 @@ impl WriteTx {
             });
         }
         Ok(())
+    }
+}
+
+/// PostgreSQL: the same rows through `UNNEST` of one array per column, so each statement has
+/// one text whatever the batch size (it stays prepared on its connection), in statements of
+/// at most [`PG_STATEMENT_BYTES`].
+async fn insert_leases_pg(conn: &mut sqlx::PgConnection, leases: &[&NewLease]) -> Result<()> {
+    let lease_bytes = |n: &&NewLease| 160 + n.lease.sealed.len() + n.lease.subject.len();
+    for chunk in chunks_by(leases, ROWS_PER_STATEMENT, PG_STATEMENT_BYTES, lease_bytes) {
+        let text = |f: &dyn Fn(&LeaseRow) -> String| -> Vec<String> {
+            chunk.iter().map(|n| f(&n.lease)).collect()
+        };
+        let int = |f: &dyn Fn(&LeaseRow) -> i64| -> Vec<i64> {
+            chunk.iter().map(|n| f(&n.lease)).collect()
+        };
+        sqlx::query(
+            "INSERT INTO leases (id, env, role, issuer, subject, policy_version, issued_at,
+                                 expires_at, key_version, sealed)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::bytea[])",
+        )
+        .bind(text(&|l| l.id.clone()))
+        .bind(text(&|l| l.env.clone()))
+        .bind(text(&|l| l.role.clone()))
+        .bind(text(&|l| l.issuer.clone()))
+        .bind(text(&|l| l.subject.clone()))
+        .bind(text(&|l| l.policy_version.clone()))
+        .bind(int(&|l| l.issued_at))
+        .bind(int(&|l| l.expires_at))
+        .bind(int(&|l| l.key_version))
+        .bind(
+            chunk
+                .iter()
+                .map(|n| n.lease.sealed.clone())
+                .collect::<Vec<Vec<u8>>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    let claims: Vec<(&str, &str, &str)> = leases
+        .iter()
+        .flat_map(|n| {
+            n.claims
+                .iter()
+                .map(|(k, v)| (n.lease.id.as_str(), k.as_str(), v.as_str()))
+        })
+        .collect();
+    let claim_bytes = |(id, k, v): &(&str, &str, &str)| 12 + id.len() + k.len() + v.len();
+    for chunk in chunks_by(&claims, ROWS_PER_STATEMENT, PG_STATEMENT_BYTES, claim_bytes) {
+        sqlx::query(
+            "INSERT INTO lease_claims (lease_id, name, value)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
+        )
+        .bind(chunk.iter().map(|c| c.0.to_string()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|c| c.1.to_string()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|c| c.2.to_string()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    let creds: Vec<&CredentialRow> = leases.iter().flat_map(|n| &n.credentials).collect();
+    let cred_bytes = |c: &&CredentialRow| 160 + c.scope.len();
+    for chunk in chunks_by(&creds, ROWS_PER_STATEMENT, PG_STATEMENT_BYTES, cred_bytes) {
+        let text = |f: &dyn Fn(&CredentialRow) -> String| -> Vec<String> {
+            chunk.iter().map(|c| f(c)).collect()
+        };
+        sqlx::query(
+            "INSERT INTO credentials (id, lease_id, env, name, kind, token_hash, scope, expires_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::bytea[], $7::text[], $8::int8[])",
+        )
+        .bind(text(&|c| c.id.clone()))
+        .bind(text(&|c| c.lease_id.clone()))
+        .bind(text(&|c| c.env.clone()))
+        .bind(text(&|c| c.name.clone()))
+        .bind(text(&|c| c.kind.clone()))
+        .bind(
+            chunk
+                .iter()
+                .map(|c| c.token_hash.clone())
+                .collect::<Vec<Option<Vec<u8>>>>(),
+        )
+        .bind(text(&|c| c.scope.clone()))
+        .bind(chunk.iter().map(|c| c.expires_at).collect::<Vec<i64>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks_by;
+
+    #[test]
+    fn statements_respect_both_the_row_and_the_byte_budget() {
+        let rows: Vec<usize> = vec![3, 3, 3, 10, 1, 1, 1, 1];
+        let sizes = |c: Vec<&[usize]>| c.iter().map(|s| s.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(chunks_by(&rows, 100, 6, |r| *r)), [2, 1, 1, 4]);
+        assert_eq!(sizes(chunks_by(&rows, 3, usize::MAX, |r| *r)), [3, 3, 2]);
+        assert!(chunks_by(&Vec::<usize>::new(), 3, 6, |r| *r).is_empty());
     }
 }
