@@ -264,22 +264,7 @@ impl App {
         let role = match env.evaluate(Some(&role_name), &verified.claims) {
             Ok(role) => role,
             Err(denial) => {
-                if self
-                    .store
-                    .replay_seen(&replay)
-                    .await
-                    .map_err(ExchangeError::from)?
-                {
-                    return Err(ExchangeError::Replayed.into());
-                }
-                if self
-                    .store
-                    .is_frozen(&env.name)
-                    .await
-                    .map_err(ExchangeError::from)?
-                {
-                    return Err(ExchangeError::Frozen(env.name.clone()).into());
-                }
+                self.not_replayed_nor_frozen(&replay, &env.name).await?;
                 return Err(ExchangeError::Denied(denial).into());
             }
         };
@@ -317,22 +302,7 @@ impl App {
         {
             // Creating a database role is costly: not for a replayed token or a frozen
             // environment (the batch checks both again, authoritatively).
-            if self
-                .store
-                .replay_seen(&replay)
-                .await
-                .map_err(ExchangeError::from)?
-            {
-                return Err(ExchangeError::Replayed.into());
-            }
-            if self
-                .store
-                .is_frozen(&env.name)
-                .await
-                .map_err(ExchangeError::from)?
-            {
-                return Err(ExchangeError::Frozen(env.name.clone()).into());
-            }
+            self.not_replayed_nor_frozen(&replay, &env.name).await?;
         }
         let prepared = self
             .minters
@@ -355,6 +325,21 @@ impl App {
             self.minters.teardown(&prepared).await;
         }
         result
+    }
+
+    /// A replay, then a freeze, as committed now (a read-only early check).
+    async fn not_replayed_nor_frozen(
+        &self,
+        replay: &[u8; 32],
+        env: &str,
+    ) -> Result<(), ExchangeError> {
+        if self.store.replay_seen(replay).await? {
+            return Err(ExchangeError::Replayed);
+        }
+        if self.store.is_frozen(env).await? {
+            return Err(ExchangeError::Frozen(env.to_string()));
+        }
+        Ok(())
     }
 
     /// verify: the source token against the environment's issuers and audience.

@@ -117,6 +117,28 @@ macro_rules! lease_row {
     }};
 }
 
+/// A broker token's grant from a row with the columns of `token_grant`.
+macro_rules! token_grant_row {
+    ($r:expr) => {{
+        let r = $r;
+        (|| -> Result<TokenGrant> {
+            let scope: String = r.try_get("scope")?;
+            Ok(TokenGrant {
+                credential_id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                lease_id: r.try_get("lease_id")?,
+                env: r.try_get("env")?,
+                role: r.try_get("role")?,
+                subject: r.try_get("subject")?,
+                issuer: r.try_get("issuer")?,
+                scope: serde_json::from_str(&scope).unwrap_or_default(),
+                expires_at: r.try_get("expires_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        })()
+    }};
+}
+
 macro_rules! credential_row {
     ($r:expr) => {{
         let r = $r;
@@ -427,20 +449,7 @@ impl Store {
         .bind(digest)
         .fetch_optional(r)
         .await?;
-            let Some(r) = row else { return Ok(None) };
-            let scope: String = r.try_get("scope")?;
-            Ok(Some(TokenGrant {
-                credential_id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                lease_id: r.try_get("lease_id")?,
-                env: r.try_get("env")?,
-                role: r.try_get("role")?,
-                subject: r.try_get("subject")?,
-                issuer: r.try_get("issuer")?,
-                scope: serde_json::from_str(&scope).unwrap_or_default(),
-                expires_at: r.try_get("expires_at")?,
-                revoked_at: r.try_get("revoked_at")?,
-            }))
+            row.as_ref().map(|r| token_grant_row!(r)).transpose()
         })
     }
 
@@ -476,19 +485,7 @@ impl Store {
             .fetch_optional(r)
             .await?;
             let Some(r) = row else { return Ok(None) };
-            let scope: String = r.try_get("scope")?;
-            let grant = TokenGrant {
-                credential_id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                lease_id: r.try_get("lease_id")?,
-                env: r.try_get("env")?,
-                role: r.try_get("role")?,
-                subject: r.try_get("subject")?,
-                issuer: r.try_get("issuer")?,
-                scope: serde_json::from_str(&scope).unwrap_or_default(),
-                expires_at: r.try_get("expires_at")?,
-                revoked_at: r.try_get("revoked_at")?,
-            };
+            let grant = token_grant_row!(&r)?;
             let secret = match r.try_get::<Option<i64>, _>("s_version")? {
                 None => None,
                 Some(version) => {
