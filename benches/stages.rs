@@ -640,7 +640,6 @@ impl Disk {
         let (keyring, ledger) = rt.block_on(async {
             let url = format!("sqlite://{}", dir.path().join("jobpass.db").display());
             let store = Store::open(&url).await.unwrap();
-            store.ensure_environments(&[ENV]).await.unwrap();
             let keyring = Arc::new(Keyring::new(
                 zeroize::Zeroizing::new(random::bytes::<32>().unwrap()),
                 store.clone(),

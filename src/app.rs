@@ -228,8 +228,6 @@ impl App {
             postgres: PostgresMinter::new(pg_targets.clone(), store.clone()),
             x509: X509Minter::new(cas.clone()),
         };
-        let names: Vec<&str> = policies.environments().map(|e| e.name.as_str()).collect();
-        store.ensure_environments(&names).await?;
         let ledger = Ledger::start(store.clone(), audit.clone(), keyring.clone(), clock.clone());
         Ok(Arc::new(App {
             audit_key: audit_key(&root)?,

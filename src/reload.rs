@@ -37,11 +37,6 @@ pub async fn reload(app: &App, trigger: &str) -> Reload {
             if new == old {
                 return Reload::Unchanged;
             }
-            let names: Vec<&str> = set.environments().map(|e| e.name.as_str()).collect();
-            if let Err(e) = app.store.ensure_environments(&names).await {
-                // Not needed for correctness: every exchange batch makes sure of the rows.
-                tracing::warn!(error = %e, "could not record the new environments");
-            }
             app.policies.store(Arc::new(set));
             tracing::info!(old = %old, new = %new, trigger, "policies reloaded");
             (Outcome::Success, Reload::Changed(new))

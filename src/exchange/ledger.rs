@@ -481,7 +481,6 @@ mod tests {
         let store = Store::open(&format!("sqlite://{}", dir.path().join("db").display()))
             .await
             .unwrap();
-        store.ensure_environments(&["prod", "dev"]).await.unwrap();
         let clock: SharedClock = Arc::new(FixedClock::at(NOW));
         let key = AuditKey::from_bytes([7; 32]);
         let path = audit_file.map_or_else(|| dir.path().join("audit.log"), ToOwned::to_owned);

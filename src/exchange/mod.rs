@@ -170,6 +170,28 @@ fn replay_key(t: &VerifiedToken, raw: &str) -> [u8; 32] {
     }
 }
 
+/// What a lease keeps sealed: the source claims, its credentials masked, and what revocation
+/// needs (PostgreSQL role names). Serialized straight from the borrowed parts.
+#[derive(serde::Serialize)]
+struct LeaseDetails<'a> {
+    claims: &'a Map<String, Value>,
+    credentials: Vec<CredentialDetails<'a>>,
+    postgres: Vec<PgRoleDetails<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct CredentialDetails<'a> {
+    id: &'a str,
+    #[serde(flatten)]
+    masked: &'a MaskedCredential,
+}
+
+#[derive(serde::Serialize)]
+struct PgRoleDetails<'a> {
+    target: &'a str,
+    role: &'a str,
+}
+
 /// An outcome the pipeline still has to record, or one the ledger recorded.
 struct Refusal {
     error: ExchangeError,
@@ -398,15 +420,25 @@ impl App {
                 _ => None,
             })
             .collect();
-        let details = json!({
-            "claims": Value::Object(verified.claims.clone()),
-            "credentials": masked.iter().zip(&minted).map(|(m, c)| json!({
-                "id": c.row.id, "name": m.name, "kind": m.kind, "masked": m.masked, "fingerprint": m.fingerprint,
-            })).collect::<Vec<_>>(),
-            "postgres": pg_roles.iter().map(|(t, r)| json!({"target": t, "role": r})).collect::<Vec<_>>(),
-        });
+        let details = LeaseDetails {
+            claims: &verified.claims,
+            credentials: masked
+                .iter()
+                .zip(&minted)
+                .map(|(m, c)| CredentialDetails {
+                    id: &c.row.id,
+                    masked: m,
+                })
+                .collect(),
+            postgres: pg_roles
+                .iter()
+                .map(|&(target, role)| PgRoleDetails { target, role })
+                .collect(),
+        };
+        let details =
+            serde_json::to_vec(&details).map_err(|e| ExchangeError::Internal(e.to_string()))?;
         let (key_version, sealed) = sealer
-            .seal("leases", cx.lease_id, details.to_string().as_bytes())
+            .seal("leases", cx.lease_id, &details)
             .map_err(ExchangeError::from)?;
         audit.lease(cx.lease_id, masked, cx.expires_at);
         let (credentials, rows): (Vec<IssuedCredential>, Vec<_>) =

@@ -19,7 +19,6 @@ pub mod postgres;
 pub mod token;
 pub mod x509;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -65,9 +64,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Every kind.
-    pub const ALL: [Kind; 4] = [Kind::Token, Kind::Jwt, Kind::Postgres, Kind::X509];
-
     /// The kind of a policy grant.
     #[must_use]
     pub fn of(grant: &GrantKind) -> Kind {
@@ -284,11 +280,5 @@ impl Minters {
                 Prepared::X509(_) => self.x509.teardown(p).await,
             }
         }
-    }
-
-    /// The PostgreSQL targets.
-    #[must_use]
-    pub fn pg_targets(&self) -> &Arc<BTreeMap<String, postgres::PgTarget>> {
-        &self.postgres.targets
     }
 }

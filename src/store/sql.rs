@@ -1002,23 +1002,6 @@ impl Store {
         })
     }
 
-    /// Gives every named environment a row (not frozen) if it has none, so an exchange batch
-    /// can share-lock the rows of the environments it mints in.
-    pub async fn ensure_environments(&self, envs: &[&str]) -> Result<()> {
-        if envs.is_empty() {
-            return Ok(());
-        }
-        with_db!(self, |w, r, Db| {
-            let mut q: QueryBuilder<Db> = QueryBuilder::new("INSERT INTO environments (env) ");
-            q.push_values(envs, |mut b, env| {
-                b.push_bind(env.to_string());
-            });
-            q.push(" ON CONFLICT (env) DO NOTHING");
-            q.build().execute(w).await?;
-            Ok(())
-        })
-    }
-
     // ---- secrets ----
 
     /// Latest version of a secret.

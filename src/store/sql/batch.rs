@@ -95,6 +95,30 @@ pub struct NewLease {
     pub credentials: Vec<CredentialRow>,
 }
 
+/// Appends `(v1, v2, …)`, each value bound, then `tail`.
+fn push_list<DB, T>(q: &mut QueryBuilder<DB>, values: impl IntoIterator<Item = T>, tail: &str)
+where
+    DB: sqlx::Database,
+    for<'t> T: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    q.push("(");
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(v);
+    }
+    q.push(")").push(tail);
+}
+
+/// A 32-byte replay key from a row's `key` column (anything else is not one of ours).
+fn replay_key<R: Row>(r: &R) -> Result<Option<[u8; 32]>>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'d> Vec<u8>: sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
+{
+    let key: Vec<u8> = r.try_get("key")?;
+    Ok(<[u8; 32]>::try_from(key.as_slice()).ok())
+}
+
 impl WriteTx {
     /// `rows` in runs sized for one statement of this backend (`size`: bytes a row binds).
     fn statements<'r, T>(&self, rows: &'r [T], size: impl Fn(&T) -> usize) -> Vec<&'r [T]> {
@@ -121,15 +145,9 @@ impl WriteTx {
             q.push(" ON CONFLICT (env) DO NOTHING");
             q.build().execute(&mut *conn).await?;
             let mut q: QueryBuilder<Db> =
-                QueryBuilder::new("SELECT env, frozen FROM environments WHERE env IN (");
-            let mut list = q.separated(", ");
-            for env in envs {
-                list.push_bind(env.to_string());
-            }
-            q.push(")");
-            if postgres {
-                q.push(" FOR SHARE");
-            }
+                QueryBuilder::new("SELECT env, frozen FROM environments WHERE env IN ");
+            let lock = if postgres { " FOR SHARE" } else { "" };
+            push_list(&mut q, envs.iter().map(|e| e.to_string()), lock);
             let rows = q.build().fetch_all(&mut *conn).await?;
             let mut frozen = HashSet::new();
             for r in &rows {
@@ -151,13 +169,9 @@ impl WriteTx {
         with_tx_db!(self, |conn, Db| {
             let mut q: QueryBuilder<Db> = QueryBuilder::new(
                 "SELECT env, version, CAST(CASE WHEN wrapped IS NULL THEN 1 ELSE 0 END AS BIGINT)
-                 AS destroyed FROM data_keys WHERE env IN (",
+                 AS destroyed FROM data_keys WHERE env IN ",
             );
-            let mut list = q.separated(", ");
-            for env in envs {
-                list.push_bind(env.to_string());
-            }
-            q.push(")");
+            push_list(&mut q, envs.iter().map(|e| e.to_string()), "");
             for r in q.build().fetch_all(&mut *conn).await? {
                 let env: String = r.try_get("env")?;
                 let version: i64 = r.try_get("version")?;
@@ -177,17 +191,10 @@ impl WriteTx {
         for chunk in self.statements(keys, |_| 40) {
             with_tx_db!(self, |conn, Db| {
                 let mut q: QueryBuilder<Db> =
-                    QueryBuilder::new("SELECT key FROM replay WHERE key IN (");
-                let mut list = q.separated(", ");
-                for k in chunk {
-                    list.push_bind(k.to_vec());
-                }
-                q.push(")");
+                    QueryBuilder::new("SELECT key FROM replay WHERE key IN ");
+                push_list(&mut q, chunk.iter().map(|k| k.to_vec()), "");
                 for r in q.build().fetch_all(&mut *conn).await? {
-                    let key: Vec<u8> = r.try_get("key")?;
-                    if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
-                        seen.insert(k);
-                    }
+                    seen.extend(replay_key(&r)?);
                 }
             });
         }
@@ -204,15 +211,13 @@ impl WriteTx {
         for chunk in self.statements(&sorted, |n| 8 + n.len()) {
             with_tx_db!(self, |conn, Db| {
                 let mut q: QueryBuilder<Db> =
-                    QueryBuilder::new("SELECT role_name FROM pg_intents WHERE role_name IN (");
-                let mut list = q.separated(", ");
-                for name in chunk {
-                    list.push_bind(name.to_string());
-                }
-                q.push(") ORDER BY role_name");
-                if postgres {
-                    q.push(" FOR UPDATE");
-                }
+                    QueryBuilder::new("SELECT role_name FROM pg_intents WHERE role_name IN ");
+                let lock = if postgres {
+                    " ORDER BY role_name FOR UPDATE"
+                } else {
+                    ""
+                };
+                push_list(&mut q, chunk.iter().map(|n| n.to_string()), lock);
                 for r in q.build().fetch_all(&mut *conn).await? {
                     present.insert(r.try_get::<String, _>("role_name")?);
                 }
@@ -245,10 +250,7 @@ impl WriteTx {
                 });
                 q.push(" ON CONFLICT (key) DO NOTHING RETURNING key");
                 for r in q.build().fetch_all(&mut *conn).await? {
-                    let key: Vec<u8> = r.try_get("key")?;
-                    if let Ok(k) = <[u8; 32]>::try_from(key.as_slice()) {
-                        claimed.insert(k);
-                    }
+                    claimed.extend(replay_key(&r)?);
                 }
             });
         }
@@ -260,38 +262,26 @@ impl WriteTx {
     pub async fn release_replays(&mut self, keys: &[[u8; 32]]) -> Result<()> {
         for chunk in self.statements(keys, |_| 40) {
             with_tx_db!(self, |conn, Db| {
-                let mut q: QueryBuilder<Db> =
-                    QueryBuilder::new("DELETE FROM replay WHERE key IN (");
-                let mut list = q.separated(", ");
-                for k in chunk {
-                    list.push_bind(k.to_vec());
-                }
-                q.push(")");
+                let mut q: QueryBuilder<Db> = QueryBuilder::new("DELETE FROM replay WHERE key IN ");
+                push_list(&mut q, chunk.iter().map(|k| k.to_vec()), "");
                 q.build().execute(&mut *conn).await?;
             });
         }
         Ok(())
     }
 
-    /// Deletes role intents as their leases take over; returns the names deleted now. A name
-    /// missing from the answer was claimed by reconciliation first (that exchange must abort).
-    pub async fn take_intents(&mut self, role_names: &[&str]) -> Result<HashSet<String>> {
-        let mut taken = HashSet::with_capacity(role_names.len());
+    /// Deletes role intents as their leases take over (locked first with
+    /// [`lock_intents`](Self::lock_intents), so all of them exist).
+    pub async fn take_intents(&mut self, role_names: &[&str]) -> Result<()> {
         for chunk in self.statements(role_names, |n| 8 + n.len()) {
             with_tx_db!(self, |conn, Db| {
                 let mut q: QueryBuilder<Db> =
-                    QueryBuilder::new("DELETE FROM pg_intents WHERE role_name IN (");
-                let mut list = q.separated(", ");
-                for name in chunk {
-                    list.push_bind(name.to_string());
-                }
-                q.push(") RETURNING role_name");
-                for r in q.build().fetch_all(&mut *conn).await? {
-                    taken.insert(r.try_get::<String, _>("role_name")?);
-                }
+                    QueryBuilder::new("DELETE FROM pg_intents WHERE role_name IN ");
+                push_list(&mut q, chunk.iter().map(|n| n.to_string()), "");
+                q.build().execute(&mut *conn).await?;
             });
         }
-        Ok(taken)
+        Ok(())
     }
 
     /// Inserts leases with their indexed claims and credentials: three multi-row statements
