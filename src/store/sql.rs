@@ -442,8 +442,9 @@ impl Store {
         with_db!(self, |w, r, Db| {
             let row = sqlx::query(
             "SELECT c.id, c.name, c.scope, c.expires_at, l.id AS lease_id, l.env, l.role, l.subject,
-                    l.issuer, l.revoked_at
+                    l.issuer, r.revoked_at
              FROM credentials c JOIN leases l ON l.id = c.lease_id
+             LEFT JOIN lease_revocations r ON r.lease_id = l.id
              WHERE c.token_hash = $1",
         )
         .bind(digest)
@@ -467,12 +468,13 @@ impl Store {
         with_db!(self, |w, r, Db| {
             let row = sqlx::query(
                 "SELECT c.id, c.name, c.scope, c.expires_at, l.id AS lease_id, l.env, l.role,
-                        l.subject, l.issuer, l.revoked_at,
+                        l.subject, l.issuer, r.revoked_at,
                         s.version AS s_version, s.fields AS s_fields,
                         s.key_version AS s_key_version, s.sealed AS s_sealed,
                         s.created_at AS s_created_at,
                         CAST(CASE WHEN d.wrapped IS NULL THEN 0 ELSE 1 END AS BIGINT) AS s_key_live
                  FROM credentials c JOIN leases l ON l.id = c.lease_id
+                 LEFT JOIN lease_revocations r ON r.lease_id = l.id
                  LEFT JOIN secrets s ON s.env = $2 AND s.path = $3 AND s.version = COALESCE($4,
                      (SELECT MAX(version) FROM secrets WHERE env = $2 AND path = $3))
                  LEFT JOIN data_keys d ON d.env = s.env AND d.version = s.key_version
@@ -525,7 +527,8 @@ impl Store {
     /// One lease.
     pub async fn lease(&self, id: &str) -> Result<Option<LeaseRow>> {
         with_db!(self, |w, r, Db| {
-            let row = sqlx::query(LEASE_SELECT_BY_ID)
+            let sql = format!("SELECT {LEASE_COLUMNS} FROM {LEASE_FROM} WHERE l.id = $1");
+            let row = sqlx::query(AssertSqlSafe(sql))
                 .bind(id)
                 .fetch_optional(r)
                 .await?;
@@ -536,34 +539,30 @@ impl Store {
     /// Leases matching `f`, newest first.
     pub async fn leases(&self, f: &LeaseFilter) -> Result<Vec<LeaseRow>> {
         with_db!(self, |w, r, Db| {
-            let mut q: QueryBuilder<Db> = QueryBuilder::new(
-            "SELECT id, env, role, issuer, subject, policy_version, issued_at, expires_at, revoked_at,
-                    revoke_reason, key_version, sealed, revocation, revocation_attempts
-             FROM leases l WHERE 1 = 1",
-        );
+            let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
+                "SELECT {LEASE_COLUMNS} FROM {LEASE_FROM} WHERE 1 = 1"
+            ));
             if let Some(env) = &f.env {
-                q.push(" AND env = ").push_bind(env.clone());
+                q.push(" AND l.env = ").push_bind(env.clone());
             }
             if let Some(role) = &f.role {
-                q.push(" AND role = ").push_bind(role.clone());
+                q.push(" AND l.role = ").push_bind(role.clone());
             }
             if let Some(now) = f.active_at {
-                q.push(" AND revoked_at IS NULL AND expires_at > ")
+                q.push(" AND r.lease_id IS NULL AND l.expires_at > ")
                     .push_bind(now);
             }
             if let Some(after) = &f.after {
-                q.push(" AND id < ").push_bind(after.clone());
+                q.push(" AND l.id < ").push_bind(after.clone());
             }
             for (name, value) in &f.claims {
-                q.push(
-                " AND EXISTS (SELECT 1 FROM lease_claims c WHERE c.lease_id = l.id AND c.name = ",
-            )
-            .push_bind(name.clone())
-            .push(" AND c.value = ")
-            .push_bind(value.clone())
-            .push(")");
+                q.push(" AND EXISTS (SELECT 1 FROM lease_claims c WHERE c.name = ")
+                    .push_bind(name.clone())
+                    .push(" AND c.value = ")
+                    .push_bind(value.clone())
+                    .push(" AND c.lease_id = l.id)");
             }
-            q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
+            q.push(" ORDER BY l.id DESC LIMIT ").push_bind(f.limit);
             let rows = q.build().fetch_all(r).await?;
             rows.iter().map(|r| lease_row!(r)).collect()
         })
@@ -573,17 +572,23 @@ impl Store {
     /// transaction; returns the ids revoked now (already revoked ones are not counted again).
     pub async fn revoke(&self, sel: &Selector, now: i64, reason: &str) -> Result<Vec<String>> {
         with_db!(self, |w, r, Db| {
-            let mut q: QueryBuilder<Db> = QueryBuilder::new("UPDATE leases SET revoked_at = ");
+            // One narrow row per lease revoked now; `external` marks the leases whose
+            // database roles the revocation worker must drop.
+            let mut q: QueryBuilder<Db> = QueryBuilder::new(
+                "INSERT INTO lease_revocations (lease_id, revoked_at, reason, external) SELECT l.id, ",
+            );
             q.push_bind(now)
-            .push(", revoke_reason = ")
-            .push_bind(reason.to_string())
-            .push(
-                ", revocation = CASE WHEN EXISTS (SELECT 1 FROM credentials c WHERE c.lease_id = leases.id
-                   AND c.kind = 'postgres') THEN 'pending' ELSE NULL END, revocation_next_at = ",
-            )
-            .push_bind(now)
-            .push(" WHERE revoked_at IS NULL AND expires_at > ")
-            .push_bind(now);
+                .push(", ")
+                .push_bind(reason.to_string())
+                .push(
+                    ", CASE WHEN EXISTS (SELECT 1 FROM credentials c WHERE c.lease_id = l.id
+                       AND c.kind = 'postgres') THEN 1 ELSE 0 END
+                     FROM leases l WHERE l.expires_at > ",
+                )
+                .push_bind(now)
+                .push(
+                    " AND NOT EXISTS (SELECT 1 FROM lease_revocations r WHERE r.lease_id = l.id)",
+                );
             for (col, v) in [
                 ("id", &sel.lease_id),
                 ("env", &sel.env),
@@ -593,30 +598,46 @@ impl Store {
                 ("policy_version", &sel.policy_version),
             ] {
                 if let Some(v) = v {
-                    q.push(" AND ").push(col).push(" = ").push_bind(v.clone());
+                    q.push(" AND l.").push(col).push(" = ").push_bind(v.clone());
                 }
             }
             if let Some(t) = sel.issued_after {
-                q.push(" AND issued_at >= ").push_bind(t);
+                q.push(" AND l.issued_at >= ").push_bind(t);
             }
             if let Some(t) = sel.issued_before {
-                q.push(" AND issued_at <= ").push_bind(t);
+                q.push(" AND l.issued_at <= ").push_bind(t);
             }
             for (name, glob) in &sel.claims {
-                q.push(" AND id IN (SELECT lease_id FROM lease_claims WHERE name = ")
+                q.push(" AND l.id IN (SELECT lease_id FROM lease_claims WHERE name = ")
                     .push_bind(name.clone())
                     .push(" AND value LIKE ")
                     .push_bind(glob_to_like(glob))
                     .push(" ESCAPE '\\')");
             }
-            q.push(" RETURNING id");
+            // A concurrent revocation of the same lease (another replica) wins; this one
+            // does not count it.
+            q.push(" ON CONFLICT (lease_id) DO NOTHING RETURNING lease_id, external");
             let mut tx = w.begin_write().await?;
             let rows = q.build().fetch_all(&mut *tx).await?;
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut external = Vec::new();
+            for r in &rows {
+                let id: String = r.try_get("lease_id")?;
+                if r.try_get::<i64, _>("external")? != 0 {
+                    external.push(id.clone());
+                }
+                ids.push(id);
+            }
+            for chunk in external.chunks(500) {
+                let mut q: QueryBuilder<Db> = QueryBuilder::new(
+                    "UPDATE leases SET revocation = 'pending', revocation_next_at = ",
+                );
+                q.push_bind(now)
+                    .push(" WHERE revocation IS NULL AND id IN ");
+                batch::push_list(&mut q, chunk.iter().cloned(), "");
+                q.build().execute(&mut *tx).await?;
+            }
             tx.commit().await?;
-            let mut ids: Vec<String> = rows
-                .iter()
-                .map(|r| r.try_get("id"))
-                .collect::<std::result::Result<_, _>>()?;
             ids.sort_unstable_by(|a, b| b.cmp(a));
             Ok(ids)
         })
@@ -627,8 +648,9 @@ impl Store {
     pub async fn revoked_jwts(&self, env: &str, now: i64) -> Result<Vec<(String, i64)>> {
         with_db!(self, |w, r, Db| {
             let rows = sqlx::query(
-                "SELECT c.id, c.expires_at FROM credentials c JOIN leases l ON l.id = c.lease_id
-             WHERE c.env = $1 AND c.kind = 'jwt' AND l.revoked_at IS NOT NULL AND c.expires_at > $2
+                "SELECT c.id, c.expires_at FROM credentials c
+             JOIN lease_revocations r ON r.lease_id = c.lease_id
+             WHERE c.env = $1 AND c.kind = 'jwt' AND c.expires_at > $2
              ORDER BY c.id",
             )
             .bind(env)
@@ -646,8 +668,9 @@ impl Store {
         with_db!(self, |w, r, Db| {
             let row = sqlx::query(
             "SELECT c.id, c.lease_id, c.env, c.name, c.kind, c.token_hash, c.scope, c.expires_at,
-                    l.role, l.subject, l.revoked_at
-             FROM credentials c JOIN leases l ON l.id = c.lease_id WHERE c.id = $1",
+                    l.role, l.subject, r.revoked_at
+             FROM credentials c JOIN leases l ON l.id = c.lease_id
+             LEFT JOIN lease_revocations r ON r.lease_id = l.id WHERE c.id = $1",
         )
         .bind(id)
         .fetch_optional(r)
@@ -698,8 +721,9 @@ impl Store {
     pub async fn due_revocations(&self, now: i64, limit: i64) -> Result<Vec<LeaseRow>> {
         with_db!(self, |w, r, Db| {
             let sql = format!(
-            "SELECT {LEASE_COLUMNS} FROM leases WHERE revocation IN ('pending', 'failed')
-             AND (revocation_next_at IS NULL OR revocation_next_at <= $1) ORDER BY revocation_next_at LIMIT $2"
+            "SELECT {LEASE_COLUMNS} FROM {LEASE_FROM} WHERE l.revocation IN ('pending', 'failed')
+             AND (l.revocation_next_at IS NULL OR l.revocation_next_at <= $1)
+             ORDER BY l.revocation_next_at LIMIT $2"
         );
             let rows = sqlx::query(AssertSqlSafe(sql))
                 .bind(now)
@@ -843,8 +867,9 @@ impl Store {
     pub async fn revoked_certificates(&self, env: &str, now: i64) -> Result<Vec<(String, i64)>> {
         with_db!(self, |w, r, Db| {
             let rows = sqlx::query(
-                "SELECT c.scope, l.revoked_at FROM credentials c JOIN leases l ON l.id = c.lease_id
-             WHERE c.env = $1 AND c.kind = 'x509' AND l.revoked_at IS NOT NULL AND c.expires_at > $2
+                "SELECT c.scope, r.revoked_at FROM credentials c
+             JOIN lease_revocations r ON r.lease_id = c.lease_id
+             WHERE c.env = $1 AND c.kind = 'x509' AND c.expires_at > $2
              ORDER BY c.id",
             )
             .bind(env)
@@ -1215,9 +1240,109 @@ impl WriteTx {
     }
 }
 
-const LEASE_COLUMNS: &str = "id, env, role, issuer, subject, policy_version, issued_at, expires_at,
-        revoked_at, revoke_reason, key_version, sealed, revocation, revocation_attempts";
+/// A lease row's columns, read from `LEASE_FROM` (`l`: the lease, `r`: its revocation, if any).
+const LEASE_COLUMNS: &str = "l.id, l.env, l.role, l.issuer, l.subject, l.policy_version,
+        l.issued_at, l.expires_at, r.revoked_at, r.reason AS revoke_reason, l.key_version, l.sealed,
+        l.revocation, l.revocation_attempts";
 
-const LEASE_SELECT_BY_ID: &str = "SELECT id, env, role, issuer, subject, policy_version, issued_at,
-        expires_at, revoked_at, revoke_reason, key_version, sealed, revocation, revocation_attempts
-        FROM leases WHERE id = $1";
+/// Leases with their revocation row (revocations live in a narrow table of their own).
+const LEASE_FROM: &str = "leases l LEFT JOIN lease_revocations r ON r.lease_id = l.id";
+
+#[cfg(test)]
+mod migration_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A store written by the schema before revocations had their own table keeps every
+    /// revocation, reason, claim and pending role drop once migrated.
+    #[tokio::test]
+    async fn revocations_and_claims_survive_the_narrow_table_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .unwrap()
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        SQLITE_MIGRATOR.run_to(2, &pool).await.unwrap();
+        for (id, revoked) in [
+            ("l-live", None),
+            ("l-gone", Some(1_000)),
+            ("l-pg", Some(1_001)),
+        ] {
+            sqlx::query(
+                "INSERT INTO leases (id, env, role, issuer, subject, policy_version, issued_at,
+                 expires_at, revoked_at, revoke_reason, key_version, sealed, revocation)
+                 VALUES ($1, 'prod', 'deploy', 'https://issuer', 'repo:a/b', 'v1', 900, 9000000000,
+                 $2, $3, 1, x'00', $4)",
+            )
+            .bind(id)
+            .bind(revoked)
+            .bind(revoked.map(|_| format!("INC-{id}")))
+            .bind((id == "l-pg").then_some("pending"))
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO lease_claims (lease_id, name, value) VALUES ($1, 'repository', 'a/b')",
+            )
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO credentials (id, lease_id, env, name, kind, scope, expires_at)
+             VALUES ('c-pg', 'l-pg', 'prod', 'db', 'postgres', '{}', 9000000000)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let gone = store.lease("l-gone").await.unwrap().unwrap();
+        assert_eq!(gone.revoked_at, Some(1_000));
+        assert_eq!(gone.revoke_reason.as_deref(), Some("INC-l-gone"));
+        let pg = store.lease("l-pg").await.unwrap().unwrap();
+        assert_eq!(pg.revoked_at, Some(1_001));
+        assert_eq!(pg.revocation.as_deref(), Some("pending"));
+        assert_eq!(
+            store.lease("l-live").await.unwrap().unwrap().revoked_at,
+            None
+        );
+
+        let filter = LeaseFilter {
+            claims: vec![("repository".into(), "a/b".into())],
+            active_at: Some(2_000),
+            limit: 10,
+            ..LeaseFilter::default()
+        };
+        let live: Vec<String> = store
+            .leases(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(live, ["l-live"]);
+        let sel = Selector {
+            claims: vec![("repository".into(), "a/*".into())],
+            ..Selector::default()
+        };
+        assert_eq!(
+            store.revoke(&sel, 2_000, "again").await.unwrap(),
+            ["l-live"]
+        );
+        assert!(store.revoke(&sel, 2_001, "twice").await.unwrap().is_empty());
+        let live = store.leases(&filter).await.unwrap();
+        assert!(live.is_empty(), "{live:?}");
+    }
+}

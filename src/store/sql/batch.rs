@@ -96,8 +96,11 @@ pub struct NewLease {
 }
 
 /// Appends `(v1, v2, …)`, each value bound, then `tail`.
-fn push_list<DB, T>(q: &mut QueryBuilder<DB>, values: impl IntoIterator<Item = T>, tail: &str)
-where
+pub(super) fn push_list<DB, T>(
+    q: &mut QueryBuilder<DB>,
+    values: impl IntoIterator<Item = T>,
+    tail: &str,
+) where
     DB: sqlx::Database,
     for<'t> T: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
