@@ -9,6 +9,7 @@
 //! `cargo bench --bench exchange` (env: JOBPASS_BENCH_N, JOBPASS_BENCH_CONCURRENCY,
 //! JOBPASS_BENCH_SEQUENTIAL).
 
+#![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

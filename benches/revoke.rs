@@ -7,6 +7,7 @@
 //! claim selector are timed on the store (no HTTP; `benches/scale.rs` times the admin API).
 //! Each size runs on a fresh store.
 
+#![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/fixtures.rs"]

@@ -23,6 +23,7 @@
 //!
 //! `cargo bench --bench scale`
 
+#![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/fixtures.rs"]

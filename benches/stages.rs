@@ -46,6 +46,7 @@
 //!
 //! Figures are for regression hunting on one machine, not for comparison across machines.
 
+#![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;

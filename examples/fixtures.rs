@@ -16,6 +16,7 @@
 //! are issued in the hour before the fill and expire 25 h after their issue. The generator
 //! itself is `benches/support/fixtures.rs` (shared with `benches/scale.rs`).
 
+#![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../benches/support/fixtures.rs"]

@@ -30,6 +30,7 @@
 //! them, the floor measured in the same run: `GET /healthz` with a fresh TLS connection each
 //! (same concurrency), one RS256 verify and one ES256 sign (ring, in-process, one core).
 
+#![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "loadgen/client.rs"]

@@ -118,6 +118,9 @@ pub struct App {
     pub verifier: Verifier,
     /// Current policy set (swapped atomically on reload).
     pub policies: ArcSwap<PolicySet>,
+    /// The version of the policies in force, published after every reload that changed them
+    /// (`subscribe()` to be told).
+    pub policy_version: tokio::sync::watch::Sender<String>,
     /// Audit log.
     pub audit: AuditLog,
     /// Key of audit fingerprints.
@@ -243,6 +246,7 @@ impl App {
             revocations: tokio::sync::Notify::new(),
             leader: tokio::sync::Mutex::new(None),
             verifier,
+            policy_version: tokio::sync::watch::Sender::new(policies.version().to_string()),
             policies: ArcSwap::from_pointee(policies),
             audit,
             token_key,
@@ -274,6 +278,18 @@ impl App {
                 false
             }
         }
+    }
+
+    /// Waits until this replica runs the background work: returns at once if it does, else
+    /// when the replica that does dies (its lock is released with its session).
+    pub async fn wait_lead(&self) -> Result<(), crate::store::StoreError> {
+        if self.lead().await {
+            return Ok(());
+        }
+        let lock = self.store.wait_leader_lock().await?;
+        tracing::info!("this replica now runs the background work");
+        *self.leader.lock().await = Some(lock);
+        Ok(())
     }
 
     /// Issuer URL of an environment's minted JWTs.

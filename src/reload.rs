@@ -38,6 +38,7 @@ pub async fn reload(app: &App, trigger: &str) -> Reload {
                 return Reload::Unchanged;
             }
             app.policies.store(Arc::new(set));
+            app.policy_version.send_replace(new.clone());
             tracing::info!(old = %old, new = %new, trigger, "policies reloaded");
             (Outcome::Success, Reload::Changed(new))
         }
@@ -69,44 +70,45 @@ pub async fn reload(app: &App, trigger: &str) -> Reload {
     result
 }
 
-/// Watches the policy directory and SIGHUP; runs until the process ends.
+/// Watches the policy directory and SIGHUP; runs until the process ends. The watcher is
+/// registered when this returns: a change made afterwards is seen.
 pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let (tx, mut rx) = mpsc::channel::<&'static str>(16);
-        let fs_tx = tx.clone();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res
-                && !ev.kind.is_access()
-            {
-                let _ = fs_tx.try_send("file change");
-            }
-        });
-        let _watcher = match watcher {
-            Ok(mut w) => match w.watch(&app.config.policies, RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the policy directory; SIGHUP still reloads");
-                    None
-                }
-            },
+    let (tx, mut rx) = mpsc::channel::<&'static str>(16);
+    let fs_tx = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && !ev.kind.is_access()
+        {
+            let _ = fs_tx.try_send("file change");
+        }
+    });
+    let watcher = match watcher {
+        Ok(mut w) => match w.watch(&app.config.policies, RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
             Err(e) => {
-                tracing::warn!(error = %e, "no file watcher; SIGHUP still reloads");
+                tracing::warn!(error = %e, "cannot watch the policy directory; SIGHUP still reloads");
                 None
             }
-        };
-        #[cfg(unix)]
-        {
-            let hup_tx = tx.clone();
-            if let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        let _ = hup_tx.send("SIGHUP").await;
-                    }
-                });
-            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no file watcher; SIGHUP still reloads");
+            None
         }
+    };
+    #[cfg(unix)]
+    {
+        let hup_tx = tx.clone();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = hup_tx.send("SIGHUP").await;
+                }
+            });
+        }
+    }
+    tokio::spawn(async move {
+        let _watcher = watcher;
         drop(tx);
         while let Some(trigger) = rx.recv().await {
             // Debounce: editors and deploy tools write in several steps.

@@ -19,6 +19,9 @@ use crate::store::LeaseRow;
 /// a leaked password must not keep a session open because the database was down once).
 pub const MAX_ATTEMPTS: i64 = 12;
 
+/// Seconds between two reconciliations of role-creation intents.
+const RECONCILE_EVERY_SECS: i64 = 30;
+
 /// Longest one attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -110,6 +113,8 @@ pub async fn run_due(app: &App) -> usize {
             "expired"
         };
         let result = revoke_external(app, &lease).await;
+        // The backoff counts from the end of this attempt (it may have waited on a timeout).
+        let ended = app.clock.unix();
         let stored = match &result {
             Ok(()) => {
                 audit(
@@ -140,7 +145,7 @@ pub async fn run_due(app: &App) -> usize {
                 .await;
                 settled += 1;
                 app.store
-                    .set_revocation(&lease.id, "failed", attempts, Some(now + 300), Some(e))
+                    .set_revocation(&lease.id, "failed", attempts, Some(ended + 300), Some(e))
                     .await
             }
             Err(e) => {
@@ -158,7 +163,7 @@ pub async fn run_due(app: &App) -> usize {
                         &lease.id,
                         "pending",
                         attempts,
-                        Some(now + backoff(attempts)),
+                        Some(ended + backoff(attempts)),
                         Some(e),
                     )
                     .await
@@ -229,7 +234,8 @@ pub async fn reconcile_intents(app: &App) -> usize {
 /// and reconciles role intents at start and every half minute.
 pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last_reconcile: Option<std::time::Instant> = None;
+        // Unix second of the last reconciliation (the broker's clock, like every cadence).
+        let mut last_reconcile: Option<i64> = None;
         loop {
             if !app.lead().await {
                 // Another replica does this work; take over if it dies.
@@ -237,10 +243,10 @@ pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
                 continue;
             }
             if !app.pg_targets.is_empty()
-                && last_reconcile.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+                && last_reconcile.is_none_or(|t| app.clock.unix() - t >= RECONCILE_EVERY_SECS)
             {
                 reconcile_intents(&app).await;
-                last_reconcile = Some(std::time::Instant::now());
+                last_reconcile = Some(app.clock.unix());
             }
             run_due(&app).await;
             tokio::select! {

@@ -231,7 +231,7 @@ fn resolve<'p>(
 impl App {
     /// Runs one exchange end to end: every outcome is audited exactly once.
     pub async fn exchange(&self, req: ExchangeRequest) -> Result<Issued, crate::error::ApiError> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let policies = self.policies.load_full();
         let mut audit =
             ExchangeAudit::new(&req.environment, req.role.as_deref(), policies.version());

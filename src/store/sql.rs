@@ -316,6 +316,22 @@ impl Store {
         }
     }
 
+    /// Waits until this replica holds the background-work lock (PostgreSQL: blocks on the
+    /// advisory lock until its holder's session ends).
+    pub async fn wait_leader_lock(&self) -> Result<LeaderLock> {
+        match self {
+            Store::Sqlite { .. } => Ok(LeaderLock::Local),
+            Store::Postgres { pool } => {
+                let mut conn = pool.acquire().await?.detach();
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(LEADER_LOCK_KEY)
+                    .execute(&mut conn)
+                    .await?;
+                Ok(LeaderLock::Postgres(Box::new(conn)))
+            }
+        }
+    }
+
     /// Which backend: "sqlite" or "postgres".
     pub fn backend(&self) -> &'static str {
         match self {

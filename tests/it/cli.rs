@@ -1,12 +1,12 @@
 //! The real `jobpass` binary: the README's five-minute walk-through with `serve --dev`, and the
 //! offline tools.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
+use crate::support::child::DevServer;
 use crate::support::{binary, client_with};
 
 fn repo_policies() -> PathBuf {
@@ -34,14 +34,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
@@ -56,34 +48,18 @@ async fn dev_mode_walk_through_from_the_readme() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("https://{listen}");
-    let mut server = Server(
-        Command::new(binary())
-            .current_dir(dir.path())
-            .args(["serve", "--dev", "--listen", &listen])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    // Wait for readiness (bounded): the dev CA exists once the server prepared its data dir.
+    let mut server = DevServer::start(dir.path(), &listen).await;
     let ca_path = dir.path().join(".jobpass-dev/certs/ca.pem");
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(ca) = std::fs::read_to_string(&ca_path) {
-            let c = client_with(Some(&ca), None);
-            if let Ok(r) = c.get(format!("{url}/readyz")).send().await
-                && r.status().is_success()
-            {
-                ready = true;
-                break;
-            }
-        }
-        if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("server exited: {status}");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(ready, "dev server became ready");
+    let ca = std::fs::read_to_string(&ca_path).unwrap();
+    let ready = client_with(Some(&ca), None)
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        ready.status().is_success(),
+        "dev server is ready once listening"
+    );
 
     // A dev token, exchanged with the CLI.
     let (code, token, err) = run(dir.path(), &["dev", "token", "--env", "dev"]);
@@ -145,23 +121,7 @@ async fn dev_mode_walk_through_from_the_readme() {
     assert!(err.contains("token_replayed"), "{err}");
 
     // The service log (stdout and stderr) never shows the issued values.
-    let _ = server.0.kill();
-    let _ = server.0.wait();
-    let mut logs = String::new();
-    server
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    server
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
+    let logs = server.kill();
     assert!(
         logs.contains("dev token"),
         "the banner explains how to get a token: {logs}"

@@ -4,7 +4,6 @@
 //! skipped where there is none.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use jobpass::store::PgIntent;
 use jobpass::tls::AdminRole;
@@ -26,10 +25,14 @@ fn broker_url(admin: &str, port: Option<u16>) -> String {
     }
 }
 
+/// A broker whose revocation worker does not run by itself: each test runs it
+/// (`revocation::run_due`, `reconcile_intents`) at the moment it means to, so nothing waits on a
+/// background cadence.
 async fn pg_broker(admin: &str, port: Option<u16>) -> Broker {
     pg::ensure_reader_group(admin).await;
     Broker::start_with(Options {
         postgres_url: Some(broker_url(admin, port)),
+        no_background: true,
         ..Options::default()
     })
     .await
@@ -48,26 +51,10 @@ async fn revoke_lease(b: &Broker, lease: &str) {
     assert_eq!((s, v["revoked"].as_u64()), (200, Some(1)), "{v}");
 }
 
-/// Polls the lease's revocation state until `want` (bounded; the worker runs in the background).
-async fn wait_revocation(
-    b: &Broker,
-    lease: &str,
-    want: &str,
-    within: Duration,
-) -> jobpass::store::LeaseRow {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let l = b.app.store.lease(lease).await.unwrap().unwrap();
-        if l.revocation.as_deref() == Some(want) {
-            return l;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "revocation stayed {:?}, wanted {want}",
-            l.revocation
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// One pass of the revocation worker, then the lease as it left it.
+async fn run_worker(b: &Broker, lease: &str) -> jobpass::store::LeaseRow {
+    jobpass::revocation::run_due(&b.app).await;
+    b.app.store.lease(lease).await.unwrap().unwrap()
 }
 
 fn events(b: &Broker, lease: &str) -> Vec<String> {
@@ -140,7 +127,8 @@ async fn postgres_credential_logs_in_with_exactly_its_groups_rights_and_dies_at_
 
     // Revocation terminates the open session and drops the role.
     revoke_lease(&b, &lease).await;
-    wait_revocation(&b, &lease, "done", Duration::from_secs(20)).await;
+    let l = run_worker(&b, &lease).await;
+    assert_eq!(l.revocation.as_deref(), Some("done"));
     assert!(!pg::role_exists(&admin, &user).await);
     assert!(
         sqlx::query("SELECT 1").execute(&mut conn).await.is_err(),
@@ -175,17 +163,14 @@ async fn database_down_during_revocation_is_pending_then_done_when_it_returns() 
 
     proxy.pause();
     revoke_lease(&b, &lease).await;
-    // At least one failed attempt, still pending.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let l = b.app.store.lease(&lease).await.unwrap().unwrap();
-        if l.revocation_attempts >= 1 {
-            assert_eq!(l.revocation.as_deref(), Some("pending"));
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no attempt recorded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // One failed attempt, still pending; not retried before its backoff is over.
+    let l = run_worker(&b, &lease).await;
+    assert_eq!(
+        (l.revocation.as_deref(), l.revocation_attempts),
+        (Some("pending"), 1)
+    );
+    let l = run_worker(&b, &lease).await;
+    assert_eq!(l.revocation_attempts, 1, "retried before its backoff");
     let (_, list) = b
         .request(
             &b.admin(AdminRole::Auditor),
@@ -202,7 +187,12 @@ async fn database_down_during_revocation_is_pending_then_done_when_it_returns() 
     );
 
     proxy.resume();
-    wait_revocation(&b, &lease, "done", Duration::from_secs(40)).await;
+    b.clock.advance(2);
+    let l = run_worker(&b, &lease).await;
+    assert_eq!(
+        (l.revocation.as_deref(), l.revocation_attempts),
+        (Some("done"), 2)
+    );
     assert!(!pg::role_exists(&admin, &user).await);
     let ev = events(&b, &lease);
     assert!(
@@ -242,15 +232,13 @@ async fn a_crash_between_role_creation_and_lease_commit_leaves_no_orphan() {
     assert!(pg::role_exists(&admin, &role).await);
     assert!(!password.expose_secret().is_empty());
 
+    // What the worker does first on the restarted broker.
     let b = b.restart().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while pg::role_exists(&admin, &role).await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "orphan role still exists after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_eq!(jobpass::revocation::reconcile_intents(&b.app).await, 1);
+    assert!(
+        !pg::role_exists(&admin, &role).await,
+        "orphan role still exists after reconciliation"
+    );
     assert!(b.app.store.intents(i64::MAX).await.unwrap().is_empty());
     assert!(
         b.audit_records()
@@ -283,7 +271,8 @@ async fn an_expired_database_credential_is_dropped_by_the_broker() {
         .to_string();
     b.clock.advance(11 * 60);
     jobpass::sweeper::sweep(&b.app).await.unwrap();
-    wait_revocation(&b, &lease, "done", Duration::from_secs(20)).await;
+    let l = run_worker(&b, &lease).await;
+    assert_eq!(l.revocation.as_deref(), Some("done"));
     assert!(!pg::role_exists(&admin, &user).await);
 }
 

@@ -3,10 +3,11 @@
 //! answering still has every lease it answered (nothing is answered before it is durable).
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
+use crate::support::child::DevServer;
 use crate::support::{Broker, binary, client_with};
 
 #[tokio::test]
@@ -96,45 +97,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `jobpass serve --dev` in `dir` and waits (bounded) until it is ready.
+/// Starts `jobpass serve --dev` in `dir`; returns once it listens, with a client trusting it.
 async fn dev_server(
     dir: &std::path::Path,
     listen: &str,
-) -> (Server, openidconnect::reqwest::Client) {
-    let mut server = Server(
-        Command::new(binary())
-            .current_dir(dir)
-            .args(["serve", "--dev", "--listen", listen])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let ca_path = dir.join(".jobpass-dev/certs/ca.pem");
-    for _ in 0..300 {
-        if let Ok(ca) = std::fs::read_to_string(&ca_path) {
-            let c = client_with(Some(&ca), None);
-            if let Ok(r) = c.get(format!("https://{listen}/readyz")).send().await
-                && r.status().is_success()
-            {
-                return (server, c);
-            }
-        }
-        if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("server exited: {status}");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("dev server did not become ready");
+) -> (DevServer, openidconnect::reqwest::Client) {
+    let server = DevServer::start(dir, listen).await;
+    let ca = std::fs::read_to_string(dir.join(".jobpass-dev/certs/ca.pem")).unwrap();
+    (server, client_with(Some(&ca), None))
 }
 
 #[tokio::test]
@@ -179,8 +149,7 @@ async fn a_broker_killed_right_after_answering_still_has_every_lease_it_answered
         answered.insert(t.await.unwrap());
     }
     // SIGKILL at once: no shutdown, no flush.
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
+    server.kill();
 
     // Every answered lease has its success record in an intact chain…
     let audit = std::fs::read_to_string(dir.path().join(".jobpass-dev/audit.log")).unwrap();

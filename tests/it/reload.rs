@@ -76,15 +76,17 @@ async fn a_file_change_is_picked_up_by_the_watcher() {
     let text = std::fs::read_to_string(&prod)
         .unwrap()
         .replace("ttl = \"10m\"", "ttl = \"11m\"");
-    // Give the watcher time to register, then write; wait on the audit record, not a clock.
-    let mut changed = false;
-    for _ in 0..100 {
-        std::fs::write(&prod, &text).unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if b.app.policies.load().version() != v1 {
-            changed = true;
-            break;
-        }
-    }
-    assert!(changed, "the watcher reloaded the changed file");
+    // The watcher is registered once `spawn` returns: one write, then wait for the reload.
+    let mut version = b.app.policy_version.subscribe();
+    std::fs::write(&prod, &text).unwrap();
+    let changed = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        version.wait_for(|v| *v != v1),
+    )
+    .await;
+    assert!(
+        matches!(changed, Ok(Ok(_))),
+        "the watcher reloaded the changed file"
+    );
+    assert_ne!(b.app.policies.load().version(), v1);
 }

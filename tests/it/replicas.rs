@@ -144,15 +144,10 @@ async fn background_work_runs_on_one_replica_and_moves_when_it_dies() {
         .exchange_at(&c.url, &token, "prod", Some("deploy-web"))
         .await;
     assert_eq!(s, 200, "{v}");
-    let mut led = false;
-    for _ in 0..100 {
-        if c.app.lead().await {
-            led = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(led, "C took over when A died");
+    // C waits on the lock A's session held: it is released when that session ends.
+    let led = tokio::time::timeout(std::time::Duration::from_secs(60), c.app.wait_lead()).await;
+    assert!(matches!(led, Ok(Ok(()))), "C took over when A died");
+    assert!(c.app.lead().await);
     c.stop().await;
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod child;
 pub mod issuer;
 pub mod logs;
 pub mod pg;
@@ -110,8 +111,14 @@ pub async fn fresh_postgres_store() -> Option<String> {
     let url = std::env::var("JOBPASS_TEST_POSTGRES_URL")
         .ok()
         .filter(|u| !u.trim().is_empty())?;
-    let name = format!("jp_t_{}", hex::encode(rand::random::<[u8; 6]>()));
-    // Once per test binary: drop the databases earlier runs left behind.
+    // jp_t_<pid>_<random>: this run's databases carry its process id.
+    let name = format!(
+        "jp_t_{}_{}",
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 6]>())
+    );
+    // Once per test binary: drop what runs that are gone left behind (their process no longer
+    // exists); a run still going on against the same server keeps its databases.
     static CLEANED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     CLEANED
         .get_or_init(|| async {
@@ -123,6 +130,12 @@ pub async fn fresh_postgres_store() -> Option<String> {
             .await
             .unwrap();
             for (db,) in old {
+                let pid = db.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+                // Names without a process id predate this scheme: leftovers too.
+                let gone = pid.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists());
+                if !gone {
+                    continue;
+                }
                 let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
                 )))
@@ -579,6 +592,7 @@ impl Broker {
             running,
             vault_running,
             background,
+            no_background,
             vault,
             ..
         } = self;
@@ -605,7 +619,7 @@ impl Broker {
             running: None,
             vault_running: None,
             background: Vec::new(),
-            no_background: false,
+            no_background,
             vault,
         };
         b.listen().await;
