@@ -10,8 +10,10 @@ use serde_json::json;
 use crate::audit::AuditError;
 use crate::crypto::CryptoError;
 use crate::exchange::ExchangeError;
+use crate::grants::GrantError;
 use crate::mint::MintError;
 use crate::oidc::OidcError;
+use crate::secrets::SecretError;
 use crate::store::StoreError;
 
 /// An error answered to a client.
@@ -110,10 +112,7 @@ impl From<&ExchangeError> for ApiError {
             ExchangeError::Replayed => ApiError::Replayed,
             ExchangeError::Frozen(env) => ApiError::Frozen(env.clone()),
             ExchangeError::Denied(denial) => ApiError::AccessDenied(denial.public_message()),
-            ExchangeError::Keys(CryptoError::Destroyed(env)) => ApiError::Unavailable(format!(
-                "the keys of environment `{env}` were destroyed; its records cannot be decrypted"
-            )),
-            ExchangeError::Keys(other) => ApiError::unavailable("key material", other),
+            ExchangeError::Keys(k) => crypto_answer(k),
             ExchangeError::Mint(m) => ApiError::unavailable("credential minting", m),
             ExchangeError::Store(s) => ApiError::unavailable("the store", s),
             ExchangeError::Audit(a) => ApiError::unavailable("the audit log", a),
@@ -121,6 +120,58 @@ impl From<&ExchangeError> for ApiError {
             ExchangeError::Abandoned => ApiError::Unavailable(e.to_string()),
             ExchangeError::Internal(why) => ApiError::unavailable("the exchange", why),
         }
+    }
+}
+
+impl From<&GrantError> for ApiError {
+    /// A presented broker token that does not stand is a 401; a store failure a 503 (logged).
+    fn from(e: &GrantError) -> Self {
+        match e {
+            GrantError::Store(s) => ApiError::unavailable("the store", s),
+            other => ApiError::InvalidToken(other.to_string()),
+        }
+    }
+}
+
+impl From<GrantError> for ApiError {
+    fn from(e: GrantError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&SecretError> for ApiError {
+    /// Server-side causes are logged here, once, and answered with a generic 503.
+    fn from(e: &SecretError) -> Self {
+        match e {
+            SecretError::InvalidPath | SecretError::InvalidData => {
+                ApiError::InvalidRequest(e.to_string())
+            }
+            SecretError::UnknownEnvironment(_)
+            | SecretError::NotFound(_)
+            | SecretError::NoVersion { .. } => ApiError::NotFound(e.to_string()),
+            SecretError::OutOfScope { .. } => ApiError::AccessDenied(e.to_string()),
+            SecretError::Grant(g) => ApiError::from(g),
+            SecretError::Store(s) => ApiError::unavailable("the store", s),
+            SecretError::Keys(c) => crypto_answer(c),
+            SecretError::Audit(a) => ApiError::unavailable("the audit log", a),
+            SecretError::Decode(d) => ApiError::unavailable("secret decoding", d),
+        }
+    }
+}
+
+impl From<SecretError> for ApiError {
+    fn from(e: SecretError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+/// The answer to a key failure: destroyed keys say so; anything else is a logged 503.
+fn crypto_answer(e: &CryptoError) -> ApiError {
+    match e {
+        CryptoError::Destroyed(env) => ApiError::Unavailable(format!(
+            "the keys of environment `{env}` were destroyed; its records cannot be decrypted"
+        )),
+        other => ApiError::unavailable("key material", other),
     }
 }
 
@@ -138,12 +189,7 @@ impl From<AuditError> for ApiError {
 
 impl From<CryptoError> for ApiError {
     fn from(e: CryptoError) -> Self {
-        match e {
-            CryptoError::Destroyed(env) => ApiError::Unavailable(format!(
-                "the keys of environment `{env}` were destroyed; its records cannot be decrypted"
-            )),
-            other => ApiError::unavailable("key material", &other),
-        }
+        crypto_answer(&e)
     }
 }
 

@@ -229,6 +229,19 @@ fn resolve<'p>(
 }
 
 impl App {
+    /// Runs an exchange in its own task: if the caller goes away (the client disconnects, the
+    /// request times out) the exchange still finishes — audit record and commit, or abort
+    /// record — instead of being cut between the two.
+    pub async fn exchange_detached(
+        self: &std::sync::Arc<Self>,
+        req: ExchangeRequest,
+    ) -> Result<Issued, crate::error::ApiError> {
+        let app = self.clone();
+        tokio::spawn(async move { app.exchange(req).await })
+            .await
+            .map_err(|e| crate::error::ApiError::unavailable("the exchange task", &e))?
+    }
+
     /// Runs one exchange end to end: every outcome is audited exactly once.
     pub async fn exchange(&self, req: ExchangeRequest) -> Result<Issued, crate::error::ApiError> {
         let started = tokio::time::Instant::now();

@@ -12,7 +12,6 @@ use serde_json::{Map, Value, json};
 
 use super::ConnInfo;
 use super::body::JsonBody;
-use super::routes::secret_record_id;
 use crate::app::App;
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::clock::rfc3339;
@@ -100,27 +99,6 @@ fn check_env(app: &App, env: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(crate) fn check_path(path: &str) -> Result<(), ApiError> {
-    let ok = !path.is_empty()
-        && path.len() <= 512
-        && !path.starts_with('/')
-        && !path.ends_with('/')
-        && !path
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./@+=".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidRequest(
-            "a secret path is segments of letters, digits and -_.@+= separated by single slashes"
-                .into(),
-        ))
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutSecret {
@@ -143,46 +121,11 @@ async fn put_secret(
     Path((env, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<PutSecret>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, mut ev) = guard(&app, &conn, &[AdminRole::Admin], "secrets.put", Some(&env)).await?;
-    check_env(&app, &env)?;
-    check_path(&path)?;
-    if body.data.is_empty() || body.data.values().any(|v| !v.is_string()) {
-        return Err(ApiError::InvalidRequest(
-            "`data` must be a non-empty object of string fields".into(),
-        ));
-    }
-    let fields: Vec<String> = body.data.keys().cloned().collect();
-    let plain = zeroize::Zeroizing::new(Value::Object(body.data).to_string());
-    let now = app.clock.unix();
-    let sealer = app.keyring.sealer(&env).await?;
-    let mut tx = app.store.begin().await?;
-    let version = tx.next_secret_version(&env, &path).await?;
-    let (key_version, sealed) = sealer.seal(
-        "secrets",
-        &secret_record_id(&path, version),
-        plain.as_bytes(),
-    )?;
-    tx.insert_secret(
-        &env,
-        &path,
-        &SecretRow {
-            version,
-            fields: fields.clone(),
-            key_version,
-            sealed,
-            created_at: now,
-        },
-    )
-    .await?;
-    ev.event = "secret_put".into();
-    ev.details
-        .insert("path".into(), Value::String(path.clone()));
-    ev.details.insert("version".into(), json!(version));
-    ev.details.insert("fields".into(), json!(fields));
-    app.audit.append(ev).await?;
-    tx.commit().await?;
+    let (_, ev) = guard(&app, &conn, &[AdminRole::Admin], "secrets.put", Some(&env)).await?;
+    let w = app.put_secret(&env, &path, body.data, ev).await?;
     Ok(Json(
-        json!({"path": path, "version": version, "fields": fields, "created_at": rfc3339(now)}),
+        json!({"path": path, "version": w.version, "fields": w.fields,
+        "created_at": rfc3339(w.created_at)}),
     ))
 }
 
@@ -191,7 +134,7 @@ async fn get_secret(
     Extension(conn): Extension<ConnInfo>,
     Path((env, path)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, mut ev) = guard(
+    let (_, ev) = guard(
         &app,
         &conn,
         &[AdminRole::Admin, AdminRole::Auditor],
@@ -199,13 +142,7 @@ async fn get_secret(
         Some(&env),
     )
     .await?;
-    let rows = app.store.secret_versions(&env, &path).await?;
-    ev.details
-        .insert("path".into(), Value::String(path.clone()));
-    app.audit.append(ev).await?;
-    if rows.is_empty() {
-        return Err(ApiError::NotFound(format!("no secret at `{path}`")));
-    }
+    let rows = app.secret_versions(&env, &path, ev).await?;
     Ok(Json(secret_meta(&path, &rows)))
 }
 
@@ -230,8 +167,7 @@ async fn list_secrets(
         .find(|(k, _)| k == "prefix")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let paths = app.store.secret_paths(&env, &prefix).await?;
-    app.audit.append(ev).await?;
+    let paths = app.secret_paths(&env, &prefix, ev).await?;
     Ok(Json(json!({"environment": env, "paths": paths})))
 }
 
@@ -240,7 +176,7 @@ async fn delete_secret(
     Extension(conn): Extension<ConnInfo>,
     Path((env, path)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, mut ev) = guard(
+    let (_, ev) = guard(
         &app,
         &conn,
         &[AdminRole::Admin],
@@ -248,17 +184,7 @@ async fn delete_secret(
         Some(&env),
     )
     .await?;
-    ev.event = "secret_delete".into();
-    ev.details
-        .insert("path".into(), Value::String(path.clone()));
-    let mut tx = app.store.begin().await?;
-    let n = tx.delete_secret(&env, &path).await?;
-    if n == 0 {
-        return Err(ApiError::NotFound(format!("no secret at `{path}`")));
-    }
-    ev.details.insert("versions".into(), json!(n));
-    app.audit.append(ev).await?;
-    tx.commit().await?;
+    let n = app.delete_secret(&env, &path, ev).await?;
     Ok(Json(json!({"path": path, "deleted_versions": n})))
 }
 

@@ -14,12 +14,12 @@ use serde_json::{Value, json};
 
 use super::body::{FormBody, JsonBody};
 use crate::app::App;
-use crate::audit::{Actor, AuditEvent, MaskedCredential, Outcome};
+use crate::audit::Actor;
 use crate::crypto::token_digest;
 use crate::error::ApiError;
 use crate::exchange::ExchangeRequest;
-use crate::policy::glob_match;
-use crate::store::{Selector, TokenGrant};
+use crate::grants::grant_actor;
+use crate::store::Selector;
 
 /// The whole router (public, admin and, in dev mode, the dev issuer).
 pub fn router(app: Arc<App>) -> Router {
@@ -101,29 +101,14 @@ async fn exchange(
     State(app): State<Arc<App>>,
     JsonBody(body): JsonBody<ExchangeBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let issued = run_exchange(
-        &app,
-        ExchangeRequest {
+    let issued = app
+        .exchange_detached(ExchangeRequest {
             token: body.token,
             environment: body.environment,
             role: body.role,
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(Json(issued.to_json()))
-}
-
-/// Runs an exchange in its own task: if the client goes away or the request times out, the
-/// exchange still finishes (audit record and commit, or rollback and abort record) instead of
-/// being cut between the two.
-pub(crate) async fn run_exchange(
-    app: &Arc<App>,
-    req: ExchangeRequest,
-) -> Result<crate::exchange::Issued, ApiError> {
-    let app = app.clone();
-    tokio::spawn(async move { app.exchange(req).await })
-        .await
-        .map_err(|e| ApiError::unavailable("the exchange task", &e))?
 }
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -158,15 +143,13 @@ async fn oauth_token(
     }
     let env = form_get(&form, "audience")
         .ok_or_else(|| ApiError::InvalidRequest("audience (the environment) is required".into()))?;
-    let issued = run_exchange(
-        &app,
-        ExchangeRequest {
+    let issued = app
+        .exchange_detached(ExchangeRequest {
             token: SecretString::from(token.to_string()),
             environment: env.to_string(),
             role: form_get(&form, "scope").map(str::to_string),
-        },
-    )
-    .await?;
+        })
+        .await?;
     let now = app.clock.unix();
     let cred = issued
         .credentials
@@ -199,164 +182,17 @@ pub fn bearer(headers: &HeaderMap) -> Option<SecretString> {
     (!token.is_empty()).then(|| SecretString::from(token.to_string()))
 }
 
-impl App {
-    /// Resolves a broker token to its live grant: 401 when unknown, expired or revoked.
-    pub async fn live_token_grant(&self, token: &SecretString) -> Result<TokenGrant, ApiError> {
-        let digest = token_digest(&self.token_key, token.expose_secret());
-        let grant = self.store.token_grant(&digest).await?;
-        Ok(self.check_live(grant.map(|g| (g, ())))?.0)
-    }
-
-    /// 401 unless a token's grant (found with what came along with it) is live.
-    pub fn check_live<T>(
-        &self,
-        found: Option<(TokenGrant, T)>,
-    ) -> Result<(TokenGrant, T), ApiError> {
-        let (grant, with) =
-            found.ok_or_else(|| ApiError::InvalidToken("unknown broker token".into()))?;
-        if grant.revoked_at.is_some() {
-            return Err(ApiError::InvalidToken("this credential was revoked".into()));
-        }
-        if grant.expires_at <= self.clock.unix() {
-            return Err(ApiError::InvalidToken("this credential has expired".into()));
-        }
-        Ok((grant, with))
-    }
-}
-
-/// The audit actor of a broker token's grant.
-pub(crate) fn grant_actor(g: &TokenGrant) -> Actor {
-    Actor {
-        kind: "token".into(),
-        subject: Some(g.subject.clone()),
-        issuer: Some(g.issuer.clone()),
-        role: None,
-        claims: serde_json::Map::new(),
-    }
-}
-
 async fn read_secret(
     State(app): State<Arc<App>>,
     Path((env, path)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let read = audited_secret_read(
-        &app,
-        &env,
-        &path,
-        None,
-        bearer(&headers),
-        "Authorization: Bearer",
-    )
-    .await?;
+    let read = app
+        .read_secret(&env, &path, None, bearer(&headers), "Authorization: Bearer")
+        .await?;
     Ok(Json(
         json!({"path": read.path, "version": read.version, "data": read.data}),
     ))
-}
-
-/// A secret version read with a broker token.
-pub struct SecretRead {
-    /// Path in the environment.
-    pub path: String,
-    /// Version number.
-    pub version: i64,
-    /// Unix seconds when this version was written.
-    pub created_at: i64,
-    /// The secret's fields.
-    pub data: Value,
-}
-
-/// Reads a secret with a broker token — the native route and the Vault-compatible KV reads
-/// both go through here: the token must be live, of environment `env`, and one of its grant's
-/// globs must cover `path`. `version` None means the latest. Every read, allowed or denied, is
-/// audited as `secret_read`; a read whose audit record cannot be written is refused (fail
-/// closed). `token_header` names where the token is expected (for the error message).
-pub async fn audited_secret_read(
-    app: &App,
-    env: &str,
-    path: &str,
-    version: Option<i64>,
-    token: Option<SecretString>,
-    token_header: &str,
-) -> Result<SecretRead, ApiError> {
-    let mut ev = AuditEvent::new("secret_read", Outcome::Denied);
-    ev.environment = Some(env.to_string());
-    ev.details
-        .insert("path".into(), Value::String(path.to_string()));
-    let result = read_secret_inner(app, env, path, version, token, token_header, &mut ev).await;
-    match &result {
-        Ok(_) => {
-            ev.outcome = Outcome::Success;
-            app.metrics.secret_read("success");
-        }
-        Err(e) => {
-            ev.reason = Some(e.to_string());
-            app.metrics.secret_read(e.code());
-        }
-    }
-    // A read whose audit record cannot be written is refused (fail closed).
-    app.audit.append(ev).await?;
-    result
-}
-
-async fn read_secret_inner(
-    app: &App,
-    env: &str,
-    path: &str,
-    version: Option<i64>,
-    token: Option<SecretString>,
-    token_header: &str,
-    ev: &mut AuditEvent,
-) -> Result<SecretRead, ApiError> {
-    let token = token.ok_or_else(|| {
-        ApiError::InvalidToken(format!("a broker token is required ({token_header})"))
-    })?;
-    ev.credentials.push(MaskedCredential::new(
-        &app.audit_key,
-        "bearer",
-        "token",
-        token.expose_secret(),
-    ));
-    let digest = token_digest(&app.token_key, token.expose_secret());
-    let found = app.store.token_secret(&digest, env, path, version).await?;
-    let (grant, secret) = app.check_live(found)?;
-    ev.actor = grant_actor(&grant);
-    super::admin::check_path(path)?;
-    ev.role = Some(grant.role.clone());
-    ev.lease_id = Some(grant.lease_id.clone());
-    if grant.env != env || !grant.scope.iter().any(|g| glob_match(g, path)) {
-        return Err(ApiError::AccessDenied(format!(
-            "this token may not read `{path}` in environment `{env}`"
-        )));
-    }
-    let (row, live) = secret.ok_or_else(|| match version {
-        None => ApiError::NotFound(format!("no secret at `{path}`")),
-        Some(v) => ApiError::NotFound(format!("no version {v} of the secret at `{path}`")),
-    })?;
-    let plain = app
-        .keyring
-        .open_checked(
-            env,
-            ("secrets", &secret_record_id(path, row.version)),
-            row.key_version,
-            live,
-            &row.sealed,
-        )
-        .await?;
-    let data: Value =
-        serde_json::from_slice(&plain).map_err(|e| ApiError::unavailable("secret decoding", &e))?;
-    ev.details.insert("version".into(), json!(row.version));
-    Ok(SecretRead {
-        path: path.to_string(),
-        version: row.version,
-        created_at: row.created_at,
-        data,
-    })
-}
-
-/// Record identity of a secret version (associated data of its ciphertext).
-pub fn secret_record_id(path: &str, version: i64) -> String {
-    format!("{path}#{version}")
 }
 
 async fn revoke_self(

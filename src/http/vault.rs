@@ -51,12 +51,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body::{describe_json_error, read_limited};
-use super::routes::{audited_secret_read, bearer, grant_actor, run_exchange};
+use super::routes::bearer;
 use crate::app::App;
 use crate::audit::{AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::exchange::ExchangeRequest;
+use crate::grants::grant_actor;
 use crate::store::{Selector, TokenGrant};
 
 /// The header Vault clients send their token in.
@@ -207,7 +208,7 @@ async fn token_grant(app: &App, headers: &HeaderMap) -> Result<TokenGrant, Vault
     let token = vault_token(headers).ok_or_else(|| {
         VaultError::permission_denied("a broker token is required (X-Vault-Token)".into())
     })?;
-    Ok(app.live_token_grant(&token).await?)
+    Ok(app.live_token_grant(&token).await.map_err(ApiError::from)?)
 }
 
 // ---- sys/health ----
@@ -271,16 +272,14 @@ async fn login(
     let role = body.role.filter(|r| !r.trim().is_empty());
     refuse_role_without_token(&app, &mount, role.as_deref()).await?;
 
-    let issued = run_exchange(
-        &app,
-        ExchangeRequest {
+    let issued = app
+        .exchange_detached(ExchangeRequest {
             token: jwt,
             environment: mount.clone(),
             role,
-        },
-    )
-    .await
-    .map_err(VaultError::from_login)?;
+        })
+        .await
+        .map_err(VaultError::from_login)?;
 
     let now = app.clock.unix();
     let Some(cred) = issued.credential(crate::mint::Kind::Token) else {
@@ -458,8 +457,9 @@ async fn kv_read(
                     ));
                 }
             };
-            let read =
-                audited_secret_read(&app, &env, path, version, token, "X-Vault-Token").await?;
+            let read = app
+                .read_secret(&env, path, version, token, "X-Vault-Token")
+                .await?;
             let data = json!({
                 "data": read.data,
                 "metadata": {
@@ -473,7 +473,9 @@ async fn kv_read(
             Ok(json_ok(envelope(data, Value::Null, "kv")?))
         }
         None => {
-            let read = audited_secret_read(&app, &env, &rest, None, token, "X-Vault-Token").await?;
+            let read = app
+                .read_secret(&env, &rest, None, token, "X-Vault-Token")
+                .await?;
             Ok(json_ok(envelope(read.data, Value::Null, "kv")?))
         }
     }

@@ -1,0 +1,346 @@
+//! Secrets of an environment: validated paths, versions sealed under the environment's data
+//! key, admin writes, and the read with a broker token.
+//!
+//! Guarantees:
+//! - every path is a [`SecretPath`] before anything is stored or read;
+//! - a version is sealed with its path and number as associated data, so a ciphertext moved
+//!   to another path or version does not open;
+//! - every read with a broker token, allowed or denied, is one `secret_read` audit record, and
+//!   a read or write whose record cannot be written is refused (fail closed);
+//! - a write's audit record is written before its transaction commits.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+
+use crate::app::App;
+use crate::audit::{AuditError, AuditEvent, MaskedCredential, Outcome};
+use crate::crypto::{CryptoError, token_digest};
+use crate::error::ApiError;
+use crate::grants::{GrantError, grant_actor};
+use crate::policy::glob_match;
+use crate::store::{SecretRow, StoreError};
+
+/// Longest secret path, bytes.
+const MAX_PATH: usize = 512;
+
+/// A secret path: segments of letters, digits and `-_.@+=` separated by single slashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretPath(String);
+
+impl SecretPath {
+    /// `path` if it is a valid secret path.
+    pub fn parse(path: &str) -> Result<SecretPath, SecretError> {
+        let ok = !path.is_empty()
+            && path.len() <= MAX_PATH
+            && !path
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..")
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./@+=".contains(c));
+        if ok {
+            Ok(SecretPath(path.to_string()))
+        } else {
+            Err(SecretError::InvalidPath)
+        }
+    }
+
+    /// The path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Record identity of one version (associated data of its ciphertext).
+    pub fn record_id(&self, version: i64) -> String {
+        format!("{}#{version}", self.0)
+    }
+}
+
+/// Why a secret operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The path is not a [`SecretPath`].
+    #[error("a secret path is segments of letters, digits and -_.@+= separated by single slashes")]
+    InvalidPath,
+    /// A write's data is not a non-empty object of string fields.
+    #[error("`data` must be a non-empty object of string fields")]
+    InvalidData,
+    /// No environment of that name in the policies.
+    #[error("unknown environment `{0}`")]
+    UnknownEnvironment(String),
+    /// Nothing at that path.
+    #[error("no secret at `{0}`")]
+    NotFound(String),
+    /// No such version at that path.
+    #[error("no version {version} of the secret at `{path}`")]
+    NoVersion {
+        /// Path.
+        path: String,
+        /// Version asked for.
+        version: i64,
+    },
+    /// The token's grant does not cover the path in that environment.
+    #[error("this token may not read `{path}` in environment `{env}`")]
+    OutOfScope {
+        /// Environment.
+        env: String,
+        /// Path.
+        path: String,
+    },
+    /// The broker token does not stand.
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Sealing or opening failed (or the keys were destroyed).
+    #[error(transparent)]
+    Keys(#[from] CryptoError),
+    /// The audit log could not be written.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A decrypted version is not the JSON it was written as.
+    #[error("a stored secret does not decode: {0}")]
+    Decode(#[source] serde_json::Error),
+}
+
+/// A secret version read with a broker token.
+pub struct SecretRead {
+    /// Path in the environment.
+    pub path: String,
+    /// Version number.
+    pub version: i64,
+    /// Unix seconds when this version was written.
+    pub created_at: i64,
+    /// The secret's fields.
+    pub data: Value,
+}
+
+/// A version written.
+#[derive(Debug)]
+pub struct SecretWritten {
+    /// Its number.
+    pub version: i64,
+    /// Its field names (never values).
+    pub fields: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl App {
+    /// Reads a secret with a broker token — the native route and the Vault-compatible KV reads
+    /// both come here: the token must be live, of environment `env`, and one of its grant's
+    /// globs must cover `path`. `version` None means the latest. `token_header` names where
+    /// the token is expected (for the error message). The answer is computed here because it
+    /// is what the audit record says.
+    pub async fn read_secret(
+        &self,
+        env: &str,
+        path: &str,
+        version: Option<i64>,
+        token: Option<SecretString>,
+        token_header: &str,
+    ) -> Result<SecretRead, ApiError> {
+        let mut ev = AuditEvent::new("secret_read", Outcome::Denied);
+        ev.environment = Some(env.to_string());
+        ev.details
+            .insert("path".into(), Value::String(path.to_string()));
+        let result = self
+            .read_secret_with(env, path, version, token, token_header, &mut ev)
+            .await
+            .map_err(|e| ApiError::from(&e));
+        match &result {
+            Ok(_) => {
+                ev.outcome = Outcome::Success;
+                self.metrics.secret_read("success");
+            }
+            Err(e) => {
+                ev.reason = Some(e.to_string());
+                self.metrics.secret_read(e.code());
+            }
+        }
+        self.audit.append(ev).await?;
+        result
+    }
+
+    async fn read_secret_with(
+        &self,
+        env: &str,
+        path: &str,
+        version: Option<i64>,
+        token: Option<SecretString>,
+        token_header: &str,
+        ev: &mut AuditEvent,
+    ) -> Result<SecretRead, SecretError> {
+        let token = token.ok_or_else(|| GrantError::Missing(token_header.to_string()))?;
+        ev.credentials.push(MaskedCredential::new(
+            &self.audit_key,
+            "bearer",
+            "token",
+            token.expose_secret(),
+        ));
+        let digest = token_digest(&self.token_key, token.expose_secret());
+        let found = self.store.token_secret(&digest, env, path, version).await?;
+        let (grant, secret) = self.check_live(found)?;
+        ev.actor = grant_actor(&grant);
+        let path = SecretPath::parse(path)?;
+        ev.role = Some(grant.role.clone());
+        ev.lease_id = Some(grant.lease_id.clone());
+        if grant.env != env || !grant.scope.iter().any(|g| glob_match(g, path.as_str())) {
+            return Err(SecretError::OutOfScope {
+                env: env.to_string(),
+                path: path.as_str().to_string(),
+            });
+        }
+        let (row, live) = secret.ok_or_else(|| match version {
+            None => SecretError::NotFound(path.as_str().to_string()),
+            Some(version) => SecretError::NoVersion {
+                path: path.as_str().to_string(),
+                version,
+            },
+        })?;
+        let plain = self
+            .keyring
+            .open_checked(
+                env,
+                ("secrets", &path.record_id(row.version)),
+                row.key_version,
+                live,
+                &row.sealed,
+            )
+            .await?;
+        let data: Value = serde_json::from_slice(&plain).map_err(SecretError::Decode)?;
+        ev.details.insert("version".into(), json!(row.version));
+        Ok(SecretRead {
+            path: path.as_str().to_string(),
+            version: row.version,
+            created_at: row.created_at,
+            data,
+        })
+    }
+
+    /// Writes a new version of the secret at `path` (its fields must all be strings); `ev` is
+    /// the admin action's audit record, written before the commit.
+    pub async fn put_secret(
+        &self,
+        env: &str,
+        path: &str,
+        data: Map<String, Value>,
+        mut ev: AuditEvent,
+    ) -> Result<SecretWritten, SecretError> {
+        self.known_env(env)?;
+        let path = SecretPath::parse(path)?;
+        if data.is_empty() || data.values().any(|v| !v.is_string()) {
+            return Err(SecretError::InvalidData);
+        }
+        let fields: Vec<String> = data.keys().cloned().collect();
+        let plain = zeroize::Zeroizing::new(Value::Object(data).to_string());
+        let now = self.clock.unix();
+        let sealer = self.keyring.sealer(env).await?;
+        let mut tx = self.store.begin().await?;
+        let version = tx.next_secret_version(env, path.as_str()).await?;
+        let (key_version, sealed) =
+            sealer.seal("secrets", &path.record_id(version), plain.as_bytes())?;
+        tx.insert_secret(
+            env,
+            path.as_str(),
+            &SecretRow {
+                version,
+                fields: fields.clone(),
+                key_version,
+                sealed,
+                created_at: now,
+            },
+        )
+        .await?;
+        ev.event = "secret_put".into();
+        ev.details
+            .insert("path".into(), Value::String(path.as_str().to_string()));
+        ev.details.insert("version".into(), json!(version));
+        ev.details.insert("fields".into(), json!(fields));
+        self.audit.append(ev).await?;
+        tx.commit().await?;
+        Ok(SecretWritten {
+            version,
+            fields,
+            created_at: now,
+        })
+    }
+
+    /// The versions of the secret at `path`, newest first (metadata only; never values).
+    pub async fn secret_versions(
+        &self,
+        env: &str,
+        path: &str,
+        mut ev: AuditEvent,
+    ) -> Result<Vec<SecretRow>, SecretError> {
+        let rows = self.store.secret_versions(env, path).await?;
+        ev.details
+            .insert("path".into(), Value::String(path.to_string()));
+        self.audit.append(ev).await?;
+        if rows.is_empty() {
+            return Err(SecretError::NotFound(path.to_string()));
+        }
+        Ok(rows)
+    }
+
+    /// Paths of the environment's secrets that start with `prefix`.
+    pub async fn secret_paths(
+        &self,
+        env: &str,
+        prefix: &str,
+        ev: AuditEvent,
+    ) -> Result<Vec<String>, SecretError> {
+        let paths = self.store.secret_paths(env, prefix).await?;
+        self.audit.append(ev).await?;
+        Ok(paths)
+    }
+
+    /// Deletes every version of the secret at `path`; returns how many there were.
+    pub async fn delete_secret(
+        &self,
+        env: &str,
+        path: &str,
+        mut ev: AuditEvent,
+    ) -> Result<u64, SecretError> {
+        ev.event = "secret_delete".into();
+        ev.details
+            .insert("path".into(), Value::String(path.to_string()));
+        let mut tx = self.store.begin().await?;
+        let n = tx.delete_secret(env, path).await?;
+        if n == 0 {
+            return Err(SecretError::NotFound(path.to_string()));
+        }
+        ev.details.insert("versions".into(), json!(n));
+        self.audit.append(ev).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    fn known_env(&self, env: &str) -> Result<(), SecretError> {
+        if self.policies.load().environment(env).is_none() {
+            return Err(SecretError::UnknownEnvironment(env.to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecretPath;
+
+    #[test]
+    fn paths_are_plain_segments() {
+        for ok in ["app/db", "a", "team-1/svc_2/key.v1", "x@y+z=w"] {
+            assert!(SecretPath::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "/app", "app/", "a//b", "a/./b", "a/../b", "..", "a b", "a\u{0}b", "ä",
+        ] {
+            assert!(SecretPath::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(SecretPath::parse(&"a".repeat(513)).is_err());
+        let p = SecretPath::parse("app/db").unwrap();
+        assert_eq!(p.record_id(3), "app/db#3");
+    }
+}
