@@ -11,8 +11,10 @@ use crate::audit::AuditError;
 use crate::crypto::CryptoError;
 use crate::exchange::ExchangeError;
 use crate::grants::GrantError;
+use crate::keys::KeysError;
 use crate::mint::MintError;
 use crate::oidc::OidcError;
+use crate::revoke::RevokeError;
 use crate::secrets::SecretError;
 use crate::store::StoreError;
 
@@ -172,6 +174,29 @@ fn crypto_answer(e: &CryptoError) -> ApiError {
             "the keys of environment `{env}` were destroyed; its records cannot be decrypted"
         )),
         other => ApiError::unavailable("key material", other),
+    }
+}
+
+impl From<KeysError> for ApiError {
+    fn from(e: KeysError) -> Self {
+        match e {
+            KeysError::UnknownEnvironment(_) => ApiError::NotFound(e.to_string()),
+            KeysError::NotConfirmed(_) => ApiError::InvalidRequest(e.to_string()),
+            KeysError::RolesRemain(_) => ApiError::Unavailable(e.to_string()),
+            KeysError::Revoke(r) => r.into(),
+            KeysError::Keys(k) => crypto_answer(&k),
+            KeysError::Store(s) => ApiError::unavailable("the store", &s),
+            KeysError::Audit(a) => ApiError::unavailable("the audit log", &a),
+        }
+    }
+}
+
+impl From<RevokeError> for ApiError {
+    fn from(e: RevokeError) -> Self {
+        match e {
+            RevokeError::Store(s) => ApiError::unavailable("the store", &s),
+            other => ApiError::InvalidRequest(other.to_string()),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod error;
 pub mod exchange;
 pub mod grants;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod mint;
 pub mod oidc;

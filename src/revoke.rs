@@ -6,8 +6,21 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::error::ApiError;
-use crate::store::Selector;
+use crate::store::{Selector, StoreError};
+
+/// Why a revocation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// The selector restricts nothing and `all` was not said.
+    #[error("an empty selector is refused; use {{\"all\": true}} to revoke everything")]
+    EmptySelector,
+    /// No reason was given.
+    #[error("a reason is required")]
+    NoReason,
+    /// The store failed: nothing was revoked.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Most lease ids written into one audit record (the count is always exact).
 const AUDITED_IDS: usize = 1000;
@@ -69,14 +82,12 @@ impl App {
         sel: &Selector,
         reason: &str,
         actor: Actor,
-    ) -> Result<Revoked, ApiError> {
+    ) -> Result<Revoked, RevokeError> {
         if sel.is_empty() && !sel.all {
-            return Err(ApiError::InvalidRequest(
-                "an empty selector is refused; use {\"all\": true} to revoke everything".into(),
-            ));
+            return Err(RevokeError::EmptySelector);
         }
         if reason.trim().is_empty() {
-            return Err(ApiError::InvalidRequest("a reason is required".into()));
+            return Err(RevokeError::NoReason);
         }
         let now = self.clock.unix();
         let ids = self.store.revoke(sel, now, reason).await?;

@@ -427,12 +427,8 @@ async fn keys_rotate(
     Extension(conn): Extension<ConnInfo>,
     Path(env): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, mut ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.rotate", Some(&env)).await?;
-    check_env(&app, &env)?;
-    let version = app.keyring.rotate(&env).await?;
-    ev.event = "key_rotate".into();
-    ev.details.insert("version".into(), json!(version));
-    app.audit.append(ev).await?;
+    let (_, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.rotate", Some(&env)).await?;
+    let version = app.rotate_key(&env, ev).await?;
     Ok(Json(json!({"environment": env, "version": version})))
 }
 
@@ -441,13 +437,8 @@ async fn keys_rewrap(
     Extension(conn): Extension<ConnInfo>,
     Path(env): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, mut ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.rewrap", Some(&env)).await?;
-    check_env(&app, &env)?;
-    let done = app.keyring.rewrap(&env).await?;
-    ev.event = "key_rewrap".into();
-    ev.details.insert("version".into(), json!(done.version));
-    ev.details.insert("records".into(), json!(done.records));
-    app.audit.append(ev).await?;
+    let (_, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.rewrap", Some(&env)).await?;
+    let done = app.rewrap_keys(&env, ev).await?;
     Ok(Json(
         json!({"environment": env, "version": done.version, "rewrapped": done.records}),
     ))
@@ -466,52 +457,13 @@ async fn keys_destroy(
     Path(env): Path<String>,
     JsonBody(body): JsonBody<DestroyBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (id, mut ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.destroy", Some(&env)).await?;
+    let (id, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.destroy", Some(&env)).await?;
     check_env(&app, &env)?;
     let reason = required_reason(body.reason)?;
-    if body.confirm.as_deref() != Some(env.as_str()) {
-        return Err(ApiError::InvalidRequest(format!(
-            "crypto-shredding is irreversible: repeat the environment name as \"confirm\": \"{env}\""
-        )));
-    }
-    // Freeze first (nothing new is minted meanwhile), then every lease of the environment
-    // dies with its keys. Database roles are named only in the sealed lease records, so they
-    // are dropped now, while those records can still be opened; if a database is unreachable
-    // the keys are kept and the call must be repeated.
-    app.store
-        .set_frozen(&env, true, &reason, &id.common_name, app.clock.unix())
+    let done = app
+        .shred(&env, body.confirm.as_deref(), &reason, &id.common_name, ev)
         .await?;
-    let sel = Selector {
-        env: Some(env.clone()),
-        ..Selector::default()
-    };
-    let revoked = app.revoke(&sel, &reason, actor(&id)).await?;
-    // The worker may be dropping some of them concurrently: wait a little for it (bounded).
-    let mut unsettled = 0;
-    for _ in 0..40 {
-        crate::revocation::run_due(&app).await;
-        unsettled = app.store.unsettled_revocations(&env).await?;
-        if unsettled == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    if unsettled > 0 {
-        return Err(ApiError::Unavailable(format!(
-            "the environment is frozen and its leases revoked, but the database roles of {unsettled} lease(s) could not be dropped yet; the keys were NOT destroyed — retry when the databases are reachable"
-        )));
-    }
-    let versions = app.keyring.destroy(&env).await?;
-    app.signers.invalidate(&env);
-    app.cas.invalidate(&env);
-    ev.event = "key_destroy".into();
-    ev.reason = Some(reason);
-    ev.details
-        .insert("versions_destroyed".into(), json!(versions));
-    ev.details
-        .insert("leases_revoked".into(), json!(revoked.lease_ids.len()));
-    app.audit.append(ev).await?;
     Ok(Json(
-        json!({"environment": env, "versions_destroyed": versions, "revoked": revoked.lease_ids.len()}),
+        json!({"environment": env, "versions_destroyed": done.versions, "revoked": done.revoked}),
     ))
 }

@@ -411,7 +411,8 @@ async fn revoke_self(
         "revoked by its own job (Vault auth/token/revoke-self)",
         grant_actor(&grant),
     )
-    .await?;
+    .await
+    .map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

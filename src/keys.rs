@@ -1,0 +1,135 @@
+//! An environment's data keys as operators manage them: rotation, re-wrapping and
+//! crypto-shredding (SPEC §5), each one audit record.
+//!
+//! Guarantees of shredding (`App::shred`):
+//! - it is refused unless the caller repeats the environment's name;
+//! - the environment is frozen first (nothing new is minted meanwhile), then every lease of it
+//!   is revoked;
+//! - database roles are named only inside sealed lease records, so they are dropped while
+//!   those records can still be opened; if any cannot be dropped (a database unreachable), the
+//!   keys are kept and the call must be repeated — shredding never strands a live role;
+//! - only then are the key versions destroyed and the signing and CA caches of the
+//!   environment dropped.
+
+use serde_json::json;
+
+use crate::app::App;
+use crate::audit::{AuditError, AuditEvent};
+use crate::crypto::CryptoError;
+use crate::crypto::keyring::Rewrapped;
+use crate::revoke::RevokeError;
+use crate::store::{Selector, StoreError};
+
+/// Why a key operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// No environment of that name in the policies.
+    #[error("unknown environment `{0}`")]
+    UnknownEnvironment(String),
+    /// Shredding without the environment's name repeated.
+    #[error(
+        "crypto-shredding is irreversible: repeat the environment name as \"confirm\": \"{0}\""
+    )]
+    NotConfirmed(String),
+    /// Some database roles could not be dropped: the keys were kept.
+    #[error(
+        "the environment is frozen and its leases revoked, but the database roles of {0} lease(s) could not be dropped yet; the keys were NOT destroyed — retry when the databases are reachable"
+    )]
+    RolesRemain(i64),
+    /// The revocation before shredding failed.
+    #[error(transparent)]
+    Revoke(#[from] RevokeError),
+    /// Key material failed.
+    #[error(transparent)]
+    Keys(#[from] CryptoError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit record could not be written.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// What shredding did.
+#[derive(Debug)]
+pub struct Shredded {
+    /// Key versions destroyed.
+    pub versions: u64,
+    /// Leases revoked by this call.
+    pub revoked: usize,
+}
+
+impl App {
+    /// Makes a new data-key version current; `ev` is the action's audit record.
+    pub async fn rotate_key(&self, env: &str, mut ev: AuditEvent) -> Result<i64, KeysError> {
+        self.known_environment(env)?;
+        let version = self.keyring.rotate(env).await?;
+        ev.event = "key_rotate".into();
+        ev.details.insert("version".into(), json!(version));
+        self.audit.append(ev).await?;
+        Ok(version)
+    }
+
+    /// Re-seals every record of `env` under its current data key.
+    pub async fn rewrap_keys(&self, env: &str, mut ev: AuditEvent) -> Result<Rewrapped, KeysError> {
+        self.known_environment(env)?;
+        let done = self.keyring.rewrap(env).await?;
+        ev.event = "key_rewrap".into();
+        ev.details.insert("version".into(), json!(done.version));
+        ev.details.insert("records".into(), json!(done.records));
+        self.audit.append(ev).await?;
+        Ok(done)
+    }
+
+    /// Crypto-shreds `env` (see the module's guarantees). `by` names the operator who froze it;
+    /// `ev` is the action's audit record (its actor revokes the leases).
+    pub async fn shred(
+        &self,
+        env: &str,
+        confirm: Option<&str>,
+        reason: &str,
+        by: &str,
+        mut ev: AuditEvent,
+    ) -> Result<Shredded, KeysError> {
+        self.known_environment(env)?;
+        if confirm != Some(env) {
+            return Err(KeysError::NotConfirmed(env.to_string()));
+        }
+        self.store
+            .set_frozen(env, true, reason, by, self.clock.unix())
+            .await?;
+        let sel = Selector {
+            env: Some(env.to_string()),
+            ..Selector::default()
+        };
+        let revoked = self.revoke(&sel, reason, ev.actor.clone()).await?;
+        // Drop the roles now, every due one (the worker may be on some of them as well: a
+        // drop is idempotent). What fails stays pending with a backoff and keeps the keys.
+        while crate::revocation::run_due(self).await > 0 {}
+        let unsettled = self.store.unsettled_revocations(env).await?;
+        if unsettled > 0 {
+            return Err(KeysError::RolesRemain(unsettled));
+        }
+        let versions = self.keyring.destroy(env).await?;
+        self.signers.invalidate(env);
+        self.cas.invalidate(env);
+        ev.event = "key_destroy".into();
+        ev.reason = Some(reason.to_string());
+        ev.details
+            .insert("versions_destroyed".into(), json!(versions));
+        ev.details
+            .insert("leases_revoked".into(), json!(revoked.lease_ids.len()));
+        self.audit.append(ev).await?;
+        Ok(Shredded {
+            versions,
+            revoked: revoked.lease_ids.len(),
+        })
+    }
+
+    fn known_environment(&self, env: &str) -> Result<(), KeysError> {
+        if self.policies.load().environment(env).is_none() {
+            return Err(KeysError::UnknownEnvironment(env.to_string()));
+        }
+        Ok(())
+    }
+}
