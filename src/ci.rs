@@ -125,8 +125,8 @@ async fn find_token(
         .into())
 }
 
-/// Variables (name, value) for the credentials: JOBPASS_LEASE_ID, JOBPASS_<NAME> for tokens
-/// and JWTs, JOBPASS_<NAME>_<FIELD> for the parts of database and certificate credentials.
+/// Variables (name, value) for the credentials: `JOBPASS_LEASE_ID`, `JOBPASS_<NAME>` for tokens
+/// and JWTs, `JOBPASS_<NAME>_<FIELD>` for the parts of database and certificate credentials.
 pub fn variables(answer: &Value) -> Vec<(String, Zeroizing<String>)> {
     let mut out = vec![(
         "JOBPASS_LEASE_ID".to_string(),

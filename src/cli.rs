@@ -25,6 +25,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// The variants' docs are the `--help` text, shown verbatim: their URLs stay bare.
+#[allow(rustdoc::bare_urls)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the broker.
