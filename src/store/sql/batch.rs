@@ -288,7 +288,7 @@ impl WriteTx {
     }
 
     /// Inserts leases with their indexed claims and credentials: three multi-row statements
-    /// (more only for batches beyond [`ROWS_PER_STATEMENT`] rows).
+    /// (more only for batches beyond `ROWS_PER_STATEMENT` rows).
     pub async fn insert_leases(&mut self, leases: &[&NewLease]) -> Result<()> {
         if let WriteTx::Postgres(tx) = self {
             return insert_leases_pg(tx, leases).await;
