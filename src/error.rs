@@ -182,7 +182,10 @@ impl From<KeysError> for ApiError {
         match e {
             KeysError::UnknownEnvironment(_) => ApiError::NotFound(e.to_string()),
             KeysError::NotConfirmed(_) => ApiError::InvalidRequest(e.to_string()),
-            KeysError::RolesRemain(_) => ApiError::Unavailable(e.to_string()),
+            KeysError::RolesRemain(_) | KeysError::NotAudited => {
+                ApiError::Unavailable(e.to_string())
+            }
+            KeysError::Task(t) => ApiError::unavailable("crypto-shredding", &t),
             KeysError::Revoke(r) => r.into(),
             KeysError::Keys(k) => crypto_answer(&k),
             KeysError::Store(s) => ApiError::unavailable("the store", &s),

@@ -8,8 +8,12 @@
 //! - database roles are named only inside sealed lease records, so they are dropped while
 //!   those records can still be opened; if any cannot be dropped (a database unreachable), the
 //!   keys are kept and the call must be repeated — shredding never strands a live role;
+//! - every lease of the environment holding database roles is revoked by then — also leases
+//!   that expired and were not swept yet;
+//! - nothing irreversible happens unless the revocation's audit record was written;
 //! - only then are the key versions destroyed and the signing and CA caches of the
-//!   environment dropped.
+//!   environment dropped. Callers run it detached from the request (`App::shred_detached`)
+//!   so a client timeout cannot cut it between destruction and its audit record.
 
 use serde_json::json;
 
@@ -36,6 +40,11 @@ pub enum KeysError {
         "the environment is frozen and its leases revoked, but the database roles of {0} lease(s) could not be dropped yet; the keys were NOT destroyed — retry when the databases are reachable"
     )]
     RolesRemain(i64),
+    /// The revocation was done but its audit record could not be written: the keys were kept.
+    #[error(
+        "the leases were revoked but the audit log cannot be written; the keys were NOT destroyed"
+    )]
+    NotAudited,
     /// The revocation before shredding failed.
     #[error(transparent)]
     Revoke(#[from] RevokeError),
@@ -48,6 +57,9 @@ pub enum KeysError {
     /// The audit record could not be written.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The detached task ended abnormally.
+    #[error("the shredding task failed: {0}")]
+    Task(String),
 }
 
 /// What shredding did.
@@ -103,9 +115,25 @@ impl App {
             ..Selector::default()
         };
         let revoked = self.revoke(&sel, reason, ev.actor.clone()).await?;
-        // Drop the roles now, every due one (the worker may be on some of them as well: a
-        // drop is idempotent). What fails stays pending with a backoff and keeps the keys.
-        while crate::revocation::run_due(self).await > 0 {}
+        if !revoked.audited {
+            // The audit log cannot take the revocation's record: it would not take the
+            // destruction's either. Nothing irreversible happens without its record.
+            return Err(KeysError::NotAudited);
+        }
+        // Every lease of the environment holding database roles is due now — also those that
+        // expired and were not swept yet (their roles may still have open sessions).
+        let now = self.clock.unix();
+        self.store.mark_env_roles_due(env, now).await?;
+        // Drop the roles now (the worker may be on some of them as well: a drop is
+        // idempotent). Bounded: each pass settles up to 100; what fails stays pending with a
+        // backoff, and what cannot be recorded stays due.
+        let due = self.store.unsettled_revocations(env).await?;
+        let passes = usize::try_from(due).unwrap_or(usize::MAX) / 100 + 2;
+        for _ in 0..passes {
+            if crate::revocation::run_due(self).await == 0 {
+                break;
+            }
+        }
         let unsettled = self.store.unsettled_revocations(env).await?;
         if unsettled > 0 {
             return Err(KeysError::RolesRemain(unsettled));
@@ -124,6 +152,21 @@ impl App {
             versions,
             revoked: revoked.lease_ids.len(),
         })
+    }
+
+    /// [`App::shred`] in its own task: it completes even if the caller stops waiting.
+    pub async fn shred_detached(
+        self: &std::sync::Arc<Self>,
+        env: String,
+        confirm: Option<String>,
+        reason: String,
+        by: String,
+        ev: AuditEvent,
+    ) -> Result<Shredded, KeysError> {
+        let app = self.clone();
+        tokio::spawn(async move { app.shred(&env, confirm.as_deref(), &reason, &by, ev).await })
+            .await
+            .map_err(|e| KeysError::Task(e.to_string()))?
     }
 
     fn known_environment(&self, env: &str) -> Result<(), KeysError> {

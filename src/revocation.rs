@@ -115,7 +115,8 @@ pub async fn run_due(app: &App) -> usize {
         let result = revoke_external(app, &lease).await;
         // The backoff counts from the end of this attempt (it may have waited on a timeout).
         let ended = app.clock.unix();
-        let stored = match &result {
+        // Settled only once recorded: a lease whose outcome cannot be stored stays due.
+        let (settles, stored) = match &result {
             Ok(()) => {
                 audit(
                     app,
@@ -126,10 +127,12 @@ pub async fn run_due(app: &App) -> usize {
                     attempts,
                 )
                 .await;
-                settled += 1;
-                app.store
-                    .set_revocation(&lease.id, "done", attempts, None, None)
-                    .await
+                (
+                    true,
+                    app.store
+                        .set_revocation(&lease.id, "done", attempts, None, None)
+                        .await,
+                )
             }
             Err(e) if attempts >= MAX_ATTEMPTS => {
                 audit(
@@ -143,10 +146,12 @@ pub async fn run_due(app: &App) -> usize {
                     attempts,
                 )
                 .await;
-                settled += 1;
-                app.store
-                    .set_revocation(&lease.id, "failed", attempts, Some(ended + 300), Some(e))
-                    .await
+                (
+                    true,
+                    app.store
+                        .set_revocation(&lease.id, "failed", attempts, Some(ended + 300), Some(e))
+                        .await,
+                )
             }
             Err(e) => {
                 audit(
@@ -158,7 +163,8 @@ pub async fn run_due(app: &App) -> usize {
                     attempts,
                 )
                 .await;
-                app.store
+                let stored = app
+                    .store
                     .set_revocation(
                         &lease.id,
                         "pending",
@@ -166,11 +172,14 @@ pub async fn run_due(app: &App) -> usize {
                         Some(ended + backoff(attempts)),
                         Some(e),
                     )
-                    .await
+                    .await;
+                (false, stored)
             }
         };
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, "cannot record a revocation attempt");
+        match stored {
+            Ok(()) if settles => settled += 1,
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot record a revocation attempt"),
         }
     }
     settled

@@ -461,7 +461,13 @@ async fn keys_destroy(
     check_env(&app, &env)?;
     let reason = required_reason(body.reason)?;
     let done = app
-        .shred(&env, body.confirm.as_deref(), &reason, &id.common_name, ev)
+        .shred_detached(
+            env.clone(),
+            body.confirm,
+            reason,
+            id.common_name.clone(),
+            ev,
+        )
         .await?;
     Ok(Json(
         json!({"environment": env, "versions_destroyed": done.versions, "revoked": done.revoked}),

@@ -24,12 +24,22 @@ pub enum StoreError {
     /// The store URL is not supported.
     #[error("unsupported store URL `{0}` (expected sqlite://PATH)")]
     Url(String),
+    /// The transaction lost a race with another (PostgreSQL deadlock or serialization
+    /// failure) and was rolled back: running it again is safe.
+    #[error("store conflict: {0}")]
+    Conflict(String),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         // sqlx errors name tables and constraints, never bound values.
-        StoreError::Unavailable(e.to_string())
+        let lost_race = matches!(&e, sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("40P01" | "40001")));
+        if lost_race {
+            StoreError::Conflict(e.to_string())
+        } else {
+            StoreError::Unavailable(e.to_string())
+        }
     }
 }
 

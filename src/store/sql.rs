@@ -586,7 +586,21 @@ impl Store {
 
     /// Revokes every live lease (not revoked, not expired at `now`) the selector matches, in one
     /// transaction; returns the ids revoked now (already revoked ones are not counted again).
+    /// A transaction that loses a race with another replica's revocation is run again.
     pub async fn revoke(&self, sel: &Selector, now: i64, reason: &str) -> Result<Vec<String>> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.revoke_once(sel, now, reason).await {
+                Err(StoreError::Conflict(e)) if attempts < 5 => {
+                    tracing::warn!(error = %e, attempts, "revocation raced another; running it again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn revoke_once(&self, sel: &Selector, now: i64, reason: &str) -> Result<Vec<String>> {
         with_db!(self, |w, r, Db| {
             // One narrow row per lease revoked now; `external` marks the leases whose
             // database roles the revocation worker must drop.
@@ -630,9 +644,10 @@ impl Store {
                     .push_bind(glob_to_like(glob))
                     .push(" ESCAPE '\\')");
             }
-            // A concurrent revocation of the same lease (another replica) wins; this one
-            // does not count it.
-            q.push(" ON CONFLICT (lease_id) DO NOTHING RETURNING lease_id, external");
+            // In lease order, so two revocations overlapping on PostgreSQL lock their rows in
+            // the same order. A concurrent revocation of the same lease (another replica) wins;
+            // this one does not count it.
+            q.push(" ORDER BY l.id ON CONFLICT (lease_id) DO NOTHING RETURNING lease_id, external");
             let mut tx = w.begin_write().await?;
             let rows = q.build().fetch_all(&mut *tx).await?;
             let mut ids = Vec::with_capacity(rows.len());
@@ -812,6 +827,25 @@ impl Store {
                 .fetch_optional(r)
                 .await?;
             Ok(row.is_some())
+        })
+    }
+
+    /// Marks every lease of `env` holding database roles whose revocation was never started
+    /// (live, revoked or expired but not yet swept) as due now: crypto-shredding drops them all
+    /// while their sealed records can still be opened.
+    pub async fn mark_env_roles_due(&self, env: &str, now: i64) -> Result<u64> {
+        with_db!(self, |w, r, Db| {
+            let done = sqlx::query(
+                "UPDATE leases SET revocation = 'pending', revocation_next_at = $1
+                 WHERE env = $2 AND revocation IS NULL
+                   AND EXISTS (SELECT 1 FROM credentials c WHERE c.lease_id = leases.id
+                               AND c.kind = 'postgres')",
+            )
+            .bind(now)
+            .bind(env)
+            .execute(w)
+            .await?;
+            Ok(done.rows_affected())
         })
     }
 

@@ -449,3 +449,36 @@ async fn shredding_an_environment_drops_its_database_roles_first() {
         "the role died before the keys did"
     );
 }
+
+#[tokio::test]
+async fn shredding_drops_the_roles_of_leases_that_expired_but_were_not_swept() {
+    let Some(admin) = pg::admin_url().await else {
+        return;
+    };
+    let b = pg_broker(&admin, None).await;
+    let (_, v) = b
+        .exchange(&b.github_token_for("data"), "data", Some("db-reader"))
+        .await;
+    let user = v["credentials"][0]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Expired, the sweeper has not run: no revocation was ever started for it.
+    b.clock.advance(11 * 60);
+    assert!(pg::role_exists(&admin, &user).await);
+    let (s, v) = b
+        .request(
+            &b.admin(AdminRole::Admin),
+            "POST",
+            "/v1/admin/keys/data/destroy",
+            None,
+            Some(json!({"reason": "decommission", "confirm": "data"}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["revoked"], 0, "{v}");
+    assert!(
+        !pg::role_exists(&admin, &user).await,
+        "an expired lease's role died before the keys did"
+    );
+}
