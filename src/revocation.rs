@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::audit::{AuditEvent, Outcome};
-use crate::store::LeaseRow;
+use crate::store::{ExternalRevocation, LeaseRow};
 
 /// Attempts before a revocation is shown as `failed` (it is still retried every 5 minutes:
 /// a leaked password must not keep a session open because the database was down once).
@@ -123,7 +123,7 @@ pub async fn run_due(app: &App) -> usize {
                 .await;
                 settled += 1;
                 app.store
-                    .set_revocation(&lease.id, "done", attempts, None, None)
+                    .set_revocation(&lease.id, ExternalRevocation::Done, attempts, None, None)
                     .await
             }
             Err(e) if attempts >= MAX_ATTEMPTS => {
@@ -140,7 +140,13 @@ pub async fn run_due(app: &App) -> usize {
                 .await;
                 settled += 1;
                 app.store
-                    .set_revocation(&lease.id, "failed", attempts, Some(now + 300), Some(e))
+                    .set_revocation(
+                        &lease.id,
+                        ExternalRevocation::Failed,
+                        attempts,
+                        Some(now + 300),
+                        Some(e),
+                    )
                     .await
             }
             Err(e) => {
@@ -156,7 +162,7 @@ pub async fn run_due(app: &App) -> usize {
                 app.store
                     .set_revocation(
                         &lease.id,
-                        "pending",
+                        ExternalRevocation::Pending,
                         attempts,
                         Some(now + backoff(attempts)),
                         Some(e),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobpass::store::PgIntent;
+use jobpass::store::{ExternalRevocation, PgIntent};
 use jobpass::tls::AdminRole;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -58,7 +58,7 @@ async fn wait_revocation(
     let deadline = std::time::Instant::now() + within;
     loop {
         let l = b.app.store.lease(lease).await.unwrap().unwrap();
-        if l.revocation.as_deref() == Some(want) {
+        if l.revocation.map(ExternalRevocation::as_str) == Some(want) {
             return l;
         }
         assert!(
@@ -180,7 +180,10 @@ async fn database_down_during_revocation_is_pending_then_done_when_it_returns() 
     loop {
         let l = b.app.store.lease(&lease).await.unwrap().unwrap();
         if l.revocation_attempts >= 1 {
-            assert_eq!(l.revocation.as_deref(), Some("pending"));
+            assert_eq!(
+                l.revocation.map(ExternalRevocation::as_str),
+                Some("pending")
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "no attempt recorded");
