@@ -66,6 +66,7 @@ use jobpass::crypto::{Keyring, RootKey, random, token_digest};
 use jobpass::exchange::audit::{ExchangeAudit, Verdict};
 use jobpass::exchange::ledger::{Entry, Ledger};
 use jobpass::exchange::{ACTOR_CLAIMS, ExchangeRequest, token_actor};
+use jobpass::mint::Kind;
 use jobpass::mint::jwt::JwtSigner;
 use jobpass::oidc::{VerifiedToken, Verifier, VerifierOptions};
 use jobpass::policy::{Environment, Grant, GrantKind, PolicySet, ServerCapabilities};
@@ -709,12 +710,12 @@ impl EntryTemplate {
         let lease_id = random::time_ordered_id("lse_", millis).unwrap();
         let (key_version, sealed) = sealer.seal("leases", &lease_id, &self.details).unwrap();
         let credential =
-            |name: &str, kind: &str, token_hash: Option<Vec<u8>>, scope: &str| CredentialRow {
+            |name: &str, kind: Kind, token_hash: Option<Vec<u8>>, scope: &str| CredentialRow {
                 id: random::time_ordered_id("crd_", millis).unwrap(),
                 lease_id: lease_id.clone(),
                 env: ENV.into(),
                 name: name.into(),
-                kind: kind.into(),
+                kind,
                 token_hash,
                 scope: scope.into(),
                 expires_at,
@@ -722,11 +723,11 @@ impl EntryTemplate {
         let credentials = vec![
             credential(
                 "api",
-                "token",
+                Kind::Token,
                 Some(random::bytes::<32>().unwrap().to_vec()),
                 "[\"prod/web/*\"]",
             ),
-            credential("deploy", "jwt", None, "[]"),
+            credential("deploy", Kind::Jwt, None, "[]"),
         ];
         Entry {
             env: ENV.into(),

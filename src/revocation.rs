@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::audit::{AuditEvent, Outcome};
-use crate::store::LeaseRow;
+use crate::store::{ExternalRevocation, LeaseRow};
 
 /// Attempts before a revocation is shown as `failed` (it is still retried every 5 minutes:
 /// a leaked password must not keep a session open because the database was down once).
@@ -130,7 +130,7 @@ pub async fn run_due(app: &App) -> usize {
                 (
                     true,
                     app.store
-                        .set_revocation(&lease.id, "done", attempts, None, None)
+                        .set_revocation(&lease.id, ExternalRevocation::Done, attempts, None, None)
                         .await,
                 )
             }
@@ -149,7 +149,13 @@ pub async fn run_due(app: &App) -> usize {
                 (
                     true,
                     app.store
-                        .set_revocation(&lease.id, "failed", attempts, Some(ended + 300), Some(e))
+                        .set_revocation(
+                            &lease.id,
+                            ExternalRevocation::Failed,
+                            attempts,
+                            Some(ended + 300),
+                            Some(e),
+                        )
                         .await,
                 )
             }
@@ -167,7 +173,7 @@ pub async fn run_due(app: &App) -> usize {
                     .store
                     .set_revocation(
                         &lease.id,
-                        "pending",
+                        ExternalRevocation::Pending,
                         attempts,
                         Some(ended + backoff(attempts)),
                         Some(e),

@@ -202,21 +202,27 @@ pub fn lease(spec: &Spec, i: usize, rng: &mut StdRng) -> Result<NewLease, Error>
     rng.fill_bytes(&mut sealed);
     let mut token_hash = vec![0u8; 32];
     rng.fill_bytes(&mut token_hash);
-    let credential = |name: &str, kind: &str, token_hash: Option<Vec<u8>>, scope: &str| {
-        Ok::<_, Error>(CredentialRow {
-            id: jobpass::crypto::random::time_ordered_id("crd_", issued_ms)?,
-            lease_id: id.clone(),
-            env: spec.env.clone(),
-            name: name.to_string(),
-            kind: kind.to_string(),
-            token_hash,
-            scope: scope.to_string(),
-            expires_at,
-        })
-    };
+    let credential =
+        |name: &str, kind: jobpass::mint::Kind, token_hash: Option<Vec<u8>>, scope: &str| {
+            Ok::<_, Error>(CredentialRow {
+                id: jobpass::crypto::random::time_ordered_id("crd_", issued_ms)?,
+                lease_id: id.clone(),
+                env: spec.env.clone(),
+                name: name.to_string(),
+                kind,
+                token_hash,
+                scope: scope.to_string(),
+                expires_at,
+            })
+        };
     let credentials = vec![
-        credential("api", "token", Some(token_hash), "[\"app/*\"]")?,
-        credential("deploy", "jwt", None, "[]")?,
+        credential(
+            "api",
+            jobpass::mint::Kind::Token,
+            Some(token_hash),
+            "[\"app/*\"]",
+        )?,
+        credential("deploy", jobpass::mint::Kind::Jwt, None, "[]")?,
     ];
     let role = spec
         .roles

@@ -560,7 +560,7 @@ mod tests {
                     lease_id,
                     env: env.to_string(),
                     name: "api".into(),
-                    kind: "token".into(),
+                    kind: crate::mint::Kind::Token,
                     token_hash: Some(vec![n; 32]),
                     scope: "[\"app/*\"]".into(),
                     expires_at: NOW + 600,

@@ -17,7 +17,7 @@ use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::revoke::selector_json;
-use crate::store::{LeaseFilter, SecretRow, Selector};
+use crate::store::{ExternalRevocation, LeaseFilter, SecretRow, Selector};
 use crate::tls::{AdminIdentity, AdminRole};
 
 /// Admin routes (nested under `/v1/admin`).
@@ -263,7 +263,7 @@ async fn list_leases(
             "subject": l.subject, "policy_version": l.policy_version,
             "issued_at": rfc3339(l.issued_at), "expires_at": rfc3339(l.expires_at),
             "revoked_at": l.revoked_at.map(rfc3339), "revoke_reason": l.revoke_reason,
-            "revocation": l.revocation,
+            "revocation": l.revocation.map(ExternalRevocation::as_str),
             "status": status,
             "credentials": details.as_ref().map(|d| d["credentials"].clone()),
             "claims": details.as_ref().map(|d| d["claims"].clone()),

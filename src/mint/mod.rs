@@ -97,6 +97,23 @@ impl Kind {
     }
 }
 
+/// A credential kind name that is none of [`Kind`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown credential kind `{0}`")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for Kind {
+    type Err = UnknownKind;
+
+    /// The kind named `s` (the inverse of [`Kind::name`]).
+    fn from_str(s: &str) -> Result<Kind, UnknownKind> {
+        [Kind::Token, Kind::Jwt, Kind::Postgres, Kind::X509]
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| UnknownKind(s.to_string()))
+    }
+}
+
 /// One minted credential, as answered to the job.
 pub struct IssuedCredential {
     /// Grant name.
@@ -171,7 +188,7 @@ impl MintContext<'_> {
             lease_id: self.lease_id.to_string(),
             env: self.env.to_string(),
             name: grant.name.clone(),
-            kind: Kind::of(&grant.kind).name().to_string(),
+            kind: Kind::of(&grant.kind),
             token_hash,
             scope,
             expires_at: self.expires_at,

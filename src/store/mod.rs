@@ -10,6 +10,8 @@
 
 mod sql;
 
+use crate::mint::Kind;
+
 pub use sql::{KeyState, LeaderLock, NewLease, ReplaySlot, Store, WriteTx};
 
 /// Store failures. Messages carry no SQL text with values and no secret.
@@ -28,17 +30,23 @@ pub enum StoreError {
     /// failure) and was rolled back: running it again is safe.
     #[error("store conflict: {0}")]
     Conflict(String),
+    /// A stored value could not be decoded (an unknown kind or revocation state, malformed
+    /// JSON): the database holds something this broker did not write.
+    #[error("store holds an undecodable value: {0}")]
+    Corrupt(String),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        // sqlx errors name tables and constraints, never bound values.
+        // sqlx errors name tables, columns and constraints, never bound values.
         let lost_race = matches!(&e, sqlx::Error::Database(db)
             if matches!(db.code().as_deref(), Some("40P01" | "40001")));
-        if lost_race {
-            StoreError::Conflict(e.to_string())
-        } else {
-            StoreError::Unavailable(e.to_string())
+        match e {
+            _ if lost_race => StoreError::Conflict(e.to_string()),
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            e => StoreError::Unavailable(e.to_string()),
         }
     }
 }
@@ -47,7 +55,7 @@ impl From<sqlx::Error> for StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// One version of a data key row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DataKeyRow {
     /// Version number (1, 2, …).
     pub version: i64,
@@ -56,7 +64,7 @@ pub struct DataKeyRow {
 }
 
 /// An environment's signing key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SigningKeyRow {
     /// Key id (RFC 7638 thumbprint).
     pub kid: String,
@@ -69,7 +77,7 @@ pub struct SigningKeyRow {
 }
 
 /// A lease as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LeaseRow {
     /// `lse_…`
     pub id: String,
@@ -95,14 +103,65 @@ pub struct LeaseRow {
     pub key_version: i64,
     /// Sealed lease details.
     pub sealed: Vec<u8>,
-    /// Revocation of external credentials: None, `pending`, `failed` or `done`.
-    pub revocation: Option<String>,
+    /// Revocation of external credentials (database roles); None when there is none.
+    pub revocation: Option<ExternalRevocation>,
     /// Failed revocation attempts so far.
     pub revocation_attempts: i64,
 }
 
+/// State of the revocation of a lease's external credentials (database roles), stored in
+/// `leases.revocation` as `pending`, `failed` or `done` (NULL: nothing to revoke, or not
+/// yet due).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExternalRevocation {
+    /// Due: the revocation worker will (re)try it.
+    Pending,
+    /// Failed too often; still retried, every 5 minutes.
+    Failed,
+    /// The roles are dropped.
+    Done,
+}
+
+impl ExternalRevocation {
+    /// The name stored and shown by the admin API.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExternalRevocation::Pending => "pending",
+            ExternalRevocation::Failed => "failed",
+            ExternalRevocation::Done => "done",
+        }
+    }
+}
+
+impl std::fmt::Display for ExternalRevocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A revocation state name that is none of [`ExternalRevocation`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown revocation state `{0}`")]
+pub struct UnknownRevocationState(pub String);
+
+impl std::str::FromStr for ExternalRevocation {
+    type Err = UnknownRevocationState;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        [
+            ExternalRevocation::Pending,
+            ExternalRevocation::Failed,
+            ExternalRevocation::Done,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| UnknownRevocationState(s.to_string()))
+    }
+}
+
 /// A credential as stored (never its value).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CredentialRow {
     /// `crd_…` (also the `jti` of a minted JWT).
     pub id: String,
@@ -113,7 +172,7 @@ pub struct CredentialRow {
     /// Grant name.
     pub name: String,
     /// Grant kind.
-    pub kind: String,
+    pub kind: Kind,
     /// Keyed digest of a broker token.
     pub token_hash: Option<Vec<u8>>,
     /// Secret path globs (JSON array) for token grants.
@@ -236,9 +295,10 @@ pub fn glob_to_like(glob: &str) -> String {
 }
 
 /// A minted credential found by id (JWT introspection), with its lease's state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CredentialState {
     /// The credential.
+    #[sqlx(flatten)]
     pub credential: CredentialRow,
     /// Role of the lease.
     pub role: String,
@@ -278,9 +338,10 @@ impl SealedTable {
 }
 
 /// A sealed record to re-encrypt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SealedRecord {
     /// Record identity used as associated data (also finds the row again).
+    #[sqlx(rename = "rid")]
     pub id: String,
     /// Data key version of `sealed`.
     pub key_version: i64,
@@ -289,7 +350,7 @@ pub struct SealedRecord {
 }
 
 /// A PostgreSQL role about to be created (recorded first, so a crash leaves no orphan).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PgIntent {
     /// Role name.
     pub role_name: String,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use jobpass::store::PgIntent;
+use jobpass::store::{ExternalRevocation, PgIntent};
 use jobpass::tls::AdminRole;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -128,7 +128,7 @@ async fn postgres_credential_logs_in_with_exactly_its_groups_rights_and_dies_at_
     // Revocation terminates the open session and drops the role.
     revoke_lease(&b, &lease).await;
     let l = run_worker(&b, &lease).await;
-    assert_eq!(l.revocation.as_deref(), Some("done"));
+    assert_eq!(l.revocation.map(ExternalRevocation::as_str), Some("done"));
     assert!(!pg::role_exists(&admin, &user).await);
     assert!(
         sqlx::query("SELECT 1").execute(&mut conn).await.is_err(),
@@ -166,7 +166,10 @@ async fn database_down_during_revocation_is_pending_then_done_when_it_returns() 
     // One failed attempt, still pending; not retried before its backoff is over.
     let l = run_worker(&b, &lease).await;
     assert_eq!(
-        (l.revocation.as_deref(), l.revocation_attempts),
+        (
+            l.revocation.map(ExternalRevocation::as_str),
+            l.revocation_attempts
+        ),
         (Some("pending"), 1)
     );
     let l = run_worker(&b, &lease).await;
@@ -190,7 +193,10 @@ async fn database_down_during_revocation_is_pending_then_done_when_it_returns() 
     b.clock.advance(2);
     let l = run_worker(&b, &lease).await;
     assert_eq!(
-        (l.revocation.as_deref(), l.revocation_attempts),
+        (
+            l.revocation.map(ExternalRevocation::as_str),
+            l.revocation_attempts
+        ),
         (Some("done"), 2)
     );
     assert!(!pg::role_exists(&admin, &user).await);
@@ -272,7 +278,7 @@ async fn an_expired_database_credential_is_dropped_by_the_broker() {
     b.clock.advance(11 * 60);
     jobpass::sweeper::sweep(&b.app).await.unwrap();
     let l = run_worker(&b, &lease).await;
-    assert_eq!(l.revocation.as_deref(), Some("done"));
+    assert_eq!(l.revocation.map(ExternalRevocation::as_str), Some("done"));
     assert!(!pg::role_exists(&admin, &user).await);
 }
 

@@ -347,7 +347,7 @@ impl WriteTx {
                         .push_bind(c.lease_id.clone())
                         .push_bind(c.env.clone())
                         .push_bind(c.name.clone())
-                        .push_bind(c.kind.clone())
+                        .push_bind(c.kind.name())
                         .push_bind(c.token_hash.clone())
                         .push_bind(c.scope.clone())
                         .push_bind(c.expires_at);
@@ -430,7 +430,7 @@ async fn insert_leases_pg(conn: &mut sqlx::PgConnection, leases: &[&NewLease]) -
         .bind(text(&|c| c.lease_id.clone()))
         .bind(text(&|c| c.env.clone()))
         .bind(text(&|c| c.name.clone()))
-        .bind(text(&|c| c.kind.clone()))
+        .bind(text(&|c| c.kind.name().to_string()))
         .bind(
             chunk
                 .iter()

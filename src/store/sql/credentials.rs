@@ -1,0 +1,223 @@
+//! Credentials: the rows minted for a lease (never their values) and every read that finds a
+//! credential — a broker token by its digest (with the secret it reads, in one round trip),
+//! a JWT by its id, the revoked JWTs and certificates of an environment.
+//!
+//! Tables: `credentials` (read joined with `leases` and `lease_revocations`; a secret read
+//! also joins `secrets` and `data_keys`).
+//!
+//! Guarantees:
+//! - a broker token is found by its keyed digest only, never by its value;
+//! - every answer carries its lease's revocation state, read in the same statement, so a
+//!   revoked lease's credentials stop working at once;
+//! - a stored kind or scope that does not decode is an error, never an empty scope or a
+//!   skipped certificate.
+
+use sqlx::{ColumnIndex, Database, Decode, FromRow, Row, Type};
+
+use super::Store;
+use super::decode::json_column;
+use crate::mint::Kind;
+use crate::store::{CredentialRow, CredentialState, Result, SecretRow, TokenGrant, WriteTx};
+
+/// Stored as its name (`token`, `jwt`, `postgres`, `x509`); any other text fails to decode.
+impl<DB: Database> Type<DB> for Kind
+where
+    str: Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <str as Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <str as Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: Database> Decode<'r, DB> for Kind
+where
+    &'r str: Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        Ok(<&'r str as Decode<'r, DB>>::decode(value)?.parse()?)
+    }
+}
+
+/// A broker token's grant from a row with the columns of [`Store::token_grant`].
+impl<'r, R: Row> FromRow<'r, R> for TokenGrant
+where
+    &'r str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(r: &'r R) -> sqlx::Result<Self> {
+        Ok(TokenGrant {
+            credential_id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            lease_id: r.try_get("lease_id")?,
+            env: r.try_get("env")?,
+            role: r.try_get("role")?,
+            subject: r.try_get("subject")?,
+            issuer: r.try_get("issuer")?,
+            scope: json_column(r, "scope")?,
+            expires_at: r.try_get("expires_at")?,
+            revoked_at: r.try_get("revoked_at")?,
+        })
+    }
+}
+
+impl Store {
+    /// The grant behind a broker token digest, with its lease's state.
+    pub async fn token_grant(&self, digest: &[u8]) -> Result<Option<TokenGrant>> {
+        with_db!(self, |w, r, Db| {
+            Ok(sqlx::query_as::<Db, TokenGrant>(
+                "SELECT c.id, c.name, c.scope, c.expires_at, l.id AS lease_id, l.env, l.role, l.subject,
+                    l.issuer, r.revoked_at
+             FROM credentials c JOIN leases l ON l.id = c.lease_id
+             LEFT JOIN lease_revocations r ON r.lease_id = l.id
+             WHERE c.token_hash = $1",
+            )
+            .bind(digest)
+            .fetch_optional(r)
+            .await?)
+        })
+    }
+
+    /// One round trip for a secret read: the grant behind a broker token digest (with its
+    /// lease's state) and, when present, the secret `env`/`path` at `version` (the latest when
+    /// None) with whether its data key is still live. The caller checks the grant before it
+    /// decrypts anything.
+    pub async fn token_secret(
+        &self,
+        digest: &[u8],
+        env: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<Option<(TokenGrant, Option<(SecretRow, bool)>)>> {
+        with_db!(self, |w, r, Db| {
+            // The secret's columns carry the names `SecretRow` reads (none is a grant's).
+            let row = sqlx::query(
+                "SELECT c.id, c.name, c.scope, c.expires_at, l.id AS lease_id, l.env, l.role,
+                        l.subject, l.issuer, r.revoked_at,
+                        s.version, s.fields, s.key_version, s.sealed, s.created_at,
+                        CAST(CASE WHEN d.wrapped IS NULL THEN 0 ELSE 1 END AS BIGINT) AS s_key_live
+                 FROM credentials c JOIN leases l ON l.id = c.lease_id
+                 LEFT JOIN lease_revocations r ON r.lease_id = l.id
+                 LEFT JOIN secrets s ON s.env = $2 AND s.path = $3 AND s.version = COALESCE($4,
+                     (SELECT MAX(version) FROM secrets WHERE env = $2 AND path = $3))
+                 LEFT JOIN data_keys d ON d.env = s.env AND d.version = s.key_version
+                 WHERE c.token_hash = $1",
+            )
+            .bind(digest)
+            .bind(env)
+            .bind(path)
+            .bind(version)
+            .fetch_optional(r)
+            .await?;
+            let Some(r) = row else { return Ok(None) };
+            let grant = TokenGrant::from_row(&r)?;
+            let secret = match r.try_get::<Option<i64>, _>("version")? {
+                None => None,
+                Some(_) => Some((
+                    SecretRow::from_row(&r)?,
+                    r.try_get::<i64, _>("s_key_live")? != 0,
+                )),
+            };
+            Ok(Some((grant, secret)))
+        })
+    }
+
+    /// Credentials of a lease.
+    pub async fn lease_credentials(&self, lease_id: &str) -> Result<Vec<CredentialRow>> {
+        with_db!(self, |w, r, Db| {
+            Ok(sqlx::query_as::<Db, CredentialRow>(
+                "SELECT id, lease_id, env, name, kind, token_hash, scope, expires_at FROM credentials
+             WHERE lease_id = $1 ORDER BY id",
+            )
+            .bind(lease_id)
+            .fetch_all(r)
+            .await?)
+        })
+    }
+
+    /// Ids and expiry of an environment's JWT credentials whose lease is revoked and which
+    /// have not expired yet.
+    pub async fn revoked_jwts(&self, env: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        with_db!(self, |w, r, Db| {
+            Ok(sqlx::query_as::<Db, (String, i64)>(
+                "SELECT c.id, c.expires_at FROM credentials c
+             JOIN lease_revocations r ON r.lease_id = c.lease_id
+             WHERE c.env = $1 AND c.kind = 'jwt' AND c.expires_at > $2
+             ORDER BY c.id",
+            )
+            .bind(env)
+            .bind(now)
+            .fetch_all(r)
+            .await?)
+        })
+    }
+
+    /// A credential by id with its lease's state.
+    pub async fn credential_state(&self, id: &str) -> Result<Option<CredentialState>> {
+        with_db!(self, |w, r, Db| {
+            Ok(sqlx::query_as::<Db, CredentialState>(
+                "SELECT c.id, c.lease_id, c.env, c.name, c.kind, c.token_hash, c.scope, c.expires_at,
+                    l.role, l.subject, r.revoked_at
+             FROM credentials c JOIN leases l ON l.id = c.lease_id
+             LEFT JOIN lease_revocations r ON r.lease_id = l.id WHERE c.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(r)
+            .await?)
+        })
+    }
+
+    /// Serials and revocation times of an environment's unexpired certificates whose lease is
+    /// revoked (the CRL's content). A scope that is not JSON is an error; one without a
+    /// serial string lists nothing.
+    pub async fn revoked_certificates(&self, env: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        with_db!(self, |w, r, Db| {
+            let rows = sqlx::query(
+                "SELECT c.scope, r.revoked_at FROM credentials c
+             JOIN lease_revocations r ON r.lease_id = c.lease_id
+             WHERE c.env = $1 AND c.kind = 'x509' AND c.expires_at > $2
+             ORDER BY c.id",
+            )
+            .bind(env)
+            .bind(now)
+            .fetch_all(r)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                // `{"serial": "…"}`, as the x509 minter writes it.
+                let scope: serde_json::Value = json_column(r, "scope")?;
+                if let Some(serial) = scope["serial"].as_str() {
+                    out.push((serial.to_string(), r.try_get("revoked_at")?));
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl WriteTx {
+    /// Inserts a credential row.
+    pub async fn insert_credential(&mut self, c: &CredentialRow) -> Result<()> {
+        with_tx!(self, |conn| {
+            sqlx::query(
+                "INSERT INTO credentials (id, lease_id, env, name, kind, token_hash, scope, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&c.id)
+            .bind(&c.lease_id)
+            .bind(&c.env)
+            .bind(&c.name)
+            .bind(c.kind.name())
+            .bind(c.token_hash.as_deref())
+            .bind(&c.scope)
+            .bind(c.expires_at)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        })
+    }
+}
