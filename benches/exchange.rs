@@ -221,7 +221,7 @@ async fn main() {
         .await
         .unwrap();
     for _ in 0..600 {
-        if jobpass::revocation::run_due(&app).await == 0 {
+        if jobpass::leases::teardown::run_due(&app).await == 0 {
             break;
         }
     }

@@ -594,9 +594,9 @@ async fn serve(a: ServeArgs) -> Result<i32, String> {
         ),
         None => None,
     };
-    crate::reload::spawn(app.clone());
-    crate::sweeper::spawn(app.clone());
-    crate::revocation::spawn(app.clone());
+    crate::policy::reload::spawn(app.clone());
+    crate::leases::sweeper::spawn(app.clone());
+    crate::leases::teardown::spawn(app.clone());
     tracing::info!(addr = %running.addr, "jobpass listening");
     if let Some(dev) = &dev {
         print_dev_banner(&a.data_dir, &app.public_url, dev);

@@ -12,9 +12,9 @@ use crate::crypto::CryptoError;
 use crate::exchange::ExchangeError;
 use crate::grants::GrantError;
 use crate::keys::KeysError;
+use crate::leases::revoke::RevokeError;
 use crate::mint::MintError;
 use crate::oidc::OidcError;
-use crate::revoke::RevokeError;
 use crate::secrets::SecretError;
 use crate::store::StoreError;
 

@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
-use crate::revoke::selector_json;
+use crate::leases::revoke::selector_json;
 use crate::store::{ExternalRevocation, LeaseFilter, SecretRow, Selector};
 use crate::tls::{AdminIdentity, AdminRole};
 

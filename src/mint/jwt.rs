@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::MintError;
-use super::keystore::{KeyStore, StoredKey};
 use crate::clock::SharedClock;
 use crate::crypto::sha256;
+use crate::keys::signing::{KeyStore, StoredKey};
 
 /// An ES256 signing key with its key id and public JWK.
 pub struct JwtSigner {

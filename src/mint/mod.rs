@@ -12,9 +12,7 @@
 //! `Debug`); only the HTTP response exposes them. [`Minters`] dispatches a grant to the
 //! minter of its kind.
 
-pub mod cas;
 pub mod jwt;
-pub mod keystore;
 pub mod postgres;
 pub mod token;
 pub mod x509;

@@ -265,13 +265,13 @@ fn random_serial() -> Result<(SerialNumber, String), MintError> {
 /// Mints client certificates from the environment's CA, with the URI SAN
 /// `jobpass://<env>/<role>/<lease>`; the row keeps the serial (for the CRL).
 pub struct X509Minter {
-    cas: std::sync::Arc<super::cas::Cas>,
+    cas: std::sync::Arc<crate::keys::cas::Cas>,
 }
 
 impl X509Minter {
     /// A minter over the environments' CAs.
     #[must_use]
-    pub fn new(cas: std::sync::Arc<super::cas::Cas>) -> Self {
+    pub fn new(cas: std::sync::Arc<crate::keys::cas::Cas>) -> Self {
         Self { cas }
     }
 }

@@ -19,6 +19,7 @@
 pub mod conditions;
 pub mod glob;
 mod parse;
+pub mod reload;
 
 use std::collections::BTreeMap;
 use std::fmt;

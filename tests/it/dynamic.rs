@@ -53,7 +53,7 @@ async fn revoke_lease(b: &Broker, lease: &str) {
 
 /// One pass of the revocation worker, then the lease as it left it.
 async fn run_worker(b: &Broker, lease: &str) -> jobpass::store::LeaseRow {
-    jobpass::revocation::run_due(&b.app).await;
+    jobpass::leases::teardown::run_due(&b.app).await;
     b.app.store.lease(lease).await.unwrap().unwrap()
 }
 
@@ -240,7 +240,10 @@ async fn a_crash_between_role_creation_and_lease_commit_leaves_no_orphan() {
 
     // What the worker does first on the restarted broker.
     let b = b.restart().await;
-    assert_eq!(jobpass::revocation::reconcile_intents(&b.app).await, 1);
+    assert_eq!(
+        jobpass::leases::teardown::reconcile_intents(&b.app).await,
+        1
+    );
     assert!(
         !pg::role_exists(&admin, &role).await,
         "orphan role still exists after reconciliation"
@@ -276,7 +279,7 @@ async fn an_expired_database_credential_is_dropped_by_the_broker() {
         .unwrap()
         .to_string();
     b.clock.advance(11 * 60);
-    jobpass::sweeper::sweep(&b.app).await.unwrap();
+    jobpass::leases::sweeper::sweep(&b.app).await.unwrap();
     let l = run_worker(&b, &lease).await;
     assert_eq!(l.revocation.map(ExternalRevocation::as_str), Some("done"));
     assert!(!pg::role_exists(&admin, &user).await);
@@ -418,8 +421,8 @@ async fn a_policy_naming_an_unconfigured_database_is_refused() {
         crate::support::data_policy(&b.gh.issuer_url()),
     )
     .unwrap();
-    match jobpass::reload::reload(&b.app, "test").await {
-        jobpass::reload::Reload::Rejected(e) => {
+    match jobpass::policy::reload::reload(&b.app, "test").await {
+        jobpass::policy::reload::Reload::Rejected(e) => {
             assert!(e.contains("data.toml") && e.contains("main"), "{e}")
         }
         other => panic!("expected a rejection, got {other:?}"),

@@ -629,7 +629,7 @@ async fn expired_credentials_are_refused_before_the_sweeper_and_swept_after() {
     assert_eq!(i, json!({"active": false}), "expired, though never revoked");
     assert_eq!(b.lease_count().await, 1, "not swept yet");
     b.clock.advance(24 * 3600);
-    let (leases, replay) = jobpass::sweeper::sweep(&b.app).await.unwrap();
+    let (leases, replay) = jobpass::leases::sweeper::sweep(&b.app).await.unwrap();
     assert_eq!((leases, replay), (1, 1));
     assert_eq!(b.lease_count().await, 0);
 }

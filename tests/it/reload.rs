@@ -1,7 +1,7 @@
 //! Policy hot reload (SPEC §1): a valid change goes live atomically, an invalid one is refused
 //! (the last good set stays) and both are audited.
 
-use jobpass::reload::{Reload, reload};
+use jobpass::policy::reload::{Reload, reload};
 
 use crate::support::Broker;
 
@@ -70,7 +70,7 @@ async fn valid_reload_changes_decisions_and_names_the_new_version() {
 #[tokio::test]
 async fn a_file_change_is_picked_up_by_the_watcher() {
     let b = Broker::start().await;
-    jobpass::reload::spawn(b.app.clone());
+    jobpass::policy::reload::spawn(b.app.clone());
     let v1 = b.app.policies.load().version().to_string();
     let prod = b.policy_dir().join("prod.toml");
     let text = std::fs::read_to_string(&prod)

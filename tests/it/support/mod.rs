@@ -506,7 +506,7 @@ impl Broker {
         self.running = Some(running);
         if !self.no_background {
             self.background
-                .push(jobpass::revocation::spawn(self.app.clone()));
+                .push(jobpass::leases::teardown::spawn(self.app.clone()));
         }
     }
 

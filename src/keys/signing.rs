@@ -8,9 +8,9 @@ use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
-use super::MintError;
 use crate::clock::SharedClock;
 use crate::crypto::Keyring;
+use crate::mint::MintError;
 use crate::store::{SigningKeyRow, Store};
 
 /// A key type the store can hold.

@@ -4,10 +4,10 @@
 
 use zeroize::Zeroizing;
 
-use super::MintError;
-use super::keystore::{KeyStore, StoredKey};
-use super::x509::EnvCa;
+use super::signing::{KeyStore, StoredKey};
 use crate::clock::SharedClock;
+use crate::mint::MintError;
+use crate::mint::x509::EnvCa;
 
 impl StoredKey for EnvCa {
     const PURPOSE: &'static str = "x509-ca";

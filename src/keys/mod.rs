@@ -15,13 +15,16 @@
 //!   environment dropped. Callers run it detached from the request (`App::shred_detached`)
 //!   so a client timeout cannot cut it between destruction and its audit record.
 
+pub mod cas;
+pub mod signing;
+
 use serde_json::json;
 
 use crate::app::App;
 use crate::audit::{AuditError, AuditEvent};
 use crate::crypto::CryptoError;
 use crate::crypto::keyring::Rewrapped;
-use crate::revoke::RevokeError;
+use crate::leases::revoke::RevokeError;
 use crate::store::{Selector, StoreError};
 
 /// Why a key operation was refused or failed.
@@ -130,7 +133,7 @@ impl App {
         let due = self.store.unsettled_revocations(env).await?;
         let passes = usize::try_from(due).unwrap_or(usize::MAX) / 100 + 2;
         for _ in 0..passes {
-            if crate::revocation::run_due(self).await == 0 {
+            if crate::leases::teardown::run_due(self).await == 0 {
                 break;
             }
         }
