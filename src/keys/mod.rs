@@ -133,7 +133,7 @@ impl App {
         let due = self.store.unsettled_revocations(env).await?;
         let passes = usize::try_from(due).unwrap_or(usize::MAX) / 100 + 2;
         for _ in 0..passes {
-            if crate::leases::teardown::run_due(self).await == 0 {
+            if crate::leases::teardown::run_due_in(self, Some(env)).await == 0 {
                 break;
             }
         }
@@ -141,6 +141,12 @@ impl App {
         if unsettled > 0 {
             return Err(KeysError::RolesRemain(unsettled));
         }
+        // The intent is on record before anything irreversible happens: if the record of the
+        // outcome cannot be written afterwards, the log still says destruction began.
+        let mut intent = ev.clone();
+        intent.event = "key_destroy_begin".into();
+        intent.reason = Some(reason.to_string());
+        self.audit.append(intent).await?;
         let versions = self.keyring.destroy(env).await?;
         self.signers.invalidate(env);
         self.cas.invalidate(env);

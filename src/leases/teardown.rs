@@ -96,8 +96,13 @@ async fn revoke_external(app: &App, lease: &LeaseRow) -> Result<(), String> {
 
 /// Runs every due revocation once; returns how many were settled (done or failed).
 pub async fn run_due(app: &App) -> usize {
+    run_due_in(app, None).await
+}
+
+/// [`run_due`] for the leases of `env` only, when given (up to 100 per call).
+pub async fn run_due_in(app: &App, env: Option<&str>) -> usize {
     let now = app.clock.unix();
-    let due = match app.store.due_revocations(now, 100).await {
+    let due = match app.store.due_revocations(now, 100, env).await {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read pending revocations");

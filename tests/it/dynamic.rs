@@ -457,6 +457,14 @@ async fn shredding_an_environment_drops_its_database_roles_first() {
         !pg::role_exists(&admin, &user).await,
         "the role died before the keys did"
     );
+    // The intent is on record before the keys go, the outcome after.
+    let events: Vec<String> = b
+        .audit_records()
+        .iter()
+        .filter_map(|r| r["event"].as_str().map(str::to_string))
+        .filter(|e| e.starts_with("key_destroy"))
+        .collect();
+    assert_eq!(events, ["key_destroy_begin", "key_destroy"]);
 }
 
 #[tokio::test]

@@ -41,17 +41,25 @@ where
 }
 
 impl Store {
-    /// Leases whose external credentials are due for a revocation attempt.
-    pub async fn due_revocations(&self, now: i64, limit: i64) -> Result<Vec<LeaseRow>> {
+    /// Leases whose external credentials are due for a revocation attempt (of `env` only,
+    /// when given).
+    pub async fn due_revocations(
+        &self,
+        now: i64,
+        limit: i64,
+        env: Option<&str>,
+    ) -> Result<Vec<LeaseRow>> {
         with_db!(self, |w, r, Db| {
             let sql = format!(
                 "SELECT {LEASE_COLUMNS} FROM {LEASE_FROM} WHERE l.revocation IN ('pending', 'failed')
              AND (l.revocation_next_at IS NULL OR l.revocation_next_at <= $1)
+             AND ($3 IS NULL OR l.env = $3)
              ORDER BY l.revocation_next_at LIMIT $2"
             );
             Ok(sqlx::query_as::<Db, LeaseRow>(AssertSqlSafe(sql))
                 .bind(now)
                 .bind(limit)
+                .bind(env)
                 .fetch_all(w)
                 .await?)
         })
@@ -68,8 +76,11 @@ impl Store {
     ) -> Result<()> {
         with_db!(self, |w, r, Db| {
             sqlx::query(
+                // An attempt that ends after another one recorded `done` (the worker and a
+                // shredding running together) does not undo it.
                 "UPDATE leases SET revocation = $1, revocation_attempts = $2, revocation_next_at = $3,
-             revocation_error = $4 WHERE id = $5",
+             revocation_error = $4
+             WHERE id = $5 AND (revocation IS NULL OR revocation <> 'done')",
             )
             .bind(state.as_str())
             .bind(attempts)
@@ -82,14 +93,15 @@ impl Store {
         })
     }
 
-    /// Marks every lease of `env` holding database roles whose revocation was never started
-    /// (live, revoked or expired but not yet swept) as due now: crypto-shredding drops them all
-    /// while their sealed records can still be opened.
+    /// Makes every lease of `env` holding database roles due now, unless its roles are
+    /// already dropped: those whose teardown never started (live, revoked, or expired and not
+    /// yet swept) and those waiting out a retry backoff. Crypto-shredding drops them all while
+    /// their sealed records can still be opened.
     pub async fn mark_env_roles_due(&self, env: &str, now: i64) -> Result<u64> {
         with_db!(self, |w, r, Db| {
             let done = sqlx::query(
-                "UPDATE leases SET revocation = 'pending', revocation_next_at = $1
-                 WHERE env = $2 AND revocation IS NULL
+                "UPDATE leases SET revocation = COALESCE(revocation, 'pending'), revocation_next_at = $1
+                 WHERE env = $2 AND (revocation IS NULL OR revocation IN ('pending', 'failed'))
                    AND EXISTS (SELECT 1 FROM credentials c WHERE c.lease_id = leases.id
                                AND c.kind = 'postgres')",
             )
