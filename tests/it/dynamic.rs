@@ -57,6 +57,18 @@ async fn run_worker(b: &Broker, lease: &str) -> jobpass::store::LeaseRow {
     b.app.store.lease(lease).await.unwrap().unwrap()
 }
 
+/// `POST /v1/admin/keys/data/destroy`, confirmed.
+async fn shred_data(b: &Broker) -> (u16, serde_json::Value) {
+    b.request(
+        &b.admin(AdminRole::Admin),
+        "POST",
+        "/v1/admin/keys/data/destroy",
+        None,
+        Some(json!({"reason": "decommission", "confirm": "data"}).to_string()),
+    )
+    .await
+}
+
 fn events(b: &Broker, lease: &str) -> Vec<String> {
     b.audit_records()
         .into_iter()
@@ -443,15 +455,7 @@ async fn shredding_an_environment_drops_its_database_roles_first() {
         .unwrap()
         .to_string();
     assert!(pg::role_exists(&admin, &user).await);
-    let (s, v) = b
-        .request(
-            &b.admin(AdminRole::Admin),
-            "POST",
-            "/v1/admin/keys/data/destroy",
-            None,
-            Some(json!({"reason": "decommission", "confirm": "data"}).to_string()),
-        )
-        .await;
+    let (s, v) = shred_data(&b).await;
     assert_eq!(s, 200, "{v}");
     assert!(
         !pg::role_exists(&admin, &user).await,
@@ -483,15 +487,7 @@ async fn shredding_drops_the_roles_of_leases_that_expired_but_were_not_swept() {
     // Expired, the sweeper has not run: no revocation was ever started for it.
     b.clock.advance(11 * 60);
     assert!(pg::role_exists(&admin, &user).await);
-    let (s, v) = b
-        .request(
-            &b.admin(AdminRole::Admin),
-            "POST",
-            "/v1/admin/keys/data/destroy",
-            None,
-            Some(json!({"reason": "decommission", "confirm": "data"}).to_string()),
-        )
-        .await;
+    let (s, v) = shred_data(&b).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["revoked"], 0, "{v}");
     assert!(

@@ -12,35 +12,11 @@
 //! - a stored kind or scope that does not decode is an error, never an empty scope or a
 //!   skipped certificate.
 
-use sqlx::{ColumnIndex, Database, Decode, FromRow, Row, Type};
+use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 
 use super::Store;
 use super::decode::json_column;
-use crate::mint::Kind;
 use crate::store::{CredentialRow, CredentialState, Result, SecretRow, TokenGrant, WriteTx};
-
-/// Stored as its name (`token`, `jwt`, `postgres`, `x509`); any other text fails to decode.
-impl<DB: Database> Type<DB> for Kind
-where
-    str: Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <str as Type<DB>>::type_info()
-    }
-
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <str as Type<DB>>::compatible(ty)
-    }
-}
-
-impl<'r, DB: Database> Decode<'r, DB> for Kind
-where
-    &'r str: Decode<'r, DB>,
-{
-    fn decode(value: DB::ValueRef<'r>) -> std::result::Result<Self, sqlx::error::BoxDynError> {
-        Ok(<&'r str as Decode<'r, DB>>::decode(value)?.parse()?)
-    }
-}
 
 /// A broker token's grant from a row with the columns of [`Store::token_grant`].
 impl<'r, R: Row> FromRow<'r, R> for TokenGrant

@@ -24,8 +24,41 @@ where
     })
 }
 
+/// Stores an enum as its name: `Type` is the database's text type, and `Decode` parses the
+/// text with the enum's `FromStr`, so any other stored text fails to decode.
+macro_rules! stored_as_name {
+    ($t:ty) => {
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
+        where
+            str: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <str as sqlx::Type<DB>>::type_info()
+            }
+
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <str as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $t
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(
+                value: DB::ValueRef<'r>,
+            ) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+                Ok(<&'r str as sqlx::Decode<'r, DB>>::decode(value)?.parse()?)
+            }
+        }
+    };
+}
+
+stored_as_name!(crate::mint::Kind);
+stored_as_name!(crate::store::ExternalRevocation);
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use crate::mint::Kind;
@@ -33,7 +66,7 @@ mod tests {
 
     /// A SQLite store with one lease (`revocation` as given) holding one credential
     /// (`kind`, `scope` as given, token digest `[7; 32]`) and one secret (`fields` as given).
-    async fn store_with(
+    pub(in crate::store::sql) async fn store_with(
         dir: &tempfile::TempDir,
         revocation: Option<&str>,
         kind: &str,

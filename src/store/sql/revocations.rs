@@ -11,34 +11,11 @@
 //! - a lease is due while `pending` or `failed` and its next attempt time has come; the
 //!   queue is read on the writer, so a worker sees its own last outcome.
 
-use sqlx::{AssertSqlSafe, Database, Decode, Row, Type};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::Store;
 use super::leases::{LEASE_COLUMNS, LEASE_FROM};
 use crate::store::{ExternalRevocation, LeaseRow, Result};
-
-/// Stored as its name (`pending`, `failed`, `done`); any other text fails to decode.
-impl<DB: Database> Type<DB> for ExternalRevocation
-where
-    str: Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <str as Type<DB>>::type_info()
-    }
-
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <str as Type<DB>>::compatible(ty)
-    }
-}
-
-impl<'r, DB: Database> Decode<'r, DB> for ExternalRevocation
-where
-    &'r str: Decode<'r, DB>,
-{
-    fn decode(value: DB::ValueRef<'r>) -> std::result::Result<Self, sqlx::error::BoxDynError> {
-        Ok(<&'r str as Decode<'r, DB>>::decode(value)?.parse()?)
-    }
-}
 
 impl Store {
     /// Leases whose external credentials are due for a revocation attempt (of `env` only,
@@ -124,5 +101,76 @@ impl Store {
         .await?;
             Ok(row.try_get("n")?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::super::decode::tests::store_with;
+    use crate::store::ExternalRevocation;
+
+    #[tokio::test]
+    async fn an_attempt_ending_after_done_does_not_undo_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(&dir, Some("done"), "postgres", "{}", "[]").await;
+        store
+            .set_revocation(
+                "l1",
+                ExternalRevocation::Pending,
+                3,
+                Some(1_000),
+                Some("timeout"),
+            )
+            .await
+            .unwrap();
+        let lease = store.lease("l1").await.unwrap().unwrap();
+        assert_eq!(lease.revocation, Some(ExternalRevocation::Done));
+        assert!(
+            store
+                .due_revocations(i64::MAX, 10, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn shredding_makes_a_role_waiting_out_its_backoff_due_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(&dir, None, "postgres", "{}", "[]").await;
+        store
+            .set_revocation(
+                "l1",
+                ExternalRevocation::Pending,
+                1,
+                Some(5_000),
+                Some("down"),
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .due_revocations(2_000, 10, Some("prod"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.mark_env_roles_due("prod", 2_000).await.unwrap(), 1);
+        let due = store
+            .due_revocations(2_000, 10, Some("prod"))
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].revocation, Some(ExternalRevocation::Pending));
+        assert!(
+            store
+                .due_revocations(2_000, 10, Some("staging"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.mark_env_roles_due("staging", 2_000).await.unwrap(), 0);
     }
 }
