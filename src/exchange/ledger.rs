@@ -24,7 +24,7 @@
 //!   (503): its token's single-use slot is given back and its other intents stay for
 //!   reconciliation (the lease takes all of its intents over, or none).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -35,7 +35,7 @@ use crate::audit::AuditLog;
 use crate::clock::SharedClock;
 use crate::crypto::Keyring;
 use crate::error::ApiError;
-use crate::store::{NewLease, ReplaySlot, Store, StoreError};
+use crate::store::{BatchItem, NewLease, ReplaySlot, Store, StoreError};
 
 /// Exchanges waiting for the ledger; callers beyond this wait to queue.
 const QUEUE: usize = 8192;
@@ -317,29 +317,34 @@ impl Writer {
             }
         }
         let keys: Vec<[u8; 32]> = first.keys().copied().collect();
-        let used = tx.replays_seen(&keys).await.map_err(BatchError::Store)?;
-        for (i, entry) in entries.iter().enumerate() {
-            if verdicts[i].is_none() && used.contains(&entry.slot.key) {
-                verdicts[i] = Some(ExchangeError::Replayed);
-            }
-        }
-
-        // Freezes committed before this transaction (on PostgreSQL the environments' rows are
-        // share-locked: a freeze waits for this batch).
         let mut envs: Vec<&str> = entries.iter().map(|e| e.env.as_str()).collect();
         envs.sort_unstable();
         envs.dedup();
-        let frozen = tx.frozen_among(&envs).await.map_err(BatchError::Store)?;
-        // Leases were sealed with a cached data key: it must still be live (a key destroyed
-        // on any replica refuses the lease); a newer version makes the cache refresh.
-        let keys = tx.key_versions(&envs).await.map_err(BatchError::Store)?;
+        let names: Vec<&str> = live(entries, &verdicts)
+            .flat_map(|(_, e)| e.intents.iter().map(String::as_str))
+            .collect();
+        // One read of everything the batch decides on, inside its transaction: freezes
+        // committed before it are seen (on PostgreSQL a freeze waits for it), and role
+        // intents are locked against reconciliation.
+        let checks = tx
+            .checks(&keys, &envs, &names)
+            .await
+            .map_err(BatchError::Store)?;
+        for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()) {
+            if verdict.is_none() && checks.used.contains(&entry.slot.key) {
+                *verdict = Some(ExchangeError::Replayed);
+            }
+        }
         for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()) {
             if verdict.is_some() {
                 continue;
             }
+            // Leases were sealed with a cached data key: it must still be live (a key
+            // destroyed on any replica refuses the lease); a newer version makes the cache
+            // refresh.
             let version = entry.lease.lease.key_version;
-            let state = keys.get(&entry.env);
-            if frozen.contains(&entry.env) {
+            let state = checks.keys.get(&entry.env);
+            if checks.frozen.contains(&entry.env) {
                 *verdict = Some(ExchangeError::Frozen(entry.env.clone()));
             } else if state.is_none_or(|k| k.destroyed.contains(&version) || version > k.current) {
                 self.keyring.invalidate(&entry.env);
@@ -348,57 +353,39 @@ impl Writer {
                 )));
             } else if state.is_some_and(|k| version < k.current) {
                 self.keyring.invalidate(&entry.env);
+            } else if entry.intents.iter().any(|n| !checks.intents.contains(n)) {
+                // PostgreSQL roles: the lease takes all its intents over, or none of them
+                // (those of an exchange whose intent reconciliation claimed stay for it).
+                *verdict = Some(ExchangeError::Abandoned);
+            }
+        }
+        // A token presented again in this batch was not used after all.
+        for i in 0..entries.len() {
+            if let Some(j) = duplicate_of[i]
+                && matches!(verdicts[j], Some(ExchangeError::Abandoned))
+            {
+                verdicts[i] = Some(ExchangeError::Abandoned);
             }
         }
 
-        // Claim the slots; one taken meanwhile by another replica is a replay too.
-        let slots: Vec<&ReplaySlot> = live(entries, &verdicts).map(|(_, e)| &e.slot).collect();
+        // Claim the slots and write the rows; a slot another replica took meanwhile is a
+        // replay too (that exchange wrote nothing).
+        let items: Vec<BatchItem<'_>> = live(entries, &verdicts)
+            .map(|(_, e)| BatchItem {
+                slot: &e.slot,
+                intents: &e.intents,
+                lease: &e.lease,
+            })
+            .collect();
         let claimed = tx
-            .claim_replays(&slots, now)
+            .write_batch(&items, now)
             .await
             .map_err(BatchError::Store)?;
-        for (i, entry) in entries.iter().enumerate() {
-            if verdicts[i].is_none() && !claimed.contains(&entry.slot.key) {
-                verdicts[i] = Some(ExchangeError::Replayed);
+        for (entry, verdict) in entries.iter().zip(verdicts.iter_mut()) {
+            if verdict.is_none() && !claimed.contains(&entry.slot.key) {
+                *verdict = Some(ExchangeError::Replayed);
             }
         }
-
-        // PostgreSQL roles: the lease takes all its intents over, or none of them (those of
-        // an exchange whose intent reconciliation claimed stay for reconciliation).
-        let names: Vec<&str> = live(entries, &verdicts)
-            .flat_map(|(_, e)| e.intents.iter().map(String::as_str))
-            .collect();
-        if !names.is_empty() {
-            let present: HashSet<String> =
-                tx.lock_intents(&names).await.map_err(BatchError::Store)?;
-            let mut released = Vec::new();
-            for (i, entry) in entries.iter().enumerate() {
-                if verdicts[i].is_none() && entry.intents.iter().any(|n| !present.contains(n)) {
-                    verdicts[i] = Some(ExchangeError::Abandoned);
-                    released.push(entry.slot.key);
-                }
-            }
-            // A token presented again in this batch was not used after all.
-            for i in 0..entries.len() {
-                if let Some(j) = duplicate_of[i]
-                    && matches!(verdicts[j], Some(ExchangeError::Abandoned))
-                {
-                    verdicts[i] = Some(ExchangeError::Abandoned);
-                }
-            }
-            if !released.is_empty() {
-                tx.release_replays(&released)
-                    .await
-                    .map_err(BatchError::Store)?;
-            }
-            let taken: Vec<&str> = live(entries, &verdicts)
-                .flat_map(|(_, e)| e.intents.iter().map(String::as_str))
-                .collect();
-            tx.take_intents(&taken).await.map_err(BatchError::Store)?;
-        }
-
-        let leases: Vec<&NewLease> = live(entries, &verdicts).map(|(_, e)| &e.lease).collect();
-        tx.insert_leases(&leases).await.map_err(BatchError::Store)?;
 
         // Every record of the batch under one fsync, before the commit (fail closed).
         let records = entries

@@ -12,7 +12,7 @@ mod sql;
 
 use crate::mint::Kind;
 
-pub use sql::{KeyState, LeaderLock, NewLease, ReplaySlot, Store, WriteTx};
+pub use sql::{BatchChecks, BatchItem, KeyState, LeaderLock, NewLease, ReplaySlot, Store, WriteTx};
 
 /// Store failures. Messages carry no SQL text with values and no secret.
 #[derive(Debug, thiserror::Error)]

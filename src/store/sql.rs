@@ -91,6 +91,6 @@ mod replay;
 mod revocations;
 mod secrets;
 
-pub use batch::{KeyState, NewLease, ReplaySlot};
+pub use batch::{BatchChecks, BatchItem, KeyState, NewLease, ReplaySlot};
 pub use leader::LeaderLock;
 pub use open::WriteTx;

@@ -1,24 +1,28 @@
-//! The write half of the exchange ledger: a whole batch of exchanges in a few multi-row
-//! statements inside one write transaction, the same SQL on SQLite and PostgreSQL.
+//! The write half of the exchange ledger: what a batch of exchanges reads before it decides
+//! ([`WriteTx::checks`]) and the rows it keeps ([`WriteTx::write_batch`]), each a fixed,
+//! small number of statements whatever the batch size, inside one write transaction.
 //!
-//! Each call costs one round trip to the database whatever the batch size, so a batch of
-//! exchanges holds the writer for about as long as one exchange used to. Rows are chunked so
-//! no statement exceeds the backends' limits on bound parameters.
+//! A batch therefore holds the writer for about as long as one exchange would. Each backend
+//! has its own statements ([`sqlite`], [`postgres`]); both keep the same guarantees:
+//! - the checks are read inside the transaction that writes: on SQLite under the write lock
+//!   taken at `BEGIN IMMEDIATE`, on PostgreSQL with the environments' rows share-locked (a
+//!   freeze waits for the batch) and the role intents locked for update (reconciliation
+//!   waits);
+//! - a source token's slot is claimed once: an exchange whose slot another replica took
+//!   meanwhile writes nothing and is reported unclaimed.
+
+mod postgres;
+mod sqlite;
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{QueryBuilder, Row};
+use sqlx::QueryBuilder;
 
 use super::WriteTx;
 use crate::store::{CredentialRow, LeaseRow, Result};
 
-/// Rows per multi-row statement on SQLite (it allows 32,766 bound parameters; the widest row
-/// here binds 10).
+/// Rows per multi-row statement (PostgreSQL arrays; SQLite JSON arrays are not split).
 const ROWS_PER_STATEMENT: usize = 1000;
-/// Most bytes of bound values per statement on PostgreSQL. sqlx leaves Nagle's algorithm on
-/// and a socket starts with a 16 KiB send buffer: a larger message goes out in two writes and
-/// the second waits for the server's delayed ACK (about 40 ms). Statements stay under it.
-const PG_STATEMENT_BYTES: usize = 8 * 1024;
 
 /// Splits `rows` into runs of at most `max_rows` rows and `budget` bytes (by `size`); a row
 /// larger than the budget goes alone.
@@ -44,26 +48,6 @@ fn chunks_by<T>(
     out
 }
 
-/// Runs `$body` with `$c` bound to the transaction's connection and `$db` to its database type.
-macro_rules! with_tx_db {
-    ($tx:expr, |$c:ident, $db:ident| $body:block) => {
-        match $tx {
-            WriteTx::Sqlite(tx) => {
-                let $c = &mut **tx;
-                #[allow(dead_code)]
-                type $db = sqlx::Sqlite;
-                $body
-            }
-            WriteTx::Postgres(tx) => {
-                let $c = &mut **tx;
-                #[allow(dead_code)]
-                type $db = sqlx::Postgres;
-                $body
-            }
-        }
-    };
-}
-
 /// An environment's data-key versions, as a batch sees them.
 #[derive(Debug, Clone, Default)]
 pub struct KeyState {
@@ -71,6 +55,20 @@ pub struct KeyState {
     pub current: i64,
     /// Versions destroyed.
     pub destroyed: HashSet<i64>,
+}
+
+/// What a batch reads, inside its transaction, before it decides.
+#[derive(Debug, Default)]
+pub struct BatchChecks {
+    /// Source tokens already used (replay keys).
+    pub used: HashSet<[u8; 32]>,
+    /// Frozen environments among those asked.
+    pub frozen: HashSet<String>,
+    /// Data-key state of each environment asked that has keys.
+    pub keys: HashMap<String, KeyState>,
+    /// PostgreSQL role intents, among those asked, that still exist (reconciliation has not
+    /// claimed them).
+    pub intents: HashSet<String>,
 }
 
 /// A source token's single-use slot.
@@ -95,6 +93,18 @@ pub struct NewLease {
     pub credentials: Vec<CredentialRow>,
 }
 
+/// What one exchange of a batch writes: its slot, the role intents its lease takes over, the
+/// lease. Slots of one batch are distinct.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchItem<'a> {
+    /// The source token's slot.
+    pub slot: &'a ReplaySlot,
+    /// PostgreSQL role intents the lease takes over (all present, per the checks).
+    pub intents: &'a [String],
+    /// The lease, its claims and credentials.
+    pub lease: &'a NewLease,
+}
+
 /// Appends `(v1, v2, …)`, each value bound, then `tail`.
 pub(super) fn push_list<DB, T>(
     q: &mut QueryBuilder<DB>,
@@ -112,337 +122,51 @@ pub(super) fn push_list<DB, T>(
     q.push(")").push(tail);
 }
 
-/// A 32-byte replay key from a row's `key` column (anything else is not one of ours).
-fn replay_key<R: Row>(r: &R) -> Result<Option<[u8; 32]>>
-where
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-    for<'d> Vec<u8>: sqlx::Decode<'d, R::Database> + sqlx::Type<R::Database>,
-{
-    let key: Vec<u8> = r.try_get("key")?;
-    Ok(<[u8; 32]>::try_from(key.as_slice()).ok())
-}
-
 impl WriteTx {
-    /// `rows` in runs sized for one statement of this backend (`size`: bytes a row binds).
-    fn statements<'r, T>(&self, rows: &'r [T], size: impl Fn(&T) -> usize) -> Vec<&'r [T]> {
-        match self {
-            WriteTx::Sqlite(_) => chunks_by(rows, ROWS_PER_STATEMENT, usize::MAX, size),
-            WriteTx::Postgres(_) => chunks_by(rows, ROWS_PER_STATEMENT, PG_STATEMENT_BYTES, size),
-        }
-    }
-
-    /// Which of `envs` are frozen, read inside the transaction. On PostgreSQL the rows are
-    /// share-locked, so a freeze waits for this transaction to end: no lease of a batch that
-    /// did not see the freeze commits after the freeze has.
-    pub async fn frozen_among(&mut self, envs: &[&str]) -> Result<HashSet<String>> {
-        if envs.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let postgres = matches!(self, WriteTx::Postgres(_));
-        with_tx_db!(self, |conn, Db| {
-            // Every environment gets a row, so there is always one to lock.
-            let mut q: QueryBuilder<Db> = QueryBuilder::new("INSERT INTO environments (env) ");
-            q.push_values(envs, |mut b, env| {
-                b.push_bind(env.to_string());
-            });
-            q.push(" ON CONFLICT (env) DO NOTHING");
-            q.build().execute(&mut *conn).await?;
-            let mut q: QueryBuilder<Db> =
-                QueryBuilder::new("SELECT env, frozen FROM environments WHERE env IN ");
-            let lock = if postgres { " FOR SHARE" } else { "" };
-            push_list(&mut q, envs.iter().map(|e| e.to_string()), lock);
-            let rows = q.build().fetch_all(&mut *conn).await?;
-            let mut frozen = HashSet::new();
-            for r in &rows {
-                if r.try_get::<i64, _>("frozen")? != 0 {
-                    frozen.insert(r.try_get::<String, _>("env")?);
-                }
-            }
-            Ok(frozen)
-        })
-    }
-
-    /// The data-key state of `envs` as committed now: per environment, its newest version and
-    /// the versions destroyed (crypto-shredded).
-    pub async fn key_versions(&mut self, envs: &[&str]) -> Result<HashMap<String, KeyState>> {
-        let mut out: HashMap<String, KeyState> = HashMap::new();
-        if envs.is_empty() {
-            return Ok(out);
-        }
-        with_tx_db!(self, |conn, Db| {
-            let mut q: QueryBuilder<Db> = QueryBuilder::new(
-                "SELECT env, version, CAST(CASE WHEN wrapped IS NULL THEN 1 ELSE 0 END AS BIGINT)
-                 AS destroyed FROM data_keys WHERE env IN ",
-            );
-            push_list(&mut q, envs.iter().map(|e| e.to_string()), "");
-            for r in q.build().fetch_all(&mut *conn).await? {
-                let env: String = r.try_get("env")?;
-                let version: i64 = r.try_get("version")?;
-                let state = out.entry(env).or_default();
-                state.current = state.current.max(version);
-                if r.try_get::<i64, _>("destroyed")? != 0 {
-                    state.destroyed.insert(version);
-                }
-            }
-        });
-        Ok(out)
-    }
-
-    /// Which of `keys` were already used (read inside the transaction).
-    pub async fn replays_seen(&mut self, keys: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>> {
-        let mut seen = HashSet::new();
-        for chunk in self.statements(keys, |_| 40) {
-            with_tx_db!(self, |conn, Db| {
-                let mut q: QueryBuilder<Db> =
-                    QueryBuilder::new("SELECT key FROM replay WHERE key IN ");
-                push_list(&mut q, chunk.iter().map(|k| k.to_vec()), "");
-                for r in q.build().fetch_all(&mut *conn).await? {
-                    seen.extend(replay_key(&r)?);
-                }
-            });
-        }
-        Ok(seen)
-    }
-
-    /// Which of the role intents `role_names` still exist; on PostgreSQL they are locked
-    /// until the transaction ends, so reconciliation cannot claim them in between.
-    pub async fn lock_intents(&mut self, role_names: &[&str]) -> Result<HashSet<String>> {
-        let postgres = matches!(self, WriteTx::Postgres(_));
-        let mut sorted = role_names.to_vec();
-        sorted.sort_unstable();
-        let mut present = HashSet::with_capacity(sorted.len());
-        for chunk in self.statements(&sorted, |n| 8 + n.len()) {
-            with_tx_db!(self, |conn, Db| {
-                let mut q: QueryBuilder<Db> =
-                    QueryBuilder::new("SELECT role_name FROM pg_intents WHERE role_name IN ");
-                let lock = if postgres {
-                    " ORDER BY role_name FOR UPDATE"
-                } else {
-                    ""
-                };
-                push_list(&mut q, chunk.iter().map(|n| n.to_string()), lock);
-                for r in q.build().fetch_all(&mut *conn).await? {
-                    present.insert(r.try_get::<String, _>("role_name")?);
-                }
-            });
-        }
-        Ok(present)
-    }
-
-    /// Records source tokens as used; returns the keys recorded now. A key missing from the
-    /// answer was already used (a replay). Keys must be distinct; they are inserted in
-    /// ascending order so concurrent batches on PostgreSQL lock them in the same order and
-    /// never deadlock.
-    pub async fn claim_replays(
+    /// Reads, for a batch: which of `keys` were used, which of `envs` are frozen and their
+    /// data-key versions, which of the role intents `intents` still exist (on PostgreSQL
+    /// locked until the transaction ends).
+    pub async fn checks(
         &mut self,
-        slots: &[&ReplaySlot],
+        keys: &[[u8; 32]],
+        envs: &[&str],
+        intents: &[&str],
+    ) -> Result<BatchChecks> {
+        match self {
+            WriteTx::Sqlite(tx) => sqlite::checks(tx, keys, envs, intents).await,
+            WriteTx::Postgres(tx) => postgres::checks(tx, keys, envs, intents).await,
+        }
+    }
+
+    /// Writes a batch's exchanges: claims each slot, deletes the role intents each lease
+    /// takes over, inserts the leases with their claims and credentials. Returns the slots
+    /// claimed; an exchange whose slot is missing (another replica used the token meanwhile)
+    /// wrote nothing.
+    pub async fn write_batch(
+        &mut self,
+        items: &[BatchItem<'_>],
         now: i64,
     ) -> Result<HashSet<[u8; 32]>> {
-        let mut sorted: Vec<&ReplaySlot> = slots.to_vec();
-        sorted.sort_unstable_by_key(|s| s.key);
-        let mut claimed = HashSet::with_capacity(sorted.len());
-        for chunk in self.statements(&sorted, |s| 60 + s.issuer.len()) {
-            with_tx_db!(self, |conn, Db| {
-                let mut q: QueryBuilder<Db> =
-                    QueryBuilder::new("INSERT INTO replay (key, issuer, seen_at, expires_at) ");
-                q.push_values(chunk, |mut b, s| {
-                    b.push_bind(s.key.to_vec())
-                        .push_bind(s.issuer.clone())
-                        .push_bind(now)
-                        .push_bind(s.expires_at);
-                });
-                q.push(" ON CONFLICT (key) DO NOTHING RETURNING key");
-                for r in q.build().fetch_all(&mut *conn).await? {
-                    claimed.extend(replay_key(&r)?);
-                }
-            });
+        if items.is_empty() {
+            return Ok(HashSet::new());
         }
-        Ok(claimed)
+        match self {
+            WriteTx::Sqlite(tx) => sqlite::write_batch(tx, items, now).await,
+            WriteTx::Postgres(tx) => postgres::write_batch(tx, items, now).await,
+        }
     }
 
-    /// Gives single-use slots back (an exchange of the batch was abandoned after its slot was
-    /// taken: its token may be presented again).
-    pub async fn release_replays(&mut self, keys: &[[u8; 32]]) -> Result<()> {
-        for chunk in self.statements(keys, |_| 40) {
-            with_tx_db!(self, |conn, Db| {
-                let mut q: QueryBuilder<Db> = QueryBuilder::new("DELETE FROM replay WHERE key IN ");
-                push_list(&mut q, chunk.iter().map(|k| k.to_vec()), "");
-                q.build().execute(&mut *conn).await?;
-            });
-        }
-        Ok(())
-    }
-
-    /// Deletes role intents as their leases take over (locked first with
-    /// [`lock_intents`](Self::lock_intents), so all of them exist).
-    pub async fn take_intents(&mut self, role_names: &[&str]) -> Result<()> {
-        for chunk in self.statements(role_names, |n| 8 + n.len()) {
-            with_tx_db!(self, |conn, Db| {
-                let mut q: QueryBuilder<Db> =
-                    QueryBuilder::new("DELETE FROM pg_intents WHERE role_name IN ");
-                push_list(&mut q, chunk.iter().map(|n| n.to_string()), "");
-                q.build().execute(&mut *conn).await?;
-            });
-        }
-        Ok(())
-    }
-
-    /// Inserts leases with their indexed claims and credentials: three multi-row statements
-    /// (more only for batches beyond `ROWS_PER_STATEMENT` rows).
+    /// Inserts leases with their indexed claims and credentials (fixtures; the ledger uses
+    /// [`write_batch`](Self::write_batch)).
     pub async fn insert_leases(&mut self, leases: &[&NewLease]) -> Result<()> {
-        if let WriteTx::Postgres(tx) = self {
-            return insert_leases_pg(tx, leases).await;
+        if leases.is_empty() {
+            return Ok(());
         }
-        for chunk in leases.chunks(ROWS_PER_STATEMENT) {
-            with_tx_db!(self, |conn, Db| {
-                let mut q: QueryBuilder<Db> = QueryBuilder::new(
-                    "INSERT INTO leases (id, env, role, issuer, subject, policy_version, issued_at,
-                                         expires_at, key_version, sealed) ",
-                );
-                q.push_values(chunk, |mut b, n| {
-                    let l = &n.lease;
-                    b.push_bind(l.id.clone())
-                        .push_bind(l.env.clone())
-                        .push_bind(l.role.clone())
-                        .push_bind(l.issuer.clone())
-                        .push_bind(l.subject.clone())
-                        .push_bind(l.policy_version.clone())
-                        .push_bind(l.issued_at)
-                        .push_bind(l.expires_at)
-                        .push_bind(l.key_version)
-                        .push_bind(l.sealed.clone());
-                });
-                q.build().execute(&mut *conn).await?;
-            });
+        match self {
+            WriteTx::Sqlite(tx) => sqlite::insert_leases(tx, leases).await,
+            WriteTx::Postgres(tx) => postgres::insert_leases(tx, leases).await,
         }
-        let claims: Vec<(&str, &str, &str)> = leases
-            .iter()
-            .flat_map(|n| {
-                n.claims
-                    .iter()
-                    .map(|(k, v)| (n.lease.id.as_str(), k.as_str(), v.as_str()))
-            })
-            .collect();
-        for chunk in claims.chunks(ROWS_PER_STATEMENT) {
-            with_tx_db!(self, |conn, Db| {
-                let mut q: QueryBuilder<Db> =
-                    QueryBuilder::new("INSERT INTO lease_claims (lease_id, name, value) ");
-                q.push_values(chunk, |mut b, (id, name, value)| {
-                    b.push_bind(id.to_string())
-                        .push_bind(name.to_string())
-                        .push_bind(value.to_string());
-                });
-                q.build().execute(&mut *conn).await?;
-            });
-        }
-        let creds: Vec<&CredentialRow> = leases.iter().flat_map(|n| &n.credentials).collect();
-        for chunk in creds.chunks(ROWS_PER_STATEMENT) {
-            with_tx_db!(self, |conn, Db| {
-                let mut q: QueryBuilder<Db> = QueryBuilder::new(
-                    "INSERT INTO credentials (id, lease_id, env, name, kind, token_hash, scope,
-                                              expires_at) ",
-                );
-                q.push_values(chunk, |mut b, c| {
-                    b.push_bind(c.id.clone())
-                        .push_bind(c.lease_id.clone())
-                        .push_bind(c.env.clone())
-                        .push_bind(c.name.clone())
-                        .push_bind(c.kind.name())
-                        .push_bind(c.token_hash.clone())
-                        .push_bind(c.scope.clone())
-                        .push_bind(c.expires_at);
-                });
-                q.build().execute(&mut *conn).await?;
-            });
-        }
-        Ok(())
     }
-}
-
-/// PostgreSQL: the same rows through `UNNEST` of one array per column, so each statement has
-/// one text whatever the batch size (it stays prepared on its connection), in statements of
-/// at most [`PG_STATEMENT_BYTES`].
-async fn insert_leases_pg(conn: &mut sqlx::PgConnection, leases: &[&NewLease]) -> Result<()> {
-    let lease_bytes = |n: &&NewLease| 160 + n.lease.sealed.len() + n.lease.subject.len();
-    for chunk in chunks_by(leases, ROWS_PER_STATEMENT, PG_STATEMENT_BYTES, lease_bytes) {
-        let text = |f: &dyn Fn(&LeaseRow) -> String| -> Vec<String> {
-            chunk.iter().map(|n| f(&n.lease)).collect()
-        };
-        let int = |f: &dyn Fn(&LeaseRow) -> i64| -> Vec<i64> {
-            chunk.iter().map(|n| f(&n.lease)).collect()
-        };
-        sqlx::query(
-            "INSERT INTO leases (id, env, role, issuer, subject, policy_version, issued_at,
-                                 expires_at, key_version, sealed)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::bytea[])",
-        )
-        .bind(text(&|l| l.id.clone()))
-        .bind(text(&|l| l.env.clone()))
-        .bind(text(&|l| l.role.clone()))
-        .bind(text(&|l| l.issuer.clone()))
-        .bind(text(&|l| l.subject.clone()))
-        .bind(text(&|l| l.policy_version.clone()))
-        .bind(int(&|l| l.issued_at))
-        .bind(int(&|l| l.expires_at))
-        .bind(int(&|l| l.key_version))
-        .bind(
-            chunk
-                .iter()
-                .map(|n| n.lease.sealed.clone())
-                .collect::<Vec<Vec<u8>>>(),
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
-    let claims: Vec<(&str, &str, &str)> = leases
-        .iter()
-        .flat_map(|n| {
-            n.claims
-                .iter()
-                .map(|(k, v)| (n.lease.id.as_str(), k.as_str(), v.as_str()))
-        })
-        .collect();
-    let claim_bytes = |(id, k, v): &(&str, &str, &str)| 12 + id.len() + k.len() + v.len();
-    for chunk in chunks_by(&claims, ROWS_PER_STATEMENT, PG_STATEMENT_BYTES, claim_bytes) {
-        sqlx::query(
-            "INSERT INTO lease_claims (lease_id, name, value)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
-        )
-        .bind(chunk.iter().map(|c| c.0.to_string()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|c| c.1.to_string()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|c| c.2.to_string()).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    let creds: Vec<&CredentialRow> = leases.iter().flat_map(|n| &n.credentials).collect();
-    let cred_bytes = |c: &&CredentialRow| 160 + c.scope.len();
-    for chunk in chunks_by(&creds, ROWS_PER_STATEMENT, PG_STATEMENT_BYTES, cred_bytes) {
-        let text = |f: &dyn Fn(&CredentialRow) -> String| -> Vec<String> {
-            chunk.iter().map(|c| f(c)).collect()
-        };
-        sqlx::query(
-            "INSERT INTO credentials (id, lease_id, env, name, kind, token_hash, scope, expires_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::bytea[], $7::text[], $8::int8[])",
-        )
-        .bind(text(&|c| c.id.clone()))
-        .bind(text(&|c| c.lease_id.clone()))
-        .bind(text(&|c| c.env.clone()))
-        .bind(text(&|c| c.name.clone()))
-        .bind(text(&|c| c.kind.name().to_string()))
-        .bind(
-            chunk
-                .iter()
-                .map(|c| c.token_hash.clone())
-                .collect::<Vec<Option<Vec<u8>>>>(),
-        )
-        .bind(text(&|c| c.scope.clone()))
-        .bind(chunk.iter().map(|c| c.expires_at).collect::<Vec<i64>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -456,5 +180,168 @@ mod tests {
         assert_eq!(sizes(chunks_by(&rows, 100, 6, |r| *r)), [2, 1, 1, 4]);
         assert_eq!(sizes(chunks_by(&rows, 3, usize::MAX, |r| *r)), [3, 3, 2]);
         assert!(chunks_by(&Vec::<usize>::new(), 3, 6, |r| *r).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod sqlite_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::{BatchItem, NewLease, ReplaySlot};
+    use crate::mint::Kind;
+    use crate::store::{CredentialRow, LeaseRow, PgIntent, Store};
+
+    fn lease(id: &str, claims: &[(&str, &str)], hash: Option<Vec<u8>>) -> NewLease {
+        NewLease {
+            lease: LeaseRow {
+                id: id.into(),
+                env: "prod".into(),
+                role: "deploy".into(),
+                issuer: "https://issuer".into(),
+                subject: "repo:o/r:ref:refs/heads/main".into(),
+                policy_version: "v1".into(),
+                issued_at: 1_000,
+                expires_at: 2_000,
+                revoked_at: None,
+                revoke_reason: None,
+                key_version: 1,
+                sealed: vec![0, 255, 7, 0, 128],
+                revocation: None,
+                revocation_attempts: 0,
+            },
+            claims: claims
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            credentials: vec![CredentialRow {
+                id: format!("crd_{id}"),
+                lease_id: id.into(),
+                env: "prod".into(),
+                name: "api".into(),
+                kind: if hash.is_some() {
+                    Kind::Token
+                } else {
+                    Kind::Jwt
+                },
+                token_hash: hash,
+                scope: r#"["app/*"]"#.into(),
+                expires_at: 2_000,
+            }],
+        }
+    }
+
+    fn slot(k: u8) -> ReplaySlot {
+        ReplaySlot {
+            key: [k; 32],
+            issuer: "https://issuer".into(),
+            expires_at: 3_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_reads_what_it_decides_on_and_writes_every_value_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::open(&url).await.unwrap();
+        store.insert_data_key("prod", 1, b"w1", 1).await.unwrap();
+        store.insert_data_key("prod", 2, b"w2", 1).await.unwrap();
+        store
+            .set_frozen("dev", true, "incident", "sec", 1)
+            .await
+            .unwrap();
+        let intent = |n: &str| PgIntent {
+            role_name: n.into(),
+            target: "main".into(),
+            env: "prod".into(),
+            lease_id: "lse_a".into(),
+        };
+        store.insert_intent(&intent("jp_r1"), 1).await.unwrap();
+        store.insert_intent(&intent("jp_r3"), 1).await.unwrap();
+        store.destroy_keys("gone", 1).await.unwrap();
+
+        let mut tx = store.begin().await.unwrap();
+        let checks = tx
+            .checks(&[[1; 32]], &["prod", "dev", "none"], &["jp_r1", "jp_r2"])
+            .await
+            .unwrap();
+        assert!(checks.used.is_empty());
+        assert_eq!(checks.frozen.iter().collect::<Vec<_>>(), ["dev"]);
+        assert_eq!(checks.keys["prod"].current, 2);
+        assert!(!checks.keys.contains_key("none"));
+        assert_eq!(checks.intents.iter().collect::<Vec<_>>(), ["jp_r1"]);
+
+        // Values JSON would mangle if the rows were built carelessly.
+        let odd = [
+            ("nul", "a\u{0}b"),
+            ("unicode", "é🦀\u{2028}"),
+            ("quotes", "\"x\\y'z"),
+            ("empty", ""),
+        ];
+        let hash = vec![0u8, 1, 254, 255];
+        let (a, b) = (
+            lease("lse_a", &odd, Some(hash.clone())),
+            lease("lse_b", &[], None),
+        );
+        let (sa, sb) = (slot(1), slot(2));
+        let intents = ["jp_r1".to_string()];
+        let items = [
+            BatchItem {
+                slot: &sa,
+                intents: &intents,
+                lease: &a,
+            },
+            BatchItem {
+                slot: &sb,
+                intents: &[],
+                lease: &b,
+            },
+        ];
+        let claimed = tx.write_batch(&items, 1_000).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        tx.commit().await.unwrap();
+
+        let stored = store.lease("lse_a").await.unwrap().unwrap();
+        assert_eq!(stored.sealed, a.lease.sealed);
+        assert_eq!(stored.subject, a.lease.subject);
+        let creds = store.lease_credentials("lse_a").await.unwrap();
+        assert_eq!(creds[0].token_hash.as_deref(), Some(hash.as_slice()));
+        assert_eq!(creds[0].kind, Kind::Token);
+        let creds = store.lease_credentials("lse_b").await.unwrap();
+        assert_eq!(creds[0].token_hash, None);
+        let Store::Sqlite { writer, .. } = &store else {
+            unreachable!()
+        };
+        let mut claims: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, value FROM lease_claims WHERE lease_id = 'lse_a'")
+                .fetch_all(writer)
+                .await
+                .unwrap();
+        claims.sort();
+        let mut want: Vec<(String, String)> = odd
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        want.sort();
+        assert_eq!(claims, want);
+
+        // The slots are used, the intent taken over; the other intent is left alone.
+        let mut tx = store.begin().await.unwrap();
+        let checks = tx
+            .checks(&[[1; 32], [2; 32], [3; 32]], &[], &["jp_r1", "jp_r3"])
+            .await
+            .unwrap();
+        assert_eq!(checks.used.len(), 2);
+        assert!(!checks.used.contains(&[3; 32]));
+        assert_eq!(checks.intents.iter().collect::<Vec<_>>(), ["jp_r3"]);
+        // A used slot fails the whole write: nothing of it is kept.
+        let c = lease("lse_c", &[], None);
+        let again = [BatchItem {
+            slot: &sa,
+            intents: &[],
+            lease: &c,
+        }];
+        assert!(tx.write_batch(&again, 1_001).await.is_err());
+        drop(tx);
+        assert!(store.lease("lse_c").await.unwrap().is_none());
     }
 }

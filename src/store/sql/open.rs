@@ -93,6 +93,9 @@ impl Store {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            // A local file: a ping before every write transaction would only cost a round
+            // trip to the connection's thread (a failed statement still surfaces as an error).
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts.clone())
             .await?;
