@@ -21,7 +21,7 @@
 //!   read inside the transaction; on PostgreSQL it is share-locked, so a freeze waits for
 //!   batches in flight and no lease commits after a freeze did);
 //! - an exchange whose PostgreSQL role intent was claimed by reconciliation is abandoned
-//!   (503): its token's single-use slot is given back and its other intents stay for
+//!   (503): its token's single-use slot is left untaken and its other intents stay for
 //!   reconciliation (the lease takes all of its intents over, or none).
 
 use std::collections::HashMap;
@@ -788,7 +788,7 @@ mod tests {
         assert!(f.store.replay_seen(&[1; 32]).await.unwrap());
         assert!(
             !f.store.replay_seen(&[2; 32]).await.unwrap(),
-            "slot given back"
+            "slot left untaken"
         );
         let left: Vec<String> = f
             .store
