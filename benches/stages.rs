@@ -69,7 +69,9 @@ use jobpass::exchange::{ACTOR_CLAIMS, ExchangeRequest, token_actor};
 use jobpass::mint::Kind;
 use jobpass::mint::jwt::JwtSigner;
 use jobpass::oidc::{VerifiedToken, Verifier, VerifierOptions};
-use jobpass::policy::{Environment, Grant, GrantKind, PolicySet, ServerCapabilities};
+use jobpass::policy::{
+    Environment, Grant, GrantKind, PolicySet, ServerCapabilities, UnsupportedGrant,
+};
 use jobpass::store::{CredentialRow, LeaseRow, NewLease, ReplaySlot, Store};
 use jobpass::{crypto, mint};
 use ring::signature::{self, KeyPair as _};
@@ -304,9 +306,11 @@ impl ServerCapabilities for BenchCaps {
         url == GITHUB || url == EC_ISSUER
     }
 
-    fn supports_grant(&self, grant: &Grant) -> Result<(), String> {
-        match grant.kind {
-            GrantKind::Postgres { .. } => Err("no postgres target in this benchmark".into()),
+    fn supports_grant(&self, grant: &Grant) -> Result<(), UnsupportedGrant> {
+        match &grant.kind {
+            GrantKind::Postgres { database, .. } => {
+                Err(UnsupportedGrant::PostgresTarget(database.clone()))
+            }
             _ => Ok(()),
         }
     }

@@ -22,7 +22,9 @@ use crate::mint::postgres::PostgresMinter;
 use crate::mint::token::TokenMinter;
 use crate::mint::x509::X509Minter;
 use crate::oidc::{Verifier, VerifierOptions};
-use crate::policy::{Grant, GrantKind, PolicySet, ServerCapabilities};
+use crate::policy::{
+    Grant, GrantKind, PolicyErrors, PolicySet, ServerCapabilities, UnsupportedGrant,
+};
 use crate::store::Store;
 
 /// Why the broker could not start.
@@ -39,7 +41,7 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     /// Invalid policies.
     #[error("invalid policies:\n{0}")]
-    Policy(String),
+    Policy(#[from] PolicyErrors),
     /// Audit log problem.
     #[error("audit log: {0}")]
     Audit(String),
@@ -74,16 +76,14 @@ impl ServerCapabilities for Capabilities<'_> {
         self.config.issuer.iter().any(|i| i.url == url)
     }
 
-    fn supports_grant(&self, grant: &Grant) -> Result<(), String> {
+    fn supports_grant(&self, grant: &Grant) -> Result<(), UnsupportedGrant> {
         match &grant.kind {
             GrantKind::Token { .. } | GrantKind::Jwt { .. } | GrantKind::X509 { .. } => Ok(()),
             GrantKind::Postgres { database, .. } => {
                 if self.config.postgres.contains_key(database) {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "postgres database `{database}` is not configured ([postgres.{database}] in the server configuration)"
-                    ))
+                    Err(UnsupportedGrant::PostgresTarget(database.clone()))
                 }
             }
         }
@@ -169,8 +169,8 @@ pub fn audit_key(root: &RootKey) -> Result<AuditKey, crate::crypto::CryptoError>
 }
 
 /// Loads and validates the policy directory against the configuration.
-pub fn load_policies(config: &Config) -> Result<PolicySet, String> {
-    PolicySet::load_dir(&config.policies, &Capabilities { config }).map_err(|e| e.to_string())
+pub fn load_policies(config: &Config) -> Result<PolicySet, PolicyErrors> {
+    PolicySet::load_dir(&config.policies, &Capabilities { config })
 }
 
 impl App {
@@ -182,7 +182,7 @@ impl App {
         dev: Option<DevIssuer>,
     ) -> Result<Arc<App>, StartError> {
         let root = load_root_key(&config)?;
-        let policies = load_policies(&config).map_err(StartError::Policy)?;
+        let policies = load_policies(&config)?;
         let store = Store::open(&config.store).await?;
         let keyring = Arc::new(Keyring::new(
             root.derive(Purpose::Wrap)?,

@@ -535,7 +535,8 @@ fn dev_token(
     let extra: Map<String, Value> =
         serde_json::from_str(claims).map_err(|e| format!("--claims is not a JSON object: {e}"))?;
     let ttl = i64::try_from(ttl.as_secs()).unwrap_or(300);
-    let t = crate::dev::token(data_dir, policies, env, extra, ttl, &SystemClock)?;
+    let t = crate::dev::token(data_dir, policies, env, extra, ttl, &SystemClock)
+        .map_err(|e| e.to_string())?;
     println!("{t}");
     Ok(0)
 }
@@ -660,7 +661,7 @@ fn policy(c: PolicyCmd) -> Result<i32, String> {
                 Some(cfg) => {
                     let mut cfg = Config::load(Some(&cfg)).map_err(|e| e.to_string())?;
                     cfg.policies = dir.clone();
-                    app::load_policies(&cfg)
+                    app::load_policies(&cfg).map_err(|e| e.to_string())
                 }
                 None => PolicySet::load_dir(&dir, &AnyCapabilities).map_err(|e| e.to_string()),
             };

@@ -170,6 +170,37 @@ fn default_claims() -> Map<String, Value> {
     }
 }
 
+/// Why a dev token cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DevTokenError {
+    /// No dev server has run with this data directory.
+    #[error("{0} has no dev server data; start `jobpass serve --dev` first")]
+    NoDevServer(String),
+    /// The environment has no policy file.
+    #[error("no policy file for environment `{env}` in {dir}")]
+    NoPolicy {
+        /// The environment.
+        env: String,
+        /// The policy directory.
+        dir: String,
+    },
+    /// The policy file is not TOML.
+    #[error("policy file of `{0}` does not parse")]
+    PolicyParse(String),
+    /// The policy names no audience.
+    #[error("policy of `{0}` has no audience")]
+    NoAudience(String),
+    /// The dev issuer key cannot be loaded.
+    #[error(transparent)]
+    Signer(#[from] StartError),
+    /// No randomness for the token id.
+    #[error(transparent)]
+    Random(#[from] crate::crypto::CryptoError),
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] crate::mint::MintError),
+}
+
 /// Signs a dev token for `env` with the dev issuer key in `data_dir`.
 pub fn token(
     data_dir: &Path,
@@ -178,33 +209,28 @@ pub fn token(
     extra: Map<String, Value>,
     ttl_secs: i64,
     clock: &dyn Clock,
-) -> Result<String, String> {
+) -> Result<String, DevTokenError> {
     let info: Value = std::fs::read_to_string(data_dir.join(DEV_INFO))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
-        .ok_or_else(|| {
-            format!(
-                "{} has no dev server data; start `jobpass serve --dev` first",
-                data_dir.display()
-            )
-        })?;
+        .ok_or_else(|| DevTokenError::NoDevServer(data_dir.display().to_string()))?;
     let issuer = info["issuer"].as_str().unwrap_or_default().to_string();
     let text = std::fs::read_to_string(policies.join(format!("{env}.toml"))).map_err(|_| {
-        format!(
-            "no policy file for environment `{env}` in {}",
-            policies.display()
-        )
+        DevTokenError::NoPolicy {
+            env: env.to_owned(),
+            dir: policies.display().to_string(),
+        }
     })?;
     let table: toml::Table = text
         .parse()
-        .map_err(|_| format!("policy file of `{env}` does not parse"))?;
+        .map_err(|_| DevTokenError::PolicyParse(env.to_owned()))?;
     let audience = table
         .get("environment")
         .and_then(|e| e.get("audience"))
         .and_then(toml::Value::as_str)
-        .ok_or_else(|| format!("policy of `{env}` has no audience"))?
+        .ok_or_else(|| DevTokenError::NoAudience(env.to_owned()))?
         .to_string();
-    let signer = load_dev_signer(data_dir).map_err(|e| e.to_string())?;
+    let signer = load_dev_signer(data_dir)?;
     let mut claims = default_claims();
     for (k, v) in extra {
         claims.insert(k, v);
@@ -223,8 +249,7 @@ pub fn token(
     claims
         .entry("sub")
         .or_insert_with(|| Value::String(format!("repo:{repo}:ref:{git_ref}")));
-    let jti = random::time_ordered_id("dev_", u64::try_from(now).unwrap_or(0) * 1000)
-        .map_err(|e| e.to_string())?;
+    let jti = random::time_ordered_id("dev_", u64::try_from(now).unwrap_or(0) * 1000)?;
     for (k, v) in [
         ("iss", Value::String(issuer)),
         ("aud", Value::String(audience)),
@@ -235,7 +260,5 @@ pub fn token(
     ] {
         claims.insert(k.into(), v);
     }
-    signer
-        .sign(&Value::Object(claims))
-        .map_err(|e| e.to_string())
+    Ok(signer.sign(&Value::Object(claims))?)
 }

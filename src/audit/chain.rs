@@ -112,10 +112,27 @@ struct Links {
     prev: String,
 }
 
-/// Checks one line (without its `\n`): shape and MAC. Returns the reason on failure.
-pub(crate) fn check(key: &AuditKey, line: &[u8]) -> Result<Checked, String> {
+/// Why one line is not an authentic audit record.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LineError {
+    /// The line does not end in a `mac` field of lowercase hex.
+    #[error("not an audit record: no mac field at the end of the line")]
+    NoMac,
+    /// The `mac` field does not decode.
+    #[error("mac is not hex")]
+    MacNotHex,
+    /// The MAC does not authenticate the line under this key.
+    #[error("mac does not match: the line was altered (or the audit key is wrong)")]
+    MacMismatch,
+    /// Authentic, but not a record (a bug, or a key reused elsewhere).
+    #[error("authenticated line is not a valid record: {0}")]
+    NotARecord(serde_json::Error),
+}
+
+/// Checks one line (without its `\n`): shape and MAC.
+pub(crate) fn check(key: &AuditKey, line: &[u8]) -> Result<Checked, LineError> {
     let Some(split) = line.len().checked_sub(SUFFIX_LEN).filter(|&s| s > 0) else {
-        return Err("not an audit record: no mac field at the end of the line".to_owned());
+        return Err(LineError::NoMac);
     };
     let (open, suffix) = line.split_at(split);
     let Some(mac_hex) = suffix
@@ -123,19 +140,16 @@ pub(crate) fn check(key: &AuditKey, line: &[u8]) -> Result<Checked, String> {
         .and_then(|rest| rest.strip_suffix(LINE_END))
         .filter(|hex| hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
     else {
-        return Err("not an audit record: no mac field at the end of the line".to_owned());
+        return Err(LineError::NoMac);
     };
     let mut body = Vec::with_capacity(open.len() + 1);
     body.extend_from_slice(open);
     body.push(b'}');
-    let mac = hex::decode(mac_hex).map_err(|_| "mac is not hex".to_owned())?;
+    let mac = hex::decode(mac_hex).map_err(|_| LineError::MacNotHex)?;
     if !key.chain_verify(&body, &mac) {
-        return Err(
-            "mac does not match: the line was altered (or the audit key is wrong)".to_owned(),
-        );
+        return Err(LineError::MacMismatch);
     }
-    let links: Links = serde_json::from_slice(&body)
-        .map_err(|e| format!("authenticated line is not a valid record: {e}"))?;
+    let links: Links = serde_json::from_slice(&body).map_err(LineError::NotARecord)?;
     Ok(Checked {
         seq: links.seq,
         prev: links.prev,
@@ -261,11 +275,7 @@ mod tests {
         let r = render(&k, &pos, &sample()).unwrap();
         let text = r.line.trim_end_matches('\n').as_bytes();
         let other = AuditKey::from_bytes([8; 32]);
-        assert!(
-            check(&other, text)
-                .unwrap_err()
-                .contains("mac does not match")
-        );
+        assert!(matches!(check(&other, text), Err(LineError::MacMismatch)));
         let upper = String::from_utf8(text.to_vec())
             .unwrap()
             .replace(&r.mac, &r.mac.to_uppercase());

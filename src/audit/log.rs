@@ -464,7 +464,9 @@ fn resume(file: &File, len: u64, key: &AuditKey, path: &Path) -> Result<(u64, St
             });
         }
     }
-    let checked = check(key, &tail).map_err(|reason| AuditError::Resume { reason })?;
+    let checked = check(key, &tail).map_err(|e| AuditError::Resume {
+        reason: e.to_string(),
+    })?;
     Ok((checked.seq, checked.mac))
 }
 

@@ -69,7 +69,7 @@ pub fn verify(path: &Path, key: &AuditKey) -> Result<VerifyReport, AuditError> {
                     .to_owned(),
             ));
         }
-        let checked = check(key, line).map_err(tampered)?;
+        let checked = check(key, line).map_err(|e| tampered(e.to_string()))?;
         if checked.prev != head {
             return Err(tampered(if number == 1 {
                 "prev is not the genesis value: lines were removed from the start of the log"

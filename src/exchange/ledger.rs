@@ -351,12 +351,17 @@ impl Writer {
                 *verdict = Some(ExchangeError::Keys(crate::crypto::CryptoError::Destroyed(
                     entry.env.clone(),
                 )));
-            } else if state.is_some_and(|k| version < k.current) {
-                self.keyring.invalidate(&entry.env);
-            } else if entry.intents.iter().any(|n| !checks.intents.contains(n)) {
-                // PostgreSQL roles: the lease takes all its intents over, or none of them
-                // (those of an exchange whose intent reconciliation claimed stay for it).
-                *verdict = Some(ExchangeError::Abandoned);
+            } else {
+                if state.is_some_and(|k| version < k.current) {
+                    // Sealed under an older version, still live: the lease stands, the
+                    // cache refreshes.
+                    self.keyring.invalidate(&entry.env);
+                }
+                if entry.intents.iter().any(|n| !checks.intents.contains(n)) {
+                    // PostgreSQL roles: the lease takes all its intents over, or none of
+                    // them (those of an exchange whose intent reconciliation claimed stay).
+                    *verdict = Some(ExchangeError::Abandoned);
+                }
             }
         }
         // A token presented again in this batch was not used after all.
@@ -803,6 +808,26 @@ mod tests {
             ["jp_second"],
             "the abandoned exchange's intent stays for reconciliation"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lease_sealed_under_an_older_live_key_still_takes_all_its_intents_or_none() {
+        let f = fixture().await;
+        // The key was rotated after these leases were sealed under version 1.
+        assert!(
+            f.store
+                .insert_data_key("prod", 2, b"newer", NOW)
+                .await
+                .unwrap()
+        );
+        let mut lost = entry("prod", 1, 1);
+        lost.intents = vec!["jp_claimed_by_reconciliation".into()];
+        let plain = entry("prod", 2, 2);
+        let replies = f.writer.commit(&[lost, plain]).await;
+        assert_eq!(outcomes(&replies), ["abandoned", "issued"]);
+        assert!(f.store.lease("lse_0001").await.unwrap().is_none());
+        assert!(!f.store.replay_seen(&[1; 32]).await.unwrap());
+        assert!(f.store.lease("lse_0002").await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -52,8 +52,29 @@ async fn audit(
     }
 }
 
+/// Why one attempt to drop a lease's database roles failed (kept on the lease and audited;
+/// never a secret: role names and target names only).
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// The lease's sealed details cannot be opened (its key destroyed, or corrupt).
+    #[error("{0}")]
+    Open(#[from] crate::crypto::CryptoError),
+    /// The opened details are not the JSON a lease holds.
+    #[error("{0}")]
+    Details(#[from] serde_json::Error),
+    /// The lease names a `[postgres.<name>]` target the configuration no longer has.
+    #[error("postgres target `{0}` is no longer configured")]
+    TargetGone(String),
+    /// The database refused or failed.
+    #[error("{0}")]
+    Drop(#[from] crate::mint::MintError),
+    /// The database did not answer in time.
+    #[error("dropping a role on `{0}` timed out")]
+    Timeout(String),
+}
+
 /// The PostgreSQL roles recorded in a lease's sealed details: (target, role).
-async fn lease_roles(app: &App, lease: &LeaseRow) -> Result<Vec<(String, String)>, String> {
+async fn lease_roles(app: &App, lease: &LeaseRow) -> Result<Vec<(String, String)>, AttemptError> {
     let plain = app
         .keyring
         .open(
@@ -63,9 +84,8 @@ async fn lease_roles(app: &App, lease: &LeaseRow) -> Result<Vec<(String, String)
             lease.key_version,
             &lease.sealed,
         )
-        .await
-        .map_err(|e| e.to_string())?;
-    let details: Value = serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
+        .await?;
+    let details: Value = serde_json::from_slice(&plain)?;
     Ok(details["postgres"]
         .as_array()
         .into_iter()
@@ -80,15 +100,15 @@ async fn lease_roles(app: &App, lease: &LeaseRow) -> Result<Vec<(String, String)
 }
 
 /// One attempt for one lease.
-async fn revoke_external(app: &App, lease: &LeaseRow) -> Result<(), String> {
+async fn revoke_external(app: &App, lease: &LeaseRow) -> Result<(), AttemptError> {
     for (target, role) in lease_roles(app, lease).await? {
         let t = app
             .pg_targets
             .get(&target)
-            .ok_or_else(|| format!("postgres target `{target}` is no longer configured"))?;
+            .ok_or_else(|| AttemptError::TargetGone(target.clone()))?;
         match tokio::time::timeout(ATTEMPT_TIMEOUT, t.drop_role(&role)).await {
-            Ok(r) => r.map_err(|e| e.to_string())?,
-            Err(_) => return Err(format!("dropping a role on `{target}` timed out")),
+            Ok(r) => r?,
+            Err(_) => return Err(AttemptError::Timeout(target)),
         }
     }
     Ok(())
@@ -117,7 +137,9 @@ pub async fn run_due_in(app: &App, env: Option<&str>) -> usize {
         } else {
             "expired"
         };
-        let result = revoke_external(app, &lease).await;
+        let result = revoke_external(app, &lease)
+            .await
+            .map_err(|e| e.to_string());
         // The backoff counts from the end of this attempt (it may have waited on a timeout).
         let ended = app.clock.unix();
         // Settled only once recorded: a lease whose outcome cannot be stored stays due.

@@ -179,11 +179,11 @@ impl PgTarget {
         valid_until: i64,
         member_of: &[String],
     ) -> Result<(), MintError> {
-        check_role_name(role_name).map_err(|r| self.error(r))?;
+        check_role_name(role_name).map_err(|r| self.error(r.to_string()))?;
         for group in member_of {
-            check_any_ident(group).map_err(|r| self.error(r))?;
+            check_any_ident(group).map_err(|r| self.error(r.to_string()))?;
         }
-        let until = pg_timestamp(valid_until).map_err(|r| self.error(r))?;
+        let until = pg_timestamp(valid_until).map_err(|r| self.error(r.to_string()))?;
         // 4,096 PBKDF2 rounds: CPU work kept off the async threads.
         let secret = password.clone();
         let verifier = tokio::task::spawn_blocking(move || {
@@ -255,7 +255,7 @@ impl PgTarget {
     /// Drops `role_name`: forbids new logins, terminates its open sessions (waiting for them
     /// to end), drops what it owns and its privileges, then the role. `Ok(())` once the role is gone, including when it never existed.
     pub async fn drop_role(&self, role_name: &str) -> Result<(), MintError> {
-        check_role_name(role_name).map_err(|r| self.error(r))?;
+        check_role_name(role_name).map_err(|r| self.error(r.to_string()))?;
         if !self.role_exists(role_name).await? {
             return Ok(());
         }
@@ -362,17 +362,31 @@ pub fn is_valid_role_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
 }
 
-fn check_role_name(name: &str) -> Result<(), String> {
+/// Why a role statement is refused before it reaches the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum RoleInputError {
+    /// A generated role name outside the safe alphabet.
+    #[error("role name must match ^[a-z_][a-z0-9_]{{0,62}}$")]
+    RoleName,
+    /// A `member_of` name PostgreSQL cannot hold.
+    #[error("member_of role names must be 1 to 63 bytes without NUL")]
+    MemberOf,
+    /// An expiry `VALID UNTIL` cannot express.
+    #[error("expiry out of range")]
+    Expiry,
+}
+
+fn check_role_name(name: &str) -> Result<(), RoleInputError> {
     if is_valid_role_name(name) {
         Ok(())
     } else {
-        Err("role name must match ^[a-z_][a-z0-9_]{0,62}$".into())
+        Err(RoleInputError::RoleName)
     }
 }
 
-fn check_any_ident(name: &str) -> Result<(), String> {
+fn check_any_ident(name: &str) -> Result<(), RoleInputError> {
     if name.is_empty() || name.len() > MAX_IDENT_BYTES || name.contains('\0') {
-        Err("member_of role names must be 1 to 63 bytes without NUL".into())
+        Err(RoleInputError::MemberOf)
     } else {
         Ok(())
     }
@@ -396,16 +410,16 @@ pub fn quote_literal(text: &str) -> String {
 }
 
 /// `VALID UNTIL` literal text: `YYYY-MM-DD HH:MM:SS+00` (UTC).
-fn pg_timestamp(unix: i64) -> Result<String, String> {
+fn pg_timestamp(unix: i64) -> Result<String, RoleInputError> {
     // Up to 9999-12-31T23:59:59Z, the range RFC 3339 text covers.
     if !(1..=253_402_300_799).contains(&unix) {
-        return Err("expiry out of range".into());
+        return Err(RoleInputError::Expiry);
     }
     let text = crate::clock::rfc3339(unix);
     // `2026-11-22T10:15:00Z` → `2026-11-22 10:15:00+00`
     match text.strip_suffix('Z') {
         Some(t) if t.len() == 19 => Ok(format!("{}+00", t.replacen('T', " ", 1))),
-        _ => Err("expiry out of range".into()),
+        _ => Err(RoleInputError::Expiry),
     }
 }
 

@@ -57,23 +57,82 @@ pub(crate) fn check_issuer_url(url: &str, allow_http: bool) -> Result<Url, OidcE
     Ok(parsed)
 }
 
+/// Why an issuer's keys could not be had from a URL, a document or a file. Keys are public:
+/// the messages may name URLs, never a token.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeySourceError {
+    /// http to a host that is not loopback.
+    #[error("plain http is only allowed for a loopback address or localhost")]
+    HttpNotLoopback,
+    /// http without `allow_http`.
+    #[error("plain http requires allow_http (loopback only)")]
+    HttpNotAllowed,
+    /// Neither https nor http.
+    #[error("unsupported URL scheme `{0}`")]
+    Scheme(String),
+    /// No host in the URL.
+    #[error("the URL has no host")]
+    NoHost,
+    /// The document is not a JSON Web Key Set.
+    #[error("not a JSON Web Key Set")]
+    NotJwks,
+    /// The key set holds no key this crate understands.
+    #[error("the key set has no usable key")]
+    NoKey,
+    /// The discovery URL cannot be built from the issuer.
+    #[error("cannot build the discovery URL")]
+    DiscoveryUrl,
+    /// The discovery document lacks `issuer` or `jwks_uri`.
+    #[error("the discovery document lacks issuer or jwks_uri")]
+    Discovery,
+    /// The discovery document is another issuer's.
+    #[error("the discovery document names a different issuer")]
+    IssuerMismatch,
+    /// `jwks_uri` does not parse.
+    #[error("jwks_uri is not a valid URL")]
+    JwksUri,
+    /// `jwks_uri` is refused (scheme, host).
+    #[error("jwks_uri refused: {0}")]
+    JwksUriRefused(Box<KeySourceError>),
+    /// The fetched key set is unusable.
+    #[error("JWKS: {0}")]
+    Jwks(Box<KeySourceError>),
+    /// A GET did not complete.
+    #[error("GET {url} failed: {cause}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// A short cause (timed out, cannot connect…).
+        cause: &'static str,
+    },
+    /// A GET answered another status than 200.
+    #[error("GET {url} answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: reqwest::StatusCode,
+    },
+    /// A document beyond the size cap.
+    #[error("GET {0}: document too large")]
+    TooLarge(String),
+}
+
 /// Checks a URL we are about to fetch (issuer base or `jwks_uri`): https, or http on loopback
-/// when allowed. Returns the reason on refusal.
-pub(crate) fn check_fetch_url(url: &Url, allow_http: bool) -> Result<(), String> {
+/// when allowed.
+pub(crate) fn check_fetch_url(url: &Url, allow_http: bool) -> Result<(), KeySourceError> {
     match url.scheme() {
         "https" => {}
         "http" if allow_http => {
             if !is_loopback(url) {
-                return Err(
-                    "plain http is only allowed for a loopback address or localhost".to_owned(),
-                );
+                return Err(KeySourceError::HttpNotLoopback);
             }
         }
-        "http" => return Err("plain http requires allow_http (loopback only)".to_owned()),
-        other => return Err(format!("unsupported URL scheme `{other}`")),
+        "http" => return Err(KeySourceError::HttpNotAllowed),
+        other => return Err(KeySourceError::Scheme(other.to_owned())),
     }
     if url.host().is_none() {
-        return Err("the URL has no host".to_owned());
+        return Err(KeySourceError::NoHost);
     }
     Ok(())
 }
@@ -97,12 +156,12 @@ fn redacted(url: &Url) -> String {
 }
 
 /// Parses a JWKS document, requiring at least one key this crate understands.
-pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<JsonWebKeySet<RingJwk>, String> {
+pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<JsonWebKeySet<RingJwk>, KeySourceError> {
     // Keys are public, so the parser's message could be shown; keep it short anyway.
     let jwks: JsonWebKeySet<RingJwk> =
-        serde_json::from_slice(bytes).map_err(|_| "not a JSON Web Key Set".to_owned())?;
+        serde_json::from_slice(bytes).map_err(|_| KeySourceError::NotJwks)?;
     if jwks.keys().is_empty() {
-        return Err("the key set has no usable key".to_owned());
+        return Err(KeySourceError::NoKey);
     }
     if jwks.keys().iter().any(|k| k.key_id().is_none()) && jwks.keys().len() > 1 {
         // Allowed by the crate, but then tokens without `kid` are ambiguous; only note it.

@@ -20,7 +20,7 @@ use openidconnect::JsonWebKeySet;
 use openidconnect::reqwest;
 use openidconnect::url::Url;
 
-use super::config::{check_fetch_url, parse_jwks};
+use super::config::{KeySourceError, check_fetch_url, parse_jwks};
 use super::{OidcError, VerifierOptions};
 use crate::clock::Clock;
 
@@ -194,11 +194,11 @@ impl IssuerKeys {
             }
             Err(why) => {
                 tracing::warn!(issuer = %self.url, error = %why, "cannot fetch issuer keys");
-                state.last_error = Some(why.clone());
+                state.last_error = Some(why.to_string());
                 match current {
                     // A failed refresh keeps the keys we have.
                     Some(snap) => Ok(snap),
-                    None => Err(self.unavailable(&why)),
+                    None => Err(self.unavailable(&why.to_string())),
                 }
             }
         }
@@ -226,53 +226,55 @@ async fn fetch_jwks(
     base: &Url,
     issuer: &str,
     allow_http: bool,
-) -> Result<JsonWebKeySet<RingJwk>, String> {
+) -> Result<JsonWebKeySet<RingJwk>, KeySourceError> {
     let discovery_url = discovery_url(base)?;
     let body = get_document(client, &discovery_url).await?;
-    let doc: Discovery = serde_json::from_slice(&body)
-        .map_err(|_| "the discovery document lacks issuer or jwks_uri".to_owned())?;
+    let doc: Discovery = serde_json::from_slice(&body).map_err(|_| KeySourceError::Discovery)?;
     if doc.issuer != issuer {
-        return Err("the discovery document names a different issuer".to_owned());
+        return Err(KeySourceError::IssuerMismatch);
     }
-    let jwks_uri =
-        Url::parse(&doc.jwks_uri).map_err(|_| "jwks_uri is not a valid URL".to_owned())?;
-    check_fetch_url(&jwks_uri, allow_http).map_err(|why| format!("jwks_uri refused: {why}"))?;
+    let jwks_uri = Url::parse(&doc.jwks_uri).map_err(|_| KeySourceError::JwksUri)?;
+    check_fetch_url(&jwks_uri, allow_http)
+        .map_err(|why| KeySourceError::JwksUriRefused(Box::new(why)))?;
     let body = get_document(client, &jwks_uri).await?;
-    parse_jwks(&body).map_err(|why| format!("JWKS: {why}"))
+    parse_jwks(&body).map_err(|why| KeySourceError::Jwks(Box::new(why)))
 }
 
 /// The discovery URL: the issuer without a trailing slash, plus the well-known path.
-fn discovery_url(base: &Url) -> Result<Url, String> {
+fn discovery_url(base: &Url) -> Result<Url, KeySourceError> {
     let text = base.as_str().trim_end_matches('/');
     Url::parse(&format!("{text}/.well-known/openid-configuration"))
-        .map_err(|_| "cannot build the discovery URL".to_owned())
+        .map_err(|_| KeySourceError::DiscoveryUrl)
 }
 
 /// GETs a JSON document: status 200, at most [`MAX_DOCUMENT_BYTES`].
-async fn get_document(client: &reqwest::Client, url: &Url) -> Result<Vec<u8>, String> {
+async fn get_document(client: &reqwest::Client, url: &Url) -> Result<Vec<u8>, KeySourceError> {
+    let transport = |e: reqwest::Error| KeySourceError::Transport {
+        url: url.to_string(),
+        cause: describe(&e),
+    };
     let mut resp = client
         .get(url.clone())
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| format!("GET {url} failed: {}", describe(&e)))?;
+        .map_err(transport)?;
     if resp.status() != reqwest::StatusCode::OK {
-        return Err(format!("GET {url} answered {}", resp.status()));
+        return Err(KeySourceError::Status {
+            url: url.to_string(),
+            status: resp.status(),
+        });
     }
     if resp
         .content_length()
         .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
     {
-        return Err(format!("GET {url}: document too large"));
+        return Err(KeySourceError::TooLarge(url.to_string()));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("GET {url} failed: {}", describe(&e)))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!("GET {url}: document too large"));
+            return Err(KeySourceError::TooLarge(url.to_string()));
         }
         body.extend_from_slice(&chunk);
     }

@@ -36,28 +36,86 @@ pub enum Matcher {
     In(Vec<String>),
 }
 
+/// Why a condition in a policy is invalid; each message names the condition's key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConditionError {
+    /// An empty key.
+    #[error("a condition key must not be empty")]
+    EmptyKey,
+    /// A pointer key with a bad `~` escape.
+    #[error("condition key `{0}` is not a valid JSON pointer (`~` must be followed by 0 or 1)")]
+    BadPointer(String),
+    /// A table with no operator or several.
+    #[error(
+        "condition `{key}`: a table needs exactly one operator (`regex`, `not` or `in`), found {found}"
+    )]
+    OperatorCount {
+        /// The condition.
+        key: String,
+        /// How many entries the table has.
+        found: usize,
+    },
+    /// `regex` with a value that is not a string.
+    #[error("condition `{0}`: `regex` must be a string")]
+    RegexNotString(String),
+    /// A regex that does not compile.
+    #[error("condition `{key}`: invalid regex: {reason}")]
+    Regex {
+        /// The condition.
+        key: String,
+        /// The meaningful line of the regex error.
+        reason: String,
+    },
+    /// `in` with something else than a list.
+    #[error("condition `{0}`: `in` must be a list of globs")]
+    InNotList(String),
+    /// An operator other than `regex`, `not` and `in`.
+    #[error("condition `{key}`: unknown operator `{op}` (expected `regex`, `not` or `in`)")]
+    UnknownOperator {
+        /// The condition.
+        key: String,
+        /// The operator written.
+        op: String,
+    },
+    /// A value that is neither a glob, a list nor a table.
+    #[error(
+        "condition `{key}`: expected a glob string, a list of globs or an operator table, found {found}"
+    )]
+    NotAGlob {
+        /// The condition.
+        key: String,
+        /// The TOML type found.
+        found: &'static str,
+    },
+    /// An empty list.
+    #[error("condition `{0}`: an empty list never matches")]
+    EmptyList(String),
+}
+
 impl Matcher {
     /// Parses a condition value as written in TOML (a glob, a list of globs, or a table
-    /// with exactly one operator). The error is a human sentence naming `key`.
-    pub(super) fn from_toml(key: &str, value: &toml::Value) -> Result<Self, String> {
+    /// with exactly one operator).
+    pub(super) fn from_toml(key: &str, value: &toml::Value) -> Result<Self, ConditionError> {
         match value {
             toml::Value::Array(items) => Ok(Self::Globs(glob_list(key, items)?)),
             toml::Value::Table(table) => {
                 let mut operators = table.iter();
                 let (Some((op, arg)), None) = (operators.next(), operators.next()) else {
-                    return Err(format!(
-                        "condition `{key}`: a table needs exactly one operator \
-                         (`regex`, `not` or `in`), found {}",
-                        table.len()
-                    ));
+                    return Err(ConditionError::OperatorCount {
+                        key: key.to_owned(),
+                        found: table.len(),
+                    });
                 };
                 match op.as_str() {
                     "regex" => {
                         let toml::Value::String(source) = arg else {
-                            return Err(format!("condition `{key}`: `regex` must be a string"));
+                            return Err(ConditionError::RegexNotString(key.to_owned()));
                         };
                         let regex = Regex::new(&format!("^(?:{source})$")).map_err(|e| {
-                            format!("condition `{key}`: invalid regex: {}", regex_reason(&e))
+                            ConditionError::Regex {
+                                key: key.to_owned(),
+                                reason: regex_reason(&e),
+                            }
                         })?;
                         Ok(Self::Regex {
                             source: source.clone(),
@@ -70,11 +128,12 @@ impl Matcher {
                     },
                     "in" => match arg {
                         toml::Value::Array(items) => Ok(Self::In(glob_list(key, items)?)),
-                        _ => Err(format!("condition `{key}`: `in` must be a list of globs")),
+                        _ => Err(ConditionError::InNotList(key.to_owned())),
                     },
-                    other => Err(format!(
-                        "condition `{key}`: unknown operator `{other}` (expected `regex`, `not` or `in`)"
-                    )),
+                    other => Err(ConditionError::UnknownOperator {
+                        key: key.to_owned(),
+                        op: other.to_owned(),
+                    }),
                 }
             }
             scalar => Ok(Self::Globs(vec![scalar_glob(key, scalar)?])),
@@ -180,17 +239,15 @@ impl Conditions {
 
 /// Checks a condition key: non-empty; a pointer (leading `/`) must use only `~0`/`~1`
 /// escapes.
-pub(super) fn validate_key(key: &str) -> Result<(), String> {
+pub(super) fn validate_key(key: &str) -> Result<(), ConditionError> {
     if key.is_empty() {
-        return Err("a condition key must not be empty".to_owned());
+        return Err(ConditionError::EmptyKey);
     }
     if key.starts_with('/') {
         let mut chars = key.chars();
         while let Some(c) = chars.next() {
             if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-                return Err(format!(
-                    "condition key `{key}` is not a valid JSON pointer (`~` must be followed by 0 or 1)"
-                ));
+                return Err(ConditionError::BadPointer(key.to_owned()));
             }
         }
     }
@@ -231,21 +288,21 @@ fn any_glob(globs: &[String], text: &str) -> bool {
 
 /// A glob written as a TOML string; integers and booleans are accepted as their text
 /// (`ref_protected = true` means `"true"`).
-fn scalar_glob(key: &str, value: &toml::Value) -> Result<String, String> {
+fn scalar_glob(key: &str, value: &toml::Value) -> Result<String, ConditionError> {
     match value {
         toml::Value::String(s) => Ok(s.clone()),
         toml::Value::Integer(i) => Ok(i.to_string()),
         toml::Value::Boolean(b) => Ok(b.to_string()),
-        other => Err(format!(
-            "condition `{key}`: expected a glob string, a list of globs or an operator table, found {}",
-            other.type_str()
-        )),
+        other => Err(ConditionError::NotAGlob {
+            key: key.to_owned(),
+            found: other.type_str(),
+        }),
     }
 }
 
-fn glob_list(key: &str, items: &[toml::Value]) -> Result<Vec<String>, String> {
+fn glob_list(key: &str, items: &[toml::Value]) -> Result<Vec<String>, ConditionError> {
     if items.is_empty() {
-        return Err(format!("condition `{key}`: an empty list never matches"));
+        return Err(ConditionError::EmptyList(key.to_owned()));
     }
     items.iter().map(|item| scalar_glob(key, item)).collect()
 }

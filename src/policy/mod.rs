@@ -35,12 +35,21 @@ pub use glob::glob_match;
 pub trait ServerCapabilities {
     /// Is this issuer URL configured in the server's `[[issuer]]` list?
     fn knows_issuer(&self, url: &str) -> bool;
-    /// Can the server mint this grant? `Err(reason)`, e.g. "postgres database `main` is not
-    /// configured".
+    /// Can the server mint this grant?
     ///
     /// # Errors
-    /// A human reason when the grant cannot be served.
-    fn supports_grant(&self, grant: &Grant) -> Result<(), String>;
+    /// Why the grant cannot be served.
+    fn supports_grant(&self, grant: &Grant) -> Result<(), UnsupportedGrant>;
+}
+
+/// Why a server cannot serve a grant its policy asks for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnsupportedGrant {
+    /// A `postgres` grant names a database without a `[postgres.<name>]` target.
+    #[error(
+        "postgres database `{0}` is not configured ([postgres.{0}] in the server configuration)"
+    )]
+    PostgresTarget(String),
 }
 
 /// Accepts every issuer and grant (for `jobpass policy check` without a server config).
@@ -52,7 +61,7 @@ impl ServerCapabilities for AnyCapabilities {
         true
     }
 
-    fn supports_grant(&self, _grant: &Grant) -> Result<(), String> {
+    fn supports_grant(&self, _grant: &Grant) -> Result<(), UnsupportedGrant> {
         Ok(())
     }
 }

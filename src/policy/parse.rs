@@ -483,7 +483,7 @@ fn conditions(ctx: &mut Ctx<'_>, raw: RawConditions) -> Conditions {
     let mut out = Vec::new();
     for (key, value) in entries {
         if let Err(reason) = conditions::validate_key(key.get_ref()) {
-            ctx.at(&key, reason);
+            ctx.at(&key, reason.to_string());
             continue;
         }
         match Matcher::from_toml(key.get_ref(), value.get_ref()) {
@@ -491,7 +491,7 @@ fn conditions(ctx: &mut Ctx<'_>, raw: RawConditions) -> Conditions {
                 key: key.into_inner(),
                 matcher,
             }),
-            Err(reason) => ctx.at(&value, reason),
+            Err(reason) => ctx.at(&value, reason.to_string()),
         }
     }
     Conditions::new(out)

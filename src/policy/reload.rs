@@ -27,9 +27,10 @@ pub enum Reload {
 /// Reloads the policy set now.
 pub async fn reload(app: &App, trigger: &str) -> Reload {
     let config = app.config.clone();
-    let loaded = tokio::task::spawn_blocking(move || load_policies(&config))
-        .await
-        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+    let loaded = match tokio::task::spawn_blocking(move || load_policies(&config)).await {
+        Ok(loaded) => loaded.map_err(|errors| errors.to_string()),
+        Err(e) => Err(format!("reload task failed: {e}")),
+    };
     let old = app.policies.load().version().to_string();
     let (outcome, result) = match loaded {
         Ok(set) => {

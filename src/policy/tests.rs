@@ -19,10 +19,10 @@ impl ServerCapabilities for Stub {
         )
     }
 
-    fn supports_grant(&self, grant: &Grant) -> Result<(), String> {
+    fn supports_grant(&self, grant: &Grant) -> Result<(), UnsupportedGrant> {
         match &grant.kind {
             GrantKind::Postgres { database, .. } if database != "main" => {
-                Err(format!("postgres database `{database}` is not configured"))
+                Err(UnsupportedGrant::PostgresTarget(database.clone()))
             }
             _ => Ok(()),
         }
@@ -851,7 +851,7 @@ fn example_policies_load_with_the_server_issuers() {
         fn knows_issuer(&self, url: &str) -> bool {
             url == "https://token.actions.githubusercontent.com"
         }
-        fn supports_grant(&self, _: &Grant) -> Result<(), String> {
+        fn supports_grant(&self, _: &Grant) -> Result<(), UnsupportedGrant> {
             Ok(())
         }
     }
