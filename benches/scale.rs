@@ -257,7 +257,7 @@ async fn run_size(size: usize, k: &Knobs) -> Row {
     let app = App::build(config, Arc::new(SystemClock), Some(dev.issuer.clone()))
         .await
         .unwrap();
-    if let (Some(mib), Store::Sqlite { writer, .. }) = (k.sqlite_cache_mib, &app.store) {
+    if let (Some(mib), Store::Sqlite { writer, .. }) = (k.sqlite_cache_mib, app.store()) {
         // Experiment: a bigger page cache on the broker's single writer connection.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "PRAGMA cache_size = -{}",
@@ -340,7 +340,7 @@ async fn run_size(size: usize, k: &Knobs) -> Row {
     conc.sort();
     let throughput = conc.len() as f64 / elapsed.as_secs_f64();
 
-    real_lease_shape(&app.store).await;
+    real_lease_shape(app.store()).await;
 
     // 4. Revocations through the admin API, then the store alone.
     let mut run_lease = size / 2 + 1;
@@ -374,8 +374,8 @@ async fn run_size(size: usize, k: &Knobs) -> Row {
     };
     let t = Instant::now();
     let ids = app
-        .store
-        .revoke(&sel, app.clock.unix(), "bench (store only)")
+        .store()
+        .revoke(&sel, app.clock().unix(), "bench (store only)")
         .await
         .unwrap();
     let repo_sql = (ids.len(), t.elapsed());

@@ -93,46 +93,46 @@ impl ServerCapabilities for Capabilities<'_> {
 /// Shared state of a running broker.
 pub struct App {
     /// Configuration.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Time source.
-    pub clock: SharedClock,
+    pub(crate) clock: SharedClock,
     /// Store.
-    pub store: Store,
+    pub(crate) store: Store,
     /// Data keys.
-    pub keyring: Arc<Keyring>,
+    pub(crate) keyring: Arc<Keyring>,
     /// JWT signing keys.
-    pub signers: Arc<Signers>,
+    pub(crate) signers: Arc<Signers>,
     /// Certificate authorities.
-    pub cas: Arc<Cas>,
+    pub(crate) cas: Arc<Cas>,
     /// `[postgres.<name>]` targets.
-    pub pg_targets: Arc<std::collections::BTreeMap<String, PgTarget>>,
+    pub(crate) pg_targets: Arc<std::collections::BTreeMap<String, PgTarget>>,
     /// One minter per credential kind.
-    pub minters: Minters,
+    pub(crate) minters: Minters,
     /// The exchange's commit stage (group commit of leases and audit records).
-    pub ledger: Ledger,
+    pub(crate) ledger: Ledger,
     /// Wakes the revocation worker.
-    pub revocations: tokio::sync::Notify,
+    pub(crate) revocations: tokio::sync::Notify,
     /// Held while this replica runs the background work.
-    pub leader: tokio::sync::Mutex<Option<crate::store::LeaderLock>>,
+    pub(crate) leader: tokio::sync::Mutex<Option<crate::store::LeaderLock>>,
     /// Source-token verifier.
-    pub verifier: Verifier,
+    pub(crate) verifier: Verifier,
     /// Current policy set (swapped atomically on reload).
-    pub policies: ArcSwap<PolicySet>,
+    pub(crate) policies: ArcSwap<PolicySet>,
     /// The version of the policies in force, published after every reload that changed them
     /// (`subscribe()` to be told).
-    pub policy_version: tokio::sync::watch::Sender<String>,
+    pub(crate) policy_version: tokio::sync::watch::Sender<String>,
     /// Audit log.
-    pub audit: AuditLog,
+    pub(crate) audit: AuditLog,
     /// Key of audit fingerprints.
-    pub audit_key: AuditKey,
+    pub(crate) audit_key: AuditKey,
     /// Key of broker-token digests.
-    pub token_key: ring::hmac::Key,
+    pub(crate) token_key: ring::hmac::Key,
     /// Metrics.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Base URL of this broker.
-    pub public_url: String,
+    pub(crate) public_url: String,
     /// Dev-mode issuer, if running with `--dev`.
-    pub dev: Option<DevIssuer>,
+    pub(crate) dev: Option<DevIssuer>,
 }
 
 impl std::fmt::Debug for App {
@@ -171,6 +171,62 @@ pub fn audit_key(root: &RootKey) -> Result<AuditKey, crate::crypto::CryptoError>
 /// Loads and validates the policy directory against the configuration.
 pub fn load_policies(config: &Config) -> Result<PolicySet, PolicyErrors> {
     PolicySet::load_dir(&config.policies, &Capabilities { config })
+}
+
+impl App {
+    /// The configuration it was built from.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Its time source.
+    #[must_use]
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Its store.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The data keys (sealing and opening records).
+    #[must_use]
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// The exchange ledger (stop it to release the store and the audit log).
+    #[must_use]
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The policy set in force now.
+    #[must_use]
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.load_full()
+    }
+
+    /// The version of the policy set in force, updated on every reload that changes it.
+    #[must_use]
+    pub fn watch_policy_version(&self) -> tokio::sync::watch::Receiver<String> {
+        self.policy_version.subscribe()
+    }
+
+    /// A `[postgres.<name>]` target.
+    #[must_use]
+    pub fn pg_target(&self, name: &str) -> Option<&PgTarget> {
+        self.pg_targets.get(name)
+    }
+
+    /// The URL it is reached at (issuer of the JWTs it mints).
+    #[must_use]
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
 }
 
 impl App {

@@ -80,7 +80,7 @@ async fn roles_are_enforced_and_refusals_audited() {
     }
     assert!(
         b.app
-            .store
+            .store()
             .latest_secret("prod", "x")
             .await
             .unwrap()

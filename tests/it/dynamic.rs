@@ -54,7 +54,7 @@ async fn revoke_lease(b: &Broker, lease: &str) {
 /// One pass of the revocation worker, then the lease as it left it.
 async fn run_worker(b: &Broker, lease: &str) -> jobpass::store::LeaseRow {
     jobpass::leases::teardown::run_due(&b.app).await;
-    b.app.store.lease(lease).await.unwrap().unwrap()
+    b.app.store().lease(lease).await.unwrap().unwrap()
 }
 
 /// `POST /v1/admin/keys/data/destroy`, confirmed.
@@ -234,7 +234,9 @@ async fn a_crash_between_role_creation_and_lease_commit_leaves_no_orphan() {
         lease_id: "lse_never_committed".into(),
     };
     let password = jobpass::mint::postgres::new_password().unwrap();
-    b.app.pg_targets["main"]
+    b.app
+        .pg_target("main")
+        .unwrap()
         .create_role(
             &role,
             &password,
@@ -246,7 +248,7 @@ async fn a_crash_between_role_creation_and_lease_commit_leaves_no_orphan() {
     // Recorded long enough ago that no exchange can still be in flight for it (the role is
     // created first here only so this broker's own reconciliation cannot run in between).
     let then = crate::support::now() - 600;
-    b.app.store.insert_intent(&intent, then).await.unwrap();
+    b.app.store().insert_intent(&intent, then).await.unwrap();
     assert!(pg::role_exists(&admin, &role).await);
     assert!(!password.expose_secret().is_empty());
 
@@ -260,7 +262,7 @@ async fn a_crash_between_role_creation_and_lease_commit_leaves_no_orphan() {
         !pg::role_exists(&admin, &role).await,
         "orphan role still exists after reconciliation"
     );
-    assert!(b.app.store.intents(i64::MAX).await.unwrap().is_empty());
+    assert!(b.app.store().intents(i64::MAX).await.unwrap().is_empty());
     assert!(
         b.audit_records()
             .iter()
@@ -273,7 +275,7 @@ async fn a_crash_between_role_creation_and_lease_commit_leaves_no_orphan() {
             .0,
         200
     );
-    assert!(b.app.store.intents(i64::MAX).await.unwrap().is_empty());
+    assert!(b.app.store().intents(i64::MAX).await.unwrap().is_empty());
 }
 
 #[tokio::test]

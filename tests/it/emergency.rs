@@ -75,7 +75,7 @@ async fn each_selector_alone_and_combined_revokes_exactly_the_matching_leases() 
     type Pred = Box<dyn Fn(&Lease) -> bool>;
     let gl = b.gl.issuer_url();
     let one = model[17].id.clone();
-    let version = b.app.policies.load().version().to_string();
+    let version = b.app.policies().version().to_string();
     let cases: Vec<(Value, Pred)> = vec![
         (
             json!({"lease_id": one.clone()}),
@@ -330,7 +330,7 @@ async fn only_security_may_revoke_and_a_reason_and_selector_are_required() {
     }
     assert_eq!(
         b.app
-            .store
+            .store()
             .leases(&jobpass::store::LeaseFilter {
                 limit: 10,
                 active_at: Some(crate::support::now()),
@@ -462,7 +462,7 @@ async fn rotation_keeps_old_records_readable_and_rewrap_moves_them() {
         assert_eq!((s, v["data"]["key"].as_str()), (200, Some(value)));
     }
     assert!(
-        b.app.store.count_sealed_below("prod", 2).await.unwrap() >= 2,
+        b.app.store().count_sealed_below("prod", 2).await.unwrap() >= 2,
         "old secret, lease and signing key"
     );
     let (s, v) = b
@@ -471,7 +471,7 @@ async fn rotation_keeps_old_records_readable_and_rewrap_moves_them() {
     assert_eq!(s, 200, "{v}");
     assert!(v["rewrapped"].as_u64().unwrap() >= 2);
     assert_eq!(
-        b.app.store.count_sealed_below("prod", 2).await.unwrap(),
+        b.app.store().count_sealed_below("prod", 2).await.unwrap(),
         0,
         "no record uses the old version"
     );
@@ -575,14 +575,14 @@ async fn shredding_prod_leaves_staging_readable_and_says_so_clearly() {
     // Prod's ciphertexts are still in the store but can never be opened, and the error says why.
     let rec = b
         .app
-        .store
+        .store()
         .sealed_below(SealedTable::Secrets, "prod", i64::MAX, 10)
         .await
         .unwrap();
     assert_eq!(rec.len(), 1);
     let e = b
         .app
-        .keyring
+        .keyring()
         .open(
             "prod",
             "secrets",

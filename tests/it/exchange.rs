@@ -67,12 +67,12 @@ async fn minted_jwt_verifies_with_a_generic_library_from_the_discovery_document(
         .await;
     assert_eq!(s, 200);
     let issuer = disc["issuer"].as_str().unwrap();
-    assert_eq!(issuer, format!("{}/v1/envs/prod", b.app.public_url));
+    assert_eq!(issuer, format!("{}/v1/envs/prod", b.app.public_url()));
     // Fetch the JWKS the document names (rewritten onto the test listener's address).
     let jwks_path = disc["jwks_uri"]
         .as_str()
         .unwrap()
-        .replace(&b.app.public_url, "");
+        .replace(b.app.public_url(), "");
     let (s, jwks) = b.get(&jwks_path, None).await;
     assert_eq!(s, 200);
     let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();

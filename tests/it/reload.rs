@@ -8,7 +8,7 @@ use crate::support::Broker;
 #[tokio::test]
 async fn invalid_reload_keeps_the_old_policy_and_is_audited() {
     let b = Broker::start().await;
-    let v1 = b.app.policies.load().version().to_string();
+    let v1 = b.app.policies().version().to_string();
     let prod = b.policy_dir().join("prod.toml");
     let good = std::fs::read_to_string(&prod).unwrap();
     std::fs::write(
@@ -20,7 +20,7 @@ async fn invalid_reload_keeps_the_old_policy_and_is_audited() {
         Reload::Rejected(e) => assert!(e.contains("prod.toml") && e.contains("bogus_key"), "{e}"),
         other => panic!("expected a rejection, got {other:?}"),
     }
-    assert_eq!(b.app.policies.load().version(), v1, "last good set stays");
+    assert_eq!(b.app.policies().version(), v1, "last good set stays");
     assert_eq!(
         b.exchange(&b.github_token(), "prod", Some("deploy-web"))
             .await
@@ -42,7 +42,7 @@ async fn invalid_reload_keeps_the_old_policy_and_is_audited() {
 #[tokio::test]
 async fn valid_reload_changes_decisions_and_names_the_new_version() {
     let b = Broker::start().await;
-    let v1 = b.app.policies.load().version().to_string();
+    let v1 = b.app.policies().version().to_string();
     let prod = b.policy_dir().join("prod.toml");
     let text = std::fs::read_to_string(&prod)
         .unwrap()
@@ -71,13 +71,13 @@ async fn valid_reload_changes_decisions_and_names_the_new_version() {
 async fn a_file_change_is_picked_up_by_the_watcher() {
     let b = Broker::start().await;
     jobpass::policy::reload::spawn(b.app.clone());
-    let v1 = b.app.policies.load().version().to_string();
+    let v1 = b.app.policies().version().to_string();
     let prod = b.policy_dir().join("prod.toml");
     let text = std::fs::read_to_string(&prod)
         .unwrap()
         .replace("ttl = \"10m\"", "ttl = \"11m\"");
     // The watcher is registered once `spawn` returns: one write, then wait for the reload.
-    let mut version = b.app.policy_version.subscribe();
+    let mut version = b.app.watch_policy_version();
     std::fs::write(&prod, &text).unwrap();
     let changed = tokio::time::timeout(
         std::time::Duration::from_secs(60),
@@ -88,5 +88,5 @@ async fn a_file_change_is_picked_up_by_the_watcher() {
         matches!(changed, Ok(Ok(_))),
         "the watcher reloaded the changed file"
     );
-    assert_ne!(b.app.policies.load().version(), v1);
+    assert_ne!(b.app.policies().version(), v1);
 }

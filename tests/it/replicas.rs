@@ -24,7 +24,7 @@ async fn a_lease_minted_on_one_replica_and_revoked_on_another_dies_everywhere_at
         return;
     }
     let a = Broker::start().await;
-    assert_eq!(a.app.store.backend(), "postgres");
+    assert_eq!(a.app.store().backend(), "postgres");
     let b = a.replica("b").await;
     a.put_secret(
         "prod",
@@ -84,7 +84,11 @@ async fn a_lease_minted_on_one_replica_and_revoked_on_another_dies_everywhere_at
     a.put_secret("staging", "staging/x", json!({"k": "after-rotation-on-b"}))
         .await;
     assert_eq!(
-        a.app.store.count_sealed_below("staging", 2).await.unwrap(),
+        a.app
+            .store()
+            .count_sealed_below("staging", 2)
+            .await
+            .unwrap(),
         0,
         "A used B's new key version"
     );
@@ -97,7 +101,7 @@ async fn a_lease_minted_on_one_replica_and_revoked_on_another_dies_everywhere_at
         "{text}"
     );
     let key =
-        jobpass::app::audit_key(&jobpass::app::load_root_key(&a.app.config).unwrap()).unwrap();
+        jobpass::app::audit_key(&jobpass::app::load_root_key(a.app.config()).unwrap()).unwrap();
     assert!(jobpass::audit::verify(&b_audit, &key).is_ok());
     assert!(jobpass::audit::verify(&a.audit_path(), &key).is_ok());
     b.stop().await;

@@ -83,7 +83,7 @@ impl Replica {
         if let Some(r) = running {
             r.shutdown().await;
         }
-        app.ledger.stop().await;
+        app.ledger().stop().await;
         assert_eq!(Arc::strong_count(&app), 1);
         drop(app);
     }
@@ -481,7 +481,7 @@ impl Broker {
     }
 
     async fn listen(&mut self) {
-        let c = &self.app.config;
+        let c = self.app.config();
         let tls = jobpass::tls::server_config(
             c.tls.cert.as_ref().unwrap(),
             c.tls.key.as_ref().unwrap(),
@@ -523,7 +523,7 @@ impl Broker {
         )
         .unwrap();
         let app = App::build(config, self.clock.clone(), None).await.unwrap();
-        let c = &app.config;
+        let c = app.config();
         let tls = jobpass::tls::server_config(
             c.tls.cert.as_ref().unwrap(),
             c.tls.key.as_ref().unwrap(),
@@ -599,7 +599,7 @@ impl Broker {
         stop_all(running, vault_running, background).await;
         // The audit log is locked while open: the old state (its ledger writer included, as
         // `serve` stops it on shutdown) must be gone first.
-        app.ledger.stop().await;
+        app.ledger().stop().await;
         assert_eq!(
             Arc::strong_count(&app),
             1,
@@ -703,7 +703,7 @@ impl Broker {
 
     pub async fn lease_count(&self) -> usize {
         self.app
-            .store
+            .store()
             .leases(&LeaseFilter {
                 limit: 10_000,
                 ..LeaseFilter::default()
@@ -716,7 +716,7 @@ impl Broker {
     /// Everything the store holds, as bytes: the SQLite files, or every PostgreSQL row as text.
     pub async fn store_dump(&self) -> Vec<u8> {
         let mut all = Vec::new();
-        match &self.app.store {
+        match self.app.store() {
             jobpass::store::Store::Sqlite { .. } => {
                 for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
                     let name = e.file_name().to_string_lossy().to_string();
@@ -749,7 +749,7 @@ impl Broker {
     }
 
     pub fn audit_path(&self) -> PathBuf {
-        self.app.config.audit.file.clone()
+        self.app.config().audit.file.clone()
     }
 
     pub fn audit_text(&self) -> String {
