@@ -8,7 +8,13 @@
 //!
 //! `cargo bench --bench exchange` (env: JOBPASS_BENCH_N, JOBPASS_BENCH_CONCURRENCY,
 //! JOBPASS_BENCH_SEQUENTIAL).
-
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    let_underscore_drop,
+    clippy::print_stdout,
+    reason = "a test or benchmark harness: its items are its own, and it reports on standard output"
+)]
 #![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

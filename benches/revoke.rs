@@ -6,7 +6,13 @@
 //! selector hitting 1% of them, a glob selector hitting 10%, a single-run selector and a role +
 //! claim selector are timed on the store (no HTTP; `benches/scale.rs` times the admin API).
 //! Each size runs on a fresh store.
-
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    let_underscore_drop,
+    clippy::print_stdout,
+    reason = "a test or benchmark harness: its items are its own, and it reports on standard output"
+)]
 #![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -22,7 +22,13 @@
 //! size within 1.25× of the smallest; revoking 10^5 leases by claim within 2 s.
 //!
 //! `cargo bench --bench scale`
-
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    let_underscore_drop,
+    clippy::print_stdout,
+    reason = "a test or benchmark harness: its items are its own, and it reports on standard output"
+)]
 #![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

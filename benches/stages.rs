@@ -45,7 +45,13 @@
 //!   before the timer starts (RSA signing is slow). Disk-dominated like `ledger/commit/1`.
 //!
 //! Figures are for regression hunting on one machine, not for comparison across machines.
-
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    let_underscore_drop,
+    clippy::print_stdout,
+    reason = "a test or benchmark harness: its items are its own, and it reports on standard output"
+)]
 #![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -15,7 +15,13 @@
 //! selects `leases / repos` leases and `{"claims": {"run_id": "9000000000"}}` one. The leases
 //! are issued in the hour before the fill and expire 25 h after their issue. The generator
 //! itself is `benches/support/fixtures.rs` (shared with `benches/scale.rs`).
-
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    let_underscore_drop,
+    clippy::print_stdout,
+    reason = "a test or benchmark harness: its items are its own, and it reports on standard output"
+)]
 #![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

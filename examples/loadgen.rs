@@ -29,7 +29,13 @@
 //! the end and its peak during the scenario (VmRSS, VmHWM) and its CPU time per request. Beside
 //! them, the floor measured in the same run: `GET /healthz` with a fresh TLS connection each
 //! (same concurrency), one RS256 verify and one ES256 sign (ring, in-process, one core).
-
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    let_underscore_drop,
+    clippy::print_stdout,
+    reason = "a test or benchmark harness: its items are its own, and it reports on standard output"
+)]
 #![allow(clippy::disallowed_types)] // a benchmark measures wall-clock time
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

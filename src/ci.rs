@@ -4,6 +4,10 @@
 //! Actions masked (`::add-mask::`) and written to `$GITHUB_ENV`/`$GITHUB_OUTPUT` in the
 //! multi-line-safe format — optionally running a command with them and revoking the lease when
 //! it ends, whatever its outcome.
+#![allow(
+    clippy::print_stdout,
+    reason = "the runner-side client writes credentials and shell lines to standard output"
+)]
 
 use std::io::Write;
 use std::path::Path;

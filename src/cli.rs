@@ -1,5 +1,9 @@
 //! The `jobpass` command line: the server, offline tools (policy, audit, keys, certs, dev
 //! tokens) and clients of the HTTP and admin APIs.
+#![allow(
+    clippy::print_stdout,
+    reason = "the command line answers on standard output"
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -490,7 +494,7 @@ pub async fn run(cli: Cli) -> i32 {
             clap_complete::generate(shell, &mut cmd, "jobpass", &mut out);
             use std::io::Write;
             // A closed pipe (`| head`) is not an error worth a panic.
-            let _ = std::io::stdout().write_all(&out);
+            drop(std::io::stdout().write_all(&out));
             Ok(0)
         }
         Command::Health { server, ca } => crate::client::health(&server, ca.as_deref()).await,

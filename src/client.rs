@@ -1,5 +1,9 @@
 //! HTTP clients of the CLI: exchange and the admin API over HTTPS with an optional private CA
 //! and client certificate.
+#![allow(
+    clippy::print_stdout,
+    reason = "the admin client prints the answers it gets"
+)]
 
 use std::path::Path;
 

@@ -243,7 +243,7 @@ impl Writer {
             let results = self.commit_groups(&groups);
             for (request, result) in batch.into_iter().zip(results) {
                 // The caller may have stopped waiting; its record is written all the same.
-                let _ = request.reply.send(result);
+                drop(request.reply.send(result));
             }
         }
     }

@@ -131,7 +131,7 @@ impl Ledger {
     /// the store and the audit log it holds are released (a restart in the same process can
     /// then reopen the audit file). Later submissions answer 503.
     pub async fn stop(&self) {
-        let _ = self.tx.send(Message::Stop).await;
+        drop(self.tx.send(Message::Stop).await);
         if let Some(task) = self.task.lock().await.take()
             && let Err(e) = task.await
         {
@@ -198,7 +198,7 @@ impl Writer {
                 let answers = self.commit(&entries).await;
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     // The caller may have stopped waiting; the outcome stands all the same.
-                    let _ = reply.send(answer);
+                    drop(reply.send(answer));
                 }
             }
             if stop {

@@ -31,12 +31,12 @@ impl Running {
     /// Stops accepting, drains connections (up to 10 s) and waits.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.join.await;
+        drop(self.join.await);
     }
 
     /// Waits until the server stops (after a shutdown signal).
     pub async fn wait(self) {
-        let _ = self.join.await;
+        drop(self.join.await);
     }
 
     /// A handle that can trigger shutdown.
@@ -91,7 +91,7 @@ pub async fn serve_router(
                 },
                 _ = rx.changed() => break,
             };
-            let _ = tcp.set_nodelay(true);
+            drop(tcp.set_nodelay(true));
             let router = router.clone();
             let acceptor = acceptor.clone();
             let watcher = graceful.watcher();
@@ -118,7 +118,7 @@ pub async fn serve_router(
                         };
                         let svc = service(router, info);
                         let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                        let _ = watcher.watch(conn.into_owned()).await;
+                        drop(watcher.watch(conn.into_owned()).await);
                     }
                     None => {
                         let info = ConnInfo {
@@ -128,7 +128,7 @@ pub async fn serve_router(
                         };
                         let svc = service(router, info);
                         let conn = builder.serve_connection(TokioIo::new(tcp), svc);
-                        let _ = watcher.watch(conn.into_owned()).await;
+                        drop(watcher.watch(conn.into_owned()).await);
                     }
                 }
             });

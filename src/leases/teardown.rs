@@ -254,7 +254,9 @@ pub async fn reconcile_intents(app: &App) -> usize {
         if let Err(e) = t.drop_role(&intent.role_name).await {
             tracing::warn!(error = %e, "cannot drop an orphaned role yet; will retry");
             // Put the intent back (old enough to be retried at the next pass).
-            let _ = app.store.insert_intent(&intent, before - 1).await;
+            if let Err(e) = app.store.insert_intent(&intent, before - 1).await {
+                tracing::error!(error = %e, role = %intent.role_name, "cannot put the intent back; the role stays until an operator drops it");
+            }
             continue;
         }
         dropped += 1;

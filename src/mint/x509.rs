@@ -348,10 +348,7 @@ mod tests {
     }
 
     fn der_of(pem: &str) -> Vec<u8> {
-        x509_parser::pem::parse_x509_pem(pem.as_bytes())
-            .unwrap()
-            .1
-            .contents
+        parse_x509_pem(pem.as_bytes()).unwrap().1.contents
     }
 
     /// Runs one TLS handshake: a server requiring client certificates from `ca_pem` (and

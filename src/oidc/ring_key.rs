@@ -43,7 +43,7 @@ enum Public {
 
 /// A JWK as the issuer published it, plus its decoded public key.
 #[derive(Clone, Debug)]
-pub struct RingJwk {
+pub(crate) struct RingJwk {
     core: CoreJsonWebKey,
     public: Option<Arc<Public>>,
 }

@@ -321,7 +321,7 @@ fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError>
     }
     write_new_file(&tmp, contents, mode)?;
     fs::rename(&tmp, path).map_err(|source| {
-        let _ = fs::remove_file(&tmp);
+        drop(fs::remove_file(&tmp));
         TlsError::Io {
             path: path.to_path_buf(),
             source,

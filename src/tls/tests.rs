@@ -33,7 +33,7 @@ fn dev_pki() -> DevPki {
     generate_pki(&[], &SystemClock).unwrap()
 }
 
-fn server_with_admin_ca(pki: &DevPki) -> Arc<rustls::ServerConfig> {
+fn server_with_admin_ca(pki: &DevPki) -> Arc<ServerConfig> {
     server_config_from_pem(
         &pki.server_chain_pem(),
         pki.server_key_pem.expose_secret(),
@@ -44,9 +44,7 @@ fn server_with_admin_ca(pki: &DevPki) -> Arc<rustls::ServerConfig> {
 
 /// Serves exactly one connection on 127.0.0.1:0: handshake via [`accept`], then writes
 /// "ok" and closes.
-async fn serve_one(
-    config: Arc<rustls::ServerConfig>,
-) -> (SocketAddr, JoinHandle<Result<Seen, TlsError>>) {
+async fn serve_one(config: Arc<ServerConfig>) -> (SocketAddr, JoinHandle<Result<Seen, TlsError>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = TlsAcceptor::from(config);
@@ -358,7 +356,7 @@ async fn server_certificate_covers_loopback_ips_and_extra_names() {
             .await
             .is_err()
     );
-    let _ = server.await;
+    drop(server.await);
 }
 
 // ---- configuration errors ---------------------------------------------------------------
@@ -565,7 +563,7 @@ const ALL_FILES: [(&str, bool); 10] = [
 #[cfg(unix)]
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[cfg(unix)]
@@ -579,7 +577,7 @@ fn certs_init_writes_every_file_with_private_keys_0600() {
     assert_eq!(written, expected);
     for (name, secret) in ALL_FILES {
         let path = dir.join(name);
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
         if secret {
             assert_eq!(mode(&path), 0o600, "{name}");
             assert!(text.contains("PRIVATE KEY"), "{name}");
@@ -596,9 +594,9 @@ fn certs_init_writes_every_file_with_private_keys_0600() {
         Some(&dir.join("ca.pem")),
     )
     .unwrap();
-    let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
-    let cert = std::fs::read_to_string(dir.join("admin.pem")).unwrap();
-    let key = std::fs::read_to_string(dir.join("admin-key.pem")).unwrap();
+    let ca = fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let cert = fs::read_to_string(dir.join("admin.pem")).unwrap();
+    let key = fs::read_to_string(dir.join("admin-key.pem")).unwrap();
     let client = client_config(Some(&ca), Some(&cert), Some(&key)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -619,41 +617,37 @@ fn certs_init_refuses_to_overwrite_unless_forced() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     certs_init(dir, &[], false, &SystemClock).unwrap();
-    let before = std::fs::read_to_string(dir.join("admin-key.pem")).unwrap();
+    let before = fs::read_to_string(dir.join("admin-key.pem")).unwrap();
 
     let err = certs_init(dir, &[], false, &SystemClock).unwrap_err();
     assert!(matches!(err, TlsError::Exists(_)));
     assert_eq!(
-        std::fs::read_to_string(dir.join("admin-key.pem")).unwrap(),
+        fs::read_to_string(dir.join("admin-key.pem")).unwrap(),
         before
     );
 
     // One file present is enough to refuse, and nothing else is written.
     let lone = tempfile::tempdir().unwrap();
-    std::fs::write(lone.path().join("auditor-key.pem"), "mine").unwrap();
+    fs::write(lone.path().join("auditor-key.pem"), "mine").unwrap();
     assert!(matches!(
         certs_init(lone.path(), &[], false, &SystemClock),
         Err(TlsError::Exists(p)) if p.ends_with("auditor-key.pem")
     ));
     assert!(!lone.path().join("ca.pem").exists());
     assert_eq!(
-        std::fs::read_to_string(lone.path().join("auditor-key.pem")).unwrap(),
+        fs::read_to_string(lone.path().join("auditor-key.pem")).unwrap(),
         "mine"
     );
 
     // --force replaces everything, and a loosened key file comes back as 0600.
-    std::fs::set_permissions(
-        dir.join("admin-key.pem"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    fs::set_permissions(dir.join("admin-key.pem"), fs::Permissions::from_mode(0o644)).unwrap();
     certs_init(dir, &[], true, &SystemClock).unwrap();
     assert_ne!(
-        std::fs::read_to_string(dir.join("admin-key.pem")).unwrap(),
+        fs::read_to_string(dir.join("admin-key.pem")).unwrap(),
         before
     );
     assert_eq!(mode(&dir.join("admin-key.pem")), 0o600);
-    let leftovers: Vec<_> = std::fs::read_dir(dir)
+    let leftovers: Vec<_> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .filter(|n| n.to_string_lossy().ends_with(".tmp"))

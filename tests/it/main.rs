@@ -1,6 +1,12 @@
 //! Integration tests: one binary, driving the real router over HTTPS on loopback against a
 //! real OIDC issuer served by the tests, and the real `jobpass` binary for the CLI.
-
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    let_underscore_drop,
+    clippy::print_stdout,
+    reason = "a test or benchmark harness: its items are its own, and it reports on standard output"
+)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
