@@ -10,8 +10,9 @@ use serde_json::json;
 use crate::audit::AuditError;
 use crate::crypto::CryptoError;
 use crate::exchange::ExchangeError;
-use crate::grants::GrantError;
+use crate::grants::{GrantError, PresentedError};
 use crate::keys::KeysError;
+use crate::leases::list::ListError;
 use crate::leases::revoke::RevokeError;
 use crate::mint::MintError;
 use crate::oidc::OidcError;
@@ -141,6 +142,17 @@ impl From<GrantError> for ApiError {
     }
 }
 
+impl From<PresentedError> for ApiError {
+    /// Only server-side failures reach here: each a logged 503.
+    fn from(e: PresentedError) -> Self {
+        match e {
+            PresentedError::Store(s) => ApiError::unavailable("the store", &s),
+            PresentedError::Signing(m) => ApiError::from(m),
+            PresentedError::Revoke(r) => ApiError::from(r),
+        }
+    }
+}
+
 impl From<&SecretError> for ApiError {
     /// Server-side causes are logged here, once, and answered with a generic 503.
     fn from(e: &SecretError) -> Self {
@@ -198,7 +210,23 @@ impl From<RevokeError> for ApiError {
     fn from(e: RevokeError) -> Self {
         match e {
             RevokeError::Store(s) => ApiError::unavailable("the store", &s),
-            other => ApiError::InvalidRequest(other.to_string()),
+            RevokeError::Audit(a) => ApiError::unavailable("the audit log", &a),
+            RevokeError::EmptySelector
+            | RevokeError::AllWithOthers
+            | RevokeError::NoReason
+            | RevokeError::InvalidTime(_) => ApiError::InvalidRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<ListError> for ApiError {
+    fn from(e: ListError) -> Self {
+        match e {
+            ListError::InvalidActive | ListError::InvalidLimit | ListError::UnknownParameter(_) => {
+                ApiError::InvalidRequest(e.to_string())
+            }
+            ListError::Store(s) => ApiError::unavailable("the store", &s),
+            ListError::Audit(a) => ApiError::unavailable("the audit log", &a),
         }
     }
 }

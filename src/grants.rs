@@ -1,17 +1,26 @@
-//! Broker tokens presented back to the broker: a token resolves to its grant (lease, role,
-//! environment, path globs) only while that grant is live.
+//! Credentials presented back to the broker. A broker token resolves to its grant (lease,
+//! role, environment, path globs) only while that grant is live. A credential presented to the
+//! OAuth endpoints — a broker token or a JWT minted here — resolves to its lease for RFC 7662
+//! introspection and RFC 7009 revocation.
 //!
 //! Guarantees:
 //! - a token is looked up by its keyed digest (`crypto::token_digest`), never by its value;
 //! - a revoked or expired grant is refused like an unknown token (401), with a message that
-//!   says which and never quotes the token.
+//!   says which and never quotes the token;
+//! - a JWT is believed only once its signature verifies under its environment's signing key,
+//!   and its lease's state is read from the store on every call (nothing revocable is cached);
+//! - a presented credential that is unknown, unverifiable, revoked or expired is introspected
+//!   as `{"active": false}` alone, and its revocation is a no-op: neither says which.
 
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::audit::Actor;
 use crate::crypto::token_digest;
-use crate::store::{StoreError, TokenGrant};
+use crate::leases::revoke::RevokeError;
+use crate::mint::MintError;
+use crate::store::{Selector, StoreError, TokenGrant};
 
 /// Why a presented broker token does not stand.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +40,32 @@ pub enum GrantError {
     /// The store could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a presented credential could not be resolved or revoked: server-side failures only (a
+/// credential that is not one of ours, or not live, is an answer, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum PresentedError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The environment's signing key could not be loaded.
+    #[error(transparent)]
+    Signing(#[from] MintError),
+    /// The revocation of the credential's lease failed.
+    #[error(transparent)]
+    Revoke(#[from] RevokeError),
+}
+
+/// A credential presented to the OAuth endpoints, resolved to its lease.
+#[derive(Debug)]
+struct Presented {
+    /// Its lease.
+    lease_id: String,
+    /// Neither revoked nor expired.
+    active: bool,
+    /// Its RFC 7662 introspection answer.
+    body: Value,
 }
 
 impl App {
@@ -54,6 +89,88 @@ impl App {
             return Err(GrantError::Expired);
         }
         Ok((grant, with))
+    }
+}
+
+impl App {
+    /// Resolves a broker token or a JWT minted here; None when it is neither.
+    async fn resolve_credential(&self, token: &str) -> Result<Option<Presented>, PresentedError> {
+        let now = self.clock.unix();
+        if token.starts_with(crate::mint::token::PREFIX) {
+            let digest = token_digest(&self.token_key, token);
+            let Some(g) = self.store.token_grant(&digest).await? else {
+                return Ok(None);
+            };
+            let active = g.revoked_at.is_none() && g.expires_at > now;
+            return Ok(Some(Presented {
+                lease_id: g.lease_id.clone(),
+                active,
+                body: json!({"active": active, "token_type": "Bearer", "exp": g.expires_at,
+                    "sub": g.subject, "scope": g.role, "jti": g.credential_id, "env": g.env,
+                    "role": g.role, "lease_id": g.lease_id}),
+            }));
+        }
+        let Some(env) = crate::mint::jwt::unverified_claims(token)
+            .and_then(|c| c["env"].as_str().map(str::to_string))
+        else {
+            return Ok(None);
+        };
+        if self.policies.load().environment(&env).is_none() {
+            return Ok(None);
+        }
+        let signer = self.signers.for_env(&env).await?;
+        let Some(claims) = signer.verify(token) else {
+            return Ok(None);
+        };
+        let Some(jti) = claims["jti"].as_str() else {
+            return Ok(None);
+        };
+        let Some(state) = self.store.credential_state(jti).await? else {
+            return Ok(None);
+        };
+        let active = state.revoked_at.is_none() && state.credential.expires_at > now;
+        let scope = claims["scope"]
+            .as_str()
+            .map_or_else(|| state.role.clone(), str::to_string);
+        Ok(Some(Presented {
+            lease_id: state.credential.lease_id.clone(),
+            active,
+            body: json!({"active": active, "token_type": "JWT", "exp": state.credential.expires_at,
+                "sub": state.subject, "scope": scope, "jti": jti, "aud": claims["aud"],
+                "iss": claims["iss"], "env": env, "role": state.role,
+                "lease_id": state.credential.lease_id}),
+        }))
+    }
+
+    /// The RFC 7662 introspection answer for a presented credential: its claims while it is
+    /// live, `{"active": false}` otherwise.
+    pub async fn introspect(&self, token: &SecretString) -> Result<Value, PresentedError> {
+        let answer = match self.resolve_credential(token.expose_secret()).await? {
+            Some(p) if p.active => p.body,
+            _ => json!({"active": false}),
+        };
+        Ok(answer)
+    }
+
+    /// RFC 7009 revocation: possession of a live credential is the authority to end its lease.
+    /// Anything else is left alone, without saying so.
+    pub async fn revoke_presented(&self, token: &SecretString) -> Result<(), PresentedError> {
+        if let Some(p) = self.resolve_credential(token.expose_secret()).await?
+            && p.active
+        {
+            let actor = Actor {
+                kind: "token".into(),
+                subject: p.body["sub"].as_str().map(str::to_string),
+                ..Actor::default()
+            };
+            let sel = Selector {
+                lease_id: Some(p.lease_id),
+                ..Selector::default()
+            };
+            self.revoke(&sel, "revoked by its holder (RFC 7009)", actor)
+                .await?;
+        }
+        Ok(())
     }
 }
 

@@ -16,8 +16,8 @@ use crate::app::App;
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
-use crate::leases::revoke::selector_json;
-use crate::store::{ExternalRevocation, LeaseFilter, SecretRow, Selector};
+use crate::leases::revoke::SelectorSpec;
+use crate::store::SecretRow;
 use crate::tls::{AdminIdentity, AdminRole};
 
 /// Admin routes (nested under `/v1/admin`).
@@ -193,7 +193,7 @@ async fn list_leases(
     Extension(conn): Extension<ConnInfo>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, mut ev) = guard(
+    let (_, ev) = guard(
         &app,
         &conn,
         &[AdminRole::Admin, AdminRole::Security, AdminRole::Auditor],
@@ -203,112 +203,16 @@ async fn list_leases(
     .await?;
     let params: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
-    let mut f = LeaseFilter {
-        limit: 100,
-        ..LeaseFilter::default()
-    };
-    for (k, v) in params {
-        match k.as_str() {
-            "environment" => f.env = Some(v),
-            "role" => f.role = Some(v),
-            "after" => f.after = Some(v),
-            "active" => match v.as_str() {
-                "true" => f.active_at = Some(app.clock.unix()),
-                "false" => {}
-                _ => {
-                    return Err(ApiError::InvalidRequest(
-                        "active must be true or false".into(),
-                    ));
-                }
-            },
-            "limit" => {
-                f.limit = v
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=10_000).contains(n))
-                    .ok_or_else(|| ApiError::InvalidRequest("limit must be 1..10000".into()))?;
-            }
-            other => match other.strip_prefix("claim.") {
-                Some(name) if !name.is_empty() => f.claims.push((name.to_string(), v)),
-                _ => {
-                    return Err(ApiError::InvalidRequest(format!(
-                        "unknown query parameter `{other}`"
-                    )));
-                }
-            },
-        }
-    }
-    ev.environment = f.env.clone();
-    let rows = app.store.leases(&f).await?;
-    let now = app.clock.unix();
-    let mut out = Vec::with_capacity(rows.len());
-    for l in &rows {
-        let details: Option<Value> = match app
-            .keyring
-            .open(&l.env, "leases", &l.id, l.key_version, &l.sealed)
-            .await
-        {
-            Ok(p) => serde_json::from_slice(&p).ok(),
-            Err(_) => None,
-        };
-        let status = if l.revoked_at.is_some() {
-            "revoked"
-        } else if l.expires_at <= now {
-            "expired"
-        } else {
-            "active"
-        };
-        out.push(json!({
-            "lease_id": l.id, "environment": l.env, "role": l.role, "issuer": l.issuer,
-            "subject": l.subject, "policy_version": l.policy_version,
-            "issued_at": rfc3339(l.issued_at), "expires_at": rfc3339(l.expires_at),
-            "revoked_at": l.revoked_at.map(rfc3339), "revoke_reason": l.revoke_reason,
-            "revocation": l.revocation.map(ExternalRevocation::as_str),
-            "status": status,
-            "credentials": details.as_ref().map(|d| d["credentials"].clone()),
-            "claims": details.as_ref().map(|d| d["claims"].clone()),
-        }));
-    }
-    ev.details.insert("count".into(), json!(out.len()));
-    app.audit.append(ev).await?;
-    let next = if i64::try_from(rows.len()).unwrap_or(0) == f.limit {
-        rows.last().map(|l| l.id.clone())
-    } else {
-        None
-    };
-    Ok(Json(json!({"leases": out, "next_after": next})))
-}
-
-fn parse_time(field: &str, v: Option<String>) -> Result<Option<i64>, ApiError> {
-    v.map(|t| {
-        humantime::parse_rfc3339_weak(&t)
-            .map(crate::clock::unix_seconds)
-            .map_err(|_| ApiError::InvalidRequest(format!("`{field}` must be an RFC 3339 time")))
-    })
-    .transpose()
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct SelectorBody {
-    lease_id: Option<String>,
-    environment: Option<String>,
-    role: Option<String>,
-    issuer: Option<String>,
-    subject: Option<String>,
-    #[serde(default)]
-    claims: std::collections::BTreeMap<String, String>,
-    policy_version: Option<String>,
-    issued_after: Option<String>,
-    issued_before: Option<String>,
-    #[serde(default)]
-    all: bool,
+    let page = app.list_leases(params, ev).await?;
+    Ok(Json(
+        json!({"leases": page.leases, "next_after": page.next_after}),
+    ))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
-    selector: SelectorBody,
+    selector: SelectorSpec,
     reason: Option<String>,
 }
 
@@ -324,7 +228,7 @@ async fn revoke(
     Extension(conn): Extension<ConnInfo>,
     JsonBody(body): JsonBody<RevokeBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, mut ev) = guard(
+    let (_, ev) = guard(
         &app,
         &conn,
         &[AdminRole::Security],
@@ -332,44 +236,7 @@ async fn revoke(
         body.selector.environment.as_deref(),
     )
     .await?;
-    let b = body.selector;
-    let sel = Selector {
-        lease_id: b.lease_id,
-        env: b.environment,
-        role: b.role,
-        issuer: b.issuer,
-        subject: b.subject,
-        claims: b.claims.into_iter().collect(),
-        policy_version: b.policy_version,
-        issued_after: parse_time("issued_after", b.issued_after)?,
-        issued_before: parse_time("issued_before", b.issued_before)?,
-        all: b.all,
-    };
-    let checked = required_reason(body.reason).and_then(|r| {
-        if sel.is_empty() && !sel.all {
-            Err(ApiError::InvalidRequest(
-                "an empty selector is refused; use {\"all\": true} to revoke everything".into(),
-            ))
-        } else if sel.all && !sel.is_empty() {
-            Err(ApiError::InvalidRequest(
-                "`all` cannot be combined with other selector keys".into(),
-            ))
-        } else {
-            Ok(r)
-        }
-    });
-    let reason = match checked {
-        Ok(r) => r,
-        Err(e) => {
-            ev.outcome = Outcome::Denied;
-            ev.event = "revoke".into();
-            ev.reason = Some(e.to_string());
-            ev.details.insert("selector".into(), selector_json(&sel));
-            app.audit.append(ev).await?;
-            return Err(e);
-        }
-    };
-    let done = app.revoke(&sel, &reason, ev.actor.clone()).await?;
+    let done = app.revoke_requested(body.selector, body.reason, ev).await?;
     Ok(Json(
         json!({"revoked": done.lease_ids.len(), "lease_ids": done.lease_ids, "audited": done.audited}),
     ))

@@ -14,8 +14,6 @@ use serde_json::{Value, json};
 
 use super::body::{FormBody, JsonBody};
 use crate::app::App;
-use crate::audit::Actor;
-use crate::crypto::token_digest;
 use crate::error::ApiError;
 use crate::exchange::ExchangeRequest;
 use crate::grants::grant_actor;
@@ -219,62 +217,11 @@ async fn revoke_self(
     ))
 }
 
-/// A credential presented to the OAuth endpoints, resolved to its lease.
-struct Presented {
-    lease_id: String,
-    active: bool,
-    body: Value,
-}
-
-impl App {
-    /// Resolves a broker token or a JWT minted here; None when it is neither.
-    async fn resolve_credential(&self, token: &str) -> Result<Option<Presented>, ApiError> {
-        let now = self.clock.unix();
-        if token.starts_with(crate::mint::token::PREFIX) {
-            let digest = token_digest(&self.token_key, token);
-            let Some(g) = self.store.token_grant(&digest).await? else {
-                return Ok(None);
-            };
-            let active = g.revoked_at.is_none() && g.expires_at > now;
-            return Ok(Some(Presented {
-                lease_id: g.lease_id.clone(),
-                active,
-                body: json!({"active": active, "token_type": "Bearer", "exp": g.expires_at,
-                    "sub": g.subject, "scope": g.role, "jti": g.credential_id, "env": g.env,
-                    "role": g.role, "lease_id": g.lease_id}),
-            }));
-        }
-        let Some(env) = crate::mint::jwt::unverified_claims(token)
-            .and_then(|c| c["env"].as_str().map(str::to_string))
-        else {
-            return Ok(None);
-        };
-        if self.policies.load().environment(&env).is_none() {
-            return Ok(None);
-        }
-        let signer = self.signers.for_env(&env).await?;
-        let Some(claims) = signer.verify(token) else {
-            return Ok(None);
-        };
-        let Some(jti) = claims["jti"].as_str() else {
-            return Ok(None);
-        };
-        let Some(state) = self.store.credential_state(jti).await? else {
-            return Ok(None);
-        };
-        let active = state.revoked_at.is_none() && state.credential.expires_at > now;
-        let scope = claims["scope"]
-            .as_str()
-            .map_or_else(|| state.role.clone(), str::to_string);
-        Ok(Some(Presented {
-            lease_id: state.credential.lease_id.clone(),
-            active,
-            body: json!({"active": active, "token_type": "JWT", "exp": state.credential.expires_at,
-                "sub": state.subject, "scope": scope, "jti": jti, "aud": claims["aud"],
-                "iss": claims["iss"], "env": env, "role": state.role,
-                "lease_id": state.credential.lease_id}),
-        }))
-    }
+/// The credential of an introspection or revocation form.
+fn form_token(form: &[(String, String)]) -> Result<SecretString, ApiError> {
+    form_get(form, "token")
+        .map(|t| SecretString::from(t.to_string()))
+        .ok_or_else(|| ApiError::InvalidRequest("form field `token` is required".into()))
 }
 
 /// RFC 7662 introspection. The caller authenticates with a live broker token or an admin
@@ -293,12 +240,8 @@ async fn oauth_introspect(
         })?;
         app.live_token_grant(&caller).await?;
     }
-    let token = form_get(&form, "token")
-        .ok_or_else(|| ApiError::InvalidRequest("form field `token` is required".into()))?;
-    Ok(Json(match app.resolve_credential(token).await? {
-        Some(p) if p.active => p.body,
-        _ => json!({"active": false}),
-    }))
+    let token = form_token(&form)?;
+    Ok(Json(app.introspect(&token).await?))
 }
 
 /// RFC 7009 revocation: possession of the credential is the authority to end its lease. Unknown
@@ -307,23 +250,8 @@ async fn oauth_revoke(
     State(app): State<Arc<App>>,
     FormBody(form): FormBody,
 ) -> Result<Json<Value>, ApiError> {
-    let token = form_get(&form, "token")
-        .ok_or_else(|| ApiError::InvalidRequest("form field `token` is required".into()))?;
-    if let Some(p) = app.resolve_credential(token).await?
-        && p.active
-    {
-        let actor = Actor {
-            kind: "token".into(),
-            subject: p.body["sub"].as_str().map(str::to_string),
-            ..Actor::default()
-        };
-        let sel = Selector {
-            lease_id: Some(p.lease_id),
-            ..Selector::default()
-        };
-        app.revoke(&sel, "revoked by its holder (RFC 7009)", actor)
-            .await?;
-    }
+    let token = form_token(&form)?;
+    app.revoke_presented(&token).await?;
     Ok(Json(json!({})))
 }
 

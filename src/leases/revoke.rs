@@ -1,11 +1,22 @@
 //! Revocation (SPEC §4): one call revokes every live lease a selector matches, on every kind of
 //! credential those leases hold. Bearer tokens and JWT introspection read the lease state on
 //! every request (nothing revocable is cached), so a revocation takes effect at once.
+//!
+//! Guarantees:
+//! - a selector that restricts nothing is refused unless it says `all`, and `all` is refused
+//!   with any other key;
+//! - an operator's revocation (`App::revoke_requested`) needs a non-empty reason; one refused
+//!   as asked is on record (a denied `revoke` audit record) before it is answered;
+//! - a revocation is committed before it is audited: an emergency revocation does not wait on
+//!   a full disk, and says whether its record was written.
 
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::audit::{Actor, AuditError, AuditEvent, Outcome};
 use crate::store::{Selector, StoreError};
 
 /// Why a revocation was refused or failed.
@@ -14,12 +25,97 @@ pub enum RevokeError {
     /// The selector restricts nothing and `all` was not said.
     #[error("an empty selector is refused; use {{\"all\": true}} to revoke everything")]
     EmptySelector,
-    /// No reason was given.
-    #[error("a reason is required")]
+    /// `all` together with keys that restrict.
+    #[error("`all` cannot be combined with other selector keys")]
+    AllWithOthers,
+    /// No reason was given, or only blanks.
+    #[error("a non-empty `reason` is required")]
     NoReason,
+    /// A time of the selector is not RFC 3339 (the argument names its key).
+    #[error("`{0}` must be an RFC 3339 time")]
+    InvalidTime(&'static str),
     /// The store failed: nothing was revoked.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The refusal's audit record could not be written.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// A selector as an operator writes it (SPEC §4): times are RFC 3339 strings, claims map a
+/// name to a glob.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorSpec {
+    /// One lease.
+    pub lease_id: Option<String>,
+    /// Environment.
+    pub environment: Option<String>,
+    /// Role.
+    pub role: Option<String>,
+    /// Issuer of the source token.
+    pub issuer: Option<String>,
+    /// Subject of the source token.
+    pub subject: Option<String>,
+    /// Source claims: name → glob.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// Policy version that allowed the lease.
+    pub policy_version: Option<String>,
+    /// Issued at or after (RFC 3339).
+    pub issued_after: Option<String>,
+    /// Issued at or before (RFC 3339).
+    pub issued_before: Option<String>,
+    /// Every live lease.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// An RFC 3339 time of the selector key `field`, as unix seconds.
+fn parse_time(field: &'static str, v: Option<String>) -> Result<Option<i64>, RevokeError> {
+    v.map(|t| {
+        humantime::parse_rfc3339_weak(&t)
+            .map(crate::clock::unix_seconds)
+            .map_err(|_| RevokeError::InvalidTime(field))
+    })
+    .transpose()
+}
+
+impl SelectorSpec {
+    /// The selector, its times parsed. Whether it restricts anything is not checked here.
+    pub fn parse(self) -> Result<Selector, RevokeError> {
+        Ok(Selector {
+            lease_id: self.lease_id,
+            env: self.environment,
+            role: self.role,
+            issuer: self.issuer,
+            subject: self.subject,
+            claims: self.claims.into_iter().collect(),
+            policy_version: self.policy_version,
+            issued_after: parse_time("issued_after", self.issued_after)?,
+            issued_before: parse_time("issued_before", self.issued_before)?,
+            all: self.all,
+        })
+    }
+}
+
+/// `reason`, trimmed, if anything is left of it.
+pub fn required_reason(reason: Option<String>) -> Result<String, RevokeError> {
+    reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or(RevokeError::NoReason)
+}
+
+/// Refuses a selector that restricts nothing without `all`, or `all` with other keys.
+fn check_selector(sel: &Selector) -> Result<(), RevokeError> {
+    if sel.is_empty() && !sel.all {
+        Err(RevokeError::EmptySelector)
+    } else if sel.all && !sel.is_empty() {
+        Err(RevokeError::AllWithOthers)
+    } else {
+        Ok(())
+    }
 }
 
 /// Most lease ids written into one audit record (the count is always exact).
@@ -75,6 +171,31 @@ pub fn selector_json(sel: &Selector) -> Value {
 }
 
 impl App {
+    /// An operator's revocation: `spec` parsed and checked, then [`App::revoke`] with `ev`'s
+    /// actor. `ev` is the caller's audit record; it is written, denied, only when the
+    /// selector or the reason is refused.
+    pub async fn revoke_requested(
+        &self,
+        spec: SelectorSpec,
+        reason: Option<String>,
+        mut ev: AuditEvent,
+    ) -> Result<Revoked, RevokeError> {
+        let sel = spec.parse()?;
+        let checked = required_reason(reason).and_then(|r| check_selector(&sel).map(|()| r));
+        let reason = match checked {
+            Ok(r) => r,
+            Err(e) => {
+                ev.outcome = Outcome::Denied;
+                ev.event = "revoke".into();
+                ev.reason = Some(e.to_string());
+                ev.details.insert("selector".into(), selector_json(&sel));
+                self.audit.append(ev).await?;
+                return Err(e);
+            }
+        };
+        self.revoke(&sel, &reason, ev.actor).await
+    }
+
     /// Revokes every live lease `sel` matches. The revocation is committed first — an
     /// emergency revocation must not wait on a full disk — and then audited.
     pub async fn revoke(
@@ -83,9 +204,7 @@ impl App {
         reason: &str,
         actor: Actor,
     ) -> Result<Revoked, RevokeError> {
-        if sel.is_empty() && !sel.all {
-            return Err(RevokeError::EmptySelector);
-        }
+        check_selector(sel)?;
         if reason.trim().is_empty() {
             return Err(RevokeError::NoReason);
         }
@@ -119,5 +238,72 @@ impl App {
             lease_ids: ids,
             audited,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_times_and_claims() {
+        let spec = SelectorSpec {
+            environment: Some("prod".into()),
+            claims: BTreeMap::from([("run_id".to_string(), "12*".to_string())]),
+            issued_after: Some("1970-01-01T00:01:40Z".into()),
+            ..SelectorSpec::default()
+        };
+        let sel = spec.parse().expect("valid selector");
+        assert_eq!(sel.env.as_deref(), Some("prod"));
+        assert_eq!(sel.issued_after, Some(100));
+        assert_eq!(sel.issued_before, None);
+        assert_eq!(sel.claims, vec![("run_id".to_string(), "12*".to_string())]);
+    }
+
+    #[test]
+    fn refuses_a_time_that_is_not_rfc_3339() {
+        let spec = SelectorSpec {
+            issued_before: Some("yesterday".into()),
+            ..SelectorSpec::default()
+        };
+        let e = spec.parse().expect_err("refused");
+        assert_eq!(e.to_string(), "`issued_before` must be an RFC 3339 time");
+    }
+
+    #[test]
+    fn refuses_empty_selectors_and_all_with_others() {
+        let empty = Selector::default();
+        assert!(matches!(
+            check_selector(&empty),
+            Err(RevokeError::EmptySelector)
+        ));
+        let all = Selector {
+            all: true,
+            ..Selector::default()
+        };
+        assert!(check_selector(&all).is_ok());
+        let mixed = Selector {
+            env: Some("prod".into()),
+            all: true,
+            ..Selector::default()
+        };
+        assert_eq!(
+            check_selector(&mixed).expect_err("refused").to_string(),
+            "`all` cannot be combined with other selector keys"
+        );
+    }
+
+    #[test]
+    fn a_reason_is_trimmed_and_must_not_be_blank() {
+        assert_eq!(
+            required_reason(Some("  incident 42 ".into())).expect("reason"),
+            "incident 42"
+        );
+        for r in [None, Some(String::new()), Some(" \t".into())] {
+            assert_eq!(
+                required_reason(r).expect_err("refused").to_string(),
+                "a non-empty `reason` is required"
+            );
+        }
     }
 }
