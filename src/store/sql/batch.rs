@@ -71,6 +71,17 @@ pub struct BatchChecks {
     pub intents: HashSet<String>,
 }
 
+impl BatchChecks {
+    /// Counts one data-key version of `env` (destroyed or not).
+    fn add_key_version(&mut self, env: String, version: i64, destroyed: bool) {
+        let state = self.keys.entry(env).or_default();
+        state.current = state.current.max(version);
+        if destroyed {
+            state.destroyed.insert(version);
+        }
+    }
+}
+
 /// A source token's single-use slot.
 #[derive(Debug, Clone)]
 pub struct ReplaySlot {

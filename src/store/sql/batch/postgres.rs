@@ -70,12 +70,8 @@ pub(super) async fn checks(
         .fetch_all(&mut *conn)
         .await?;
         for r in &rows {
-            let version: i64 = r.try_get("version")?;
-            let state = out.keys.entry(r.try_get("env")?).or_default();
-            state.current = state.current.max(version);
-            if r.try_get::<i64, _>("destroyed")? != 0 {
-                state.destroyed.insert(version);
-            }
+            let destroyed = r.try_get::<i64, _>("destroyed")? != 0;
+            out.add_key_version(r.try_get("env")?, r.try_get("version")?, destroyed);
         }
     }
     // Locked until the transaction ends, so reconciliation cannot claim them in between.

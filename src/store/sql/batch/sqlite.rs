@@ -139,12 +139,8 @@ pub(super) async fn checks(
                 out.frozen.insert(name);
             }
             "k" => {
-                let version: i64 = r.try_get("version")?;
-                let state = out.keys.entry(name).or_default();
-                state.current = state.current.max(version);
-                if r.try_get::<i64, _>("destroyed")? != 0 {
-                    state.destroyed.insert(version);
-                }
+                let destroyed = r.try_get::<i64, _>("destroyed")? != 0;
+                out.add_key_version(name, r.try_get("version")?, destroyed);
             }
             _ => {
                 out.intents.insert(name);
