@@ -41,6 +41,15 @@ use crate::store::{BatchItem, NewLease, ReplaySlot, Store, StoreError};
 const QUEUE: usize = 8192;
 /// Most exchanges committed in one batch.
 const MAX_BATCH: usize = 256;
+/// Leases whose claims may wait in the store's backlog (see `store::sql::claims`) until the
+/// queue is empty; then the ledger folds them into the claim index.
+const FOLD_QUIET: usize = 32;
+/// Backlog at which the ledger folds between batches even when exchanges are waiting.
+const FOLD_BUSY: usize = 2048;
+/// Most leases folded at once: bounds how long one fold holds the writer.
+const FOLD_CHUNK: u32 = 32;
+/// A smaller backlog is folded after this long without an exchange.
+const FOLD_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What one exchange hands to the ledger: everything it writes, computed beforehand.
 pub struct Entry {
@@ -179,7 +188,23 @@ enum BatchError {
 impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Message>) {
         let mut pending = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
+        // Leases in the claim backlog, as far as this writer knows; unknown at start (a
+        // backlog left by an earlier run), so the first quiet moment folds.
+        let mut backlog = FOLD_QUIET;
+        loop {
+            let received = if backlog == 0 {
+                rx.recv_many(&mut pending, MAX_BATCH).await
+            } else if let Ok(n) =
+                tokio::time::timeout(FOLD_IDLE, rx.recv_many(&mut pending, MAX_BATCH)).await
+            {
+                n
+            } else {
+                backlog = self.fold(backlog).await;
+                continue;
+            };
+            if received == 0 {
+                break;
+            }
             let mut entries = Vec::with_capacity(pending.len());
             let mut replies = Vec::with_capacity(pending.len());
             let mut stop = false;
@@ -196,6 +221,7 @@ impl Writer {
             }
             if !entries.is_empty() {
                 let answers = self.commit(&entries).await;
+                backlog += answers.iter().filter(|a| a.result.is_ok()).count();
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     // The caller may have stopped waiting; the outcome stands all the same.
                     drop(reply.send(answer));
@@ -203,6 +229,34 @@ impl Writer {
             }
             if stop {
                 break;
+            }
+            if backlog >= FOLD_BUSY || (backlog >= FOLD_QUIET && rx.is_empty()) {
+                backlog = self.fold(backlog).await;
+            }
+        }
+    }
+
+    /// Folds one chunk of the claim backlog into the index; returns the backlog left as far
+    /// as known. A failure leaves the backlog for later: lookups read it where it is.
+    async fn fold(&self, backlog: usize) -> usize {
+        let started = tokio::time::Instant::now();
+        let folded = self.store.fold_claims(FOLD_CHUNK).await;
+        if let Ok(n) = &folded {
+            tracing::debug!(
+                leases = n,
+                elapsed_us = started.elapsed().as_micros(),
+                "claims folded into the claim index"
+            );
+        }
+        match folded {
+            Ok(n) if n < u64::from(FOLD_CHUNK) => 0,
+            // A full chunk: more may be left (the count is unknown after a restart).
+            Ok(n) => backlog
+                .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX))
+                .max(FOLD_QUIET),
+            Err(e) => {
+                tracing::warn!(error = %e, backlog, "folding lease claims into the claim index failed; will retry");
+                backlog
             }
         }
     }

@@ -79,6 +79,7 @@ macro_rules! with_tx {
 }
 
 mod batch;
+mod claims;
 mod credentials;
 mod decode;
 mod environments;

@@ -200,7 +200,7 @@ mod sqlite_tests {
 
     use super::{BatchItem, NewLease, ReplaySlot};
     use crate::mint::Kind;
-    use crate::store::{CredentialRow, LeaseRow, PgIntent, Store};
+    use crate::store::{CredentialRow, LeaseFilter, LeaseRow, PgIntent, Selector, Store};
 
     fn lease(id: &str, claims: &[(&str, &str)], hash: Option<Vec<u8>>) -> NewLease {
         NewLease {
@@ -247,6 +247,114 @@ mod sqlite_tests {
             issuer: "https://issuer".into(),
             expires_at: 3_000,
         }
+    }
+
+    /// Commits one batch of leases (claims go to the backlog).
+    async fn commit_leases(store: &Store, leases: &[NewLease], first_slot: u8) {
+        let slots: Vec<ReplaySlot> = (0..leases.len())
+            .map(|i| slot(first_slot + u8::try_from(i).unwrap()))
+            .collect();
+        let items: Vec<BatchItem<'_>> = leases
+            .iter()
+            .zip(&slots)
+            .map(|(lease, slot)| BatchItem {
+                slot,
+                intents: &[],
+                lease,
+            })
+            .collect();
+        let mut tx = store.begin().await.unwrap();
+        tx.write_batch(&items, 1_000).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn listed(store: &Store, name: &str, value: &str) -> Vec<String> {
+        let f = LeaseFilter {
+            claims: vec![(name.into(), value.into())],
+            limit: 100,
+            ..LeaseFilter::default()
+        };
+        let rows = store.leases(&f).await.unwrap();
+        rows.into_iter().map(|l| l.id).collect()
+    }
+
+    #[tokio::test]
+    async fn leases_are_found_by_claim_before_and_after_their_claims_fold_into_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let web = [("repository", "acme/web"), ("run_id", "7")];
+        let api = [("repository", "acme/api"), ("run_id", "7")];
+        commit_leases(
+            &store,
+            &[lease("lse_1", &web, None), lease("lse_2", &api, None)],
+            1,
+        )
+        .await;
+        // lse_1 and lse_2 are folded; lse_3 and lse_4 still wait in the backlog.
+        assert_eq!(store.fold_claims(512).await.unwrap(), 2);
+        commit_leases(
+            &store,
+            &[lease("lse_3", &web, None), lease("lse_4", &api, None)],
+            3,
+        )
+        .await;
+
+        assert_eq!(
+            listed(&store, "repository", "acme/web").await,
+            ["lse_3", "lse_1"]
+        );
+        assert_eq!(listed(&store, "run_id", "7").await.len(), 4);
+        assert!(listed(&store, "repository", "acme/*").await.is_empty());
+        // A name present only as a value elsewhere matches nothing.
+        assert!(listed(&store, "acme/web", "repository").await.is_empty());
+
+        let sel = Selector {
+            claims: vec![("repository".into(), "acme/w*".into())],
+            ..Selector::default()
+        };
+        assert_eq!(
+            store.revoke(&sel, 1_500, "INC-1").await.unwrap(),
+            ["lse_3", "lse_1"]
+        );
+        // A fold in chunks moves the rest; the same lookups give the same answers.
+        assert_eq!(store.fold_claims(1).await.unwrap(), 1);
+        assert_eq!(store.fold_claims(512).await.unwrap(), 1);
+        assert_eq!(store.fold_claims(512).await.unwrap(), 0);
+        assert_eq!(
+            listed(&store, "repository", "acme/web").await,
+            ["lse_3", "lse_1"]
+        );
+        let both = Selector {
+            claims: vec![
+                ("repository".into(), "*".into()),
+                ("run_id".into(), "7".into()),
+            ],
+            ..Selector::default()
+        };
+        assert_eq!(
+            store.revoke(&both, 1_500, "INC-2").await.unwrap(),
+            ["lse_4", "lse_2"]
+        );
+
+        // The sweep takes the index entries of the leases it deletes, folded or not.
+        commit_leases(&store, &[lease("lse_5", &web, None)], 5).await;
+        let Store::Sqlite { writer, .. } = &store else {
+            unreachable!()
+        };
+        let count = |table: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table}"
+            )))
+            .fetch_one(writer)
+            .await
+            .unwrap()
+        };
+        assert_eq!(count("lease_claims").await, 8);
+        assert_eq!(count("lease_claims_backlog").await, 1);
+        assert_eq!(store.sweep(3_000, 2_500).await.unwrap().0, 5);
+        assert_eq!(count("lease_claims").await, 0);
+        assert_eq!(count("lease_claims_backlog").await, 0);
     }
 
     #[tokio::test]
@@ -322,18 +430,35 @@ mod sqlite_tests {
         let Store::Sqlite { writer, .. } = &store else {
             unreachable!()
         };
+        let mut want: Vec<(String, String)> = odd
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        want.sort();
+        // The claims wait with the lease, its id in the backlog, then fold into the index
+        // unchanged.
+        let mut backlog: Vec<(String, String)> = sqlx::query_as(
+            "SELECT j.key, j.value FROM lease_claims_backlog b JOIN leases l ON l.id = b.lease_id,
+             json_each(l.claims) j WHERE b.lease_id = 'lse_a'",
+        )
+        .fetch_all(writer)
+        .await
+        .unwrap();
+        backlog.sort();
+        assert_eq!(backlog, want);
+        assert_eq!(store.fold_claims(512).await.unwrap(), 2);
         let mut claims: Vec<(String, String)> =
             sqlx::query_as("SELECT name, value FROM lease_claims WHERE lease_id = 'lse_a'")
                 .fetch_all(writer)
                 .await
                 .unwrap();
         claims.sort();
-        let mut want: Vec<(String, String)> = odd
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        want.sort();
         assert_eq!(claims, want);
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM lease_claims_backlog")
+            .fetch_one(writer)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
 
         // The slots are used, the intent taken over; the other intent is left alone.
         let mut tx = store.begin().await.unwrap();

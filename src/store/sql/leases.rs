@@ -1,7 +1,7 @@
 //! Leases: one per exchange, with the claims of its source token kept searchable, listed by
 //! the admin API, revoked by selector and swept after expiry.
 //!
-//! Tables: `leases`, `lease_claims`, `lease_revocations` (one narrow row per revoked lease);
+//! Tables: `leases`, `lease_claims` with its backlog (see [`super::claims`]), `lease_revocations` (one narrow row per revoked lease);
 //! the sweep also deletes expired `replay` records.
 //!
 //! Guarantees:
@@ -17,13 +17,18 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row};
 
 use super::Store;
 use super::batch::push_list;
+use super::claims::{delete_claims_of, push_has_claim, push_lease_with_claim_like};
 use super::open::BeginWrite;
-use crate::store::{LeaseFilter, LeaseRow, Result, Selector, StoreError, WriteTx, glob_to_like};
+use crate::store::{LeaseFilter, LeaseRow, Result, Selector, StoreError, glob_to_like};
 
 /// A lease row's columns, read from `LEASE_FROM` (`l`: the lease, `r`: its revocation, if any).
 pub(super) const LEASE_COLUMNS: &str = "l.id, l.env, l.role, l.issuer, l.subject, l.policy_version,
         l.issued_at, l.expires_at, r.revoked_at, r.reason AS revoke_reason, l.key_version, l.sealed,
         l.revocation, l.revocation_attempts";
+
+/// The leases the sweep deletes (`$1`: expired before): settled external credentials.
+const SWEPT: &str =
+    "leases.expires_at < $1 AND (leases.revocation IS NULL OR leases.revocation = 'done')";
 
 /// Leases with their revocation row (revocations live in a narrow table of their own).
 pub(super) const LEASE_FROM: &str = "leases l LEFT JOIN lease_revocations r ON r.lease_id = l.id";
@@ -42,6 +47,7 @@ impl Store {
 
     /// Leases matching `f`, newest first.
     pub async fn leases(&self, f: &LeaseFilter) -> Result<Vec<LeaseRow>> {
+        let backlog = self.has_claims_backlog();
         with_db!(self, |w, r, Db| {
             let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
                 "SELECT {LEASE_COLUMNS} FROM {LEASE_FROM} WHERE 1 = 1"
@@ -60,11 +66,7 @@ impl Store {
                 q.push(" AND l.id < ").push_bind(after.clone());
             }
             for (name, value) in &f.claims {
-                q.push(" AND EXISTS (SELECT 1 FROM lease_claims c WHERE c.name = ")
-                    .push_bind(name.clone())
-                    .push(" AND c.value = ")
-                    .push_bind(value.clone())
-                    .push(" AND c.lease_id = l.id)");
+                push_has_claim(&mut q, backlog, name, value);
             }
             q.push(" ORDER BY l.id DESC LIMIT ").push_bind(f.limit);
             Ok(q.build_query_as::<LeaseRow>().fetch_all(r).await?)
@@ -88,6 +90,7 @@ impl Store {
     }
 
     async fn revoke_once(&self, sel: &Selector, now: i64, reason: &str) -> Result<Vec<String>> {
+        let backlog = self.has_claims_backlog();
         with_db!(self, |w, r, Db| {
             // One narrow row per lease revoked now; `external` marks the leases whose
             // database roles the revocation worker must drop.
@@ -125,11 +128,7 @@ impl Store {
                 q.push(" AND l.issued_at <= ").push_bind(t);
             }
             for (name, glob) in &sel.claims {
-                q.push(" AND l.id IN (SELECT lease_id FROM lease_claims WHERE name = ")
-                    .push_bind(name.clone())
-                    .push(" AND value LIKE ")
-                    .push_bind(glob_to_like(glob))
-                    .push(" ESCAPE '\\')");
+                push_lease_with_claim_like(&mut q, backlog, name, &glob_to_like(glob));
             }
             // In lease order, so two revocations overlapping on PostgreSQL lock their rows in
             // the same order. A concurrent revocation of the same lease (another replica) wins;
@@ -175,53 +174,41 @@ impl Store {
         .bind(now)
         .execute(w)
         .await?;
-            let leases = sqlx::query(
-            "DELETE FROM leases WHERE expires_at < $1 AND (revocation IS NULL OR revocation = 'done')",
-        )
-        .bind(expired_before)
-        .execute(w)
-        .await?
-        .rows_affected();
-            let replay = sqlx::query("DELETE FROM replay WHERE expires_at < $1")
-                .bind(now)
-                .execute(w)
-                .await?
-                .rows_affected();
-            Ok((leases, replay))
-        })
-    }
-}
-
-impl WriteTx {
-    /// Inserts a lease with its indexed claims.
-    pub async fn insert_lease(&mut self, l: &LeaseRow, claims: &[(String, String)]) -> Result<()> {
-        with_tx!(self, |conn| {
-            sqlx::query(
-            "INSERT INTO leases (id, env, role, issuer, subject, policy_version, issued_at, expires_at,
-                                 key_version, sealed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&l.id)
-        .bind(&l.env)
-        .bind(&l.role)
-        .bind(&l.issuer)
-        .bind(&l.subject)
-        .bind(&l.policy_version)
-        .bind(l.issued_at)
-        .bind(l.expires_at)
-        .bind(l.key_version)
-        .bind(&l.sealed)
-        .execute(&mut *conn)
-        .await?;
-            for (name, value) in claims {
-                sqlx::query("INSERT INTO lease_claims (lease_id, name, value) VALUES ($1, $2, $3)")
-                    .bind(&l.id)
-                    .bind(name)
-                    .bind(value)
-                    .execute(&mut *conn)
+            Ok::<(), StoreError>(())
+        })?;
+        let delete_leases = format!("DELETE FROM leases WHERE {SWEPT}");
+        let leases = match self {
+            Store::Sqlite { writer, .. } => {
+                // Claim-index entries have no foreign key on SQLite: they go by their keys, in
+                // the transaction that deletes their leases.
+                let mut tx = writer.begin_write().await?;
+                sqlx::query(AssertSqlSafe(delete_claims_of(SWEPT)))
+                    .bind(expired_before)
+                    .execute(&mut *tx)
                     .await?;
+                let n = sqlx::query(AssertSqlSafe(delete_leases))
+                    .bind(expired_before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                n
             }
-            Ok(())
-        })
+            Store::Postgres { pool } => sqlx::query(AssertSqlSafe(delete_leases))
+                .bind(expired_before)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        let replay = with_db!(self, |w, r, Db| {
+            Ok::<u64, StoreError>(
+                sqlx::query("DELETE FROM replay WHERE expires_at < $1")
+                    .bind(now)
+                    .execute(w)
+                    .await?
+                    .rows_affected(),
+            )
+        })?;
+        Ok((leases, replay))
     }
 }

@@ -276,5 +276,29 @@ mod migration_tests {
         assert!(store.revoke(&sel, 2_001, "twice").await.unwrap().is_empty());
         let live = store.leases(&filter).await.unwrap();
         assert!(live.is_empty(), "{live:?}");
+
+        // Claims written before the backlog were copied onto their leases, so the sweep
+        // still finds their index entries by key.
+        let Store::Sqlite { writer, .. } = &store else {
+            unreachable!()
+        };
+        let claims: Option<String> =
+            sqlx::query_scalar("SELECT claims FROM leases WHERE id = 'l-live'")
+                .fetch_one(writer)
+                .await
+                .unwrap();
+        assert_eq!(claims.as_deref(), Some(r#"{"repository":"a/b"}"#));
+        sqlx::raw_sql(
+            "UPDATE leases SET expires_at = 1, revocation = NULL; DELETE FROM credentials",
+        )
+        .execute(writer)
+        .await
+        .unwrap();
+        assert_eq!(store.sweep(3_000, 2_000).await.unwrap().0, 3);
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM lease_claims")
+            .fetch_one(writer)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

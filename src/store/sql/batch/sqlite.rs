@@ -33,39 +33,48 @@ macro_rules! insert_leases_sql {
     () => {
         "
     INSERT INTO leases (id, env, role, issuer, subject, policy_version, issued_at, expires_at,
-                        key_version, sealed)
+                        key_version, sealed, claims)
         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6,
-               value->>7, value->>8, unhex(value->>9)
+               value->>7, value->>8, unhex(value->>9), value->10
         FROM json_each($1);
-    INSERT INTO lease_claims (lease_id, name, value)
-        SELECT value->>0, value->>1, value->>2 FROM json_each($2);
+    INSERT INTO lease_claims_backlog (lease_id) SELECT value->>0 FROM json_each($1);
     INSERT INTO credentials (id, lease_id, env, name, kind, token_hash, scope, expires_at)
         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, unhex(value->>5),
                value->>6, value->>7
-        FROM json_each($3);"
+        FROM json_each($2);"
     };
 }
 
-/// Rows of leases, their claims and credentials (`$1`–`$3`).
+/// Rows of leases (with their claims, their ids into the backlog [`super::super::claims`]
+/// folds) and of credentials (`$1`, `$2`).
 const INSERT_LEASES: &str = insert_leases_sql!();
 
-/// Replay slots taken (`$4`, at `$6`) and role intents taken over (`$5`), then the rows of
+/// Replay slots taken (`$3`, at `$5`) and role intents taken over (`$4`), then the rows of
 /// [`INSERT_LEASES`]. A slot already used fails the statement (primary key): the checks,
 /// read under the same write lock, have already excluded every one.
 const WRITE_BATCH: &str = concat!(
     "
     INSERT INTO replay (key, issuer, seen_at, expires_at)
-        SELECT unhex(value->>0), value->>1, $6, value->>2 FROM json_each($4);
-    DELETE FROM pg_intents WHERE role_name IN (SELECT value FROM json_each($5));",
+        SELECT unhex(value->>0), value->>1, $5, value->>2 FROM json_each($3);
+    DELETE FROM pg_intents WHERE role_name IN (SELECT value FROM json_each($4));",
     insert_leases_sql!()
 );
+
+/// A lease's claims as one JSON object (names are unique: they come from one token's claims).
+struct ClaimObject<'a>(&'a [(String, String)]);
+
+impl serde::Serialize for ClaimObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("batch rows: {e}")))
 }
 
-/// The three JSON arrays of [`INSERT_LEASES`].
-fn lease_rows(leases: &[&NewLease]) -> Result<[String; 3]> {
+/// The two JSON arrays of [`INSERT_LEASES`].
+fn lease_rows(leases: &[&NewLease]) -> Result<[String; 2]> {
     let rows: Vec<_> = leases
         .iter()
         .map(|n| {
@@ -81,15 +90,8 @@ fn lease_rows(leases: &[&NewLease]) -> Result<[String; 3]> {
                 l.expires_at,
                 l.key_version,
                 hex::encode(&l.sealed),
+                ClaimObject(&n.claims),
             )
-        })
-        .collect();
-    let claims: Vec<(&str, &str, &str)> = leases
-        .iter()
-        .flat_map(|n| {
-            n.claims
-                .iter()
-                .map(|(k, v)| (n.lease.id.as_str(), k.as_str(), v.as_str()))
         })
         .collect();
     let creds: Vec<_> = leases
@@ -108,7 +110,7 @@ fn lease_rows(leases: &[&NewLease]) -> Result<[String; 3]> {
             )
         })
         .collect();
-    Ok([json(&rows)?, json(&claims)?, json(&creds)?])
+    Ok([json(&rows)?, json(&creds)?])
 }
 
 pub(super) async fn checks(
@@ -156,7 +158,7 @@ pub(super) async fn write_batch(
     now: i64,
 ) -> Result<HashSet<[u8; 32]>> {
     let leases: Vec<&NewLease> = items.iter().map(|i| i.lease).collect();
-    let [rows, claims, creds] = lease_rows(&leases)?;
+    let [rows, creds] = lease_rows(&leases)?;
     let slots: Vec<_> = items
         .iter()
         .map(|i| (hex::encode(i.slot.key), &i.slot.issuer, i.slot.expires_at))
@@ -167,7 +169,6 @@ pub(super) async fn write_batch(
         .collect();
     sqlx::query(WRITE_BATCH)
         .bind(rows)
-        .bind(claims)
         .bind(creds)
         .bind(json(&slots)?)
         .bind(json(&intents)?)
@@ -178,10 +179,9 @@ pub(super) async fn write_batch(
 }
 
 pub(super) async fn insert_leases(conn: &mut SqliteConnection, leases: &[&NewLease]) -> Result<()> {
-    let [rows, claims, creds] = lease_rows(leases)?;
+    let [rows, creds] = lease_rows(leases)?;
     sqlx::query(INSERT_LEASES)
         .bind(rows)
-        .bind(claims)
         .bind(creds)
         .execute(&mut *conn)
         .await?;
