@@ -467,8 +467,13 @@ async fn real_lease_shape(store: &Store) {
         CAST(AVG((SELECT COUNT(*) FROM lease_claims c WHERE c.lease_id = l.id)) AS DOUBLE PRECISION)
             AS claims
         FROM leases l WHERE issuer <> $1";
+    // SQLite keeps a lease's claims on its row (the claim index has no per-lease key).
+    const SQL_SQLITE: &str =
+        "SELECT COUNT(*) AS n, CAST(AVG(LENGTH(sealed)) AS DOUBLE PRECISION) AS sealed,
+        CAST(AVG((SELECT COUNT(*) FROM json_each(l.claims))) AS DOUBLE PRECISION) AS claims
+        FROM leases l WHERE issuer <> $1";
     let row = match store {
-        Store::Sqlite { reader, .. } => sqlx::query(SQL)
+        Store::Sqlite { reader, .. } => sqlx::query(SQL_SQLITE)
             .bind(fixtures::ISSUER)
             .fetch_one(reader)
             .await

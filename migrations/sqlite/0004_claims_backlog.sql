@@ -2,10 +2,13 @@
 -- backlog, instead of one entry per claim on scattered pages of the claim index. The ledger
 -- folds the backlog into lease_claims in sorted runs between batches, so the entries of many
 -- leases share each index page written. Claim lookups read the index and the backlog.
-ALTER TABLE leases ADD COLUMN claims TEXT;  -- JSON object: claim name → value as text
+-- JSON object: claim name → value, always as text (the backlog's lookups compare text).
+ALTER TABLE leases ADD COLUMN claims TEXT NOT NULL DEFAULT '{}'
+    CHECK (json_type(claims) = 'object');
 
 UPDATE leases SET claims = (SELECT json_group_object(name, value) FROM lease_claims c
-                            WHERE c.lease_id = leases.id);
+                            WHERE c.lease_id = leases.id)
+    WHERE EXISTS (SELECT 1 FROM lease_claims c WHERE c.lease_id = leases.id);
 
 -- The index loses its per-lease index and its foreign key (one probe of `leases` per entry):
 -- the sweep deletes a lease's entries by their key, read from the lease's `claims`.

@@ -189,8 +189,9 @@ impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Message>) {
         let mut pending = Vec::with_capacity(MAX_BATCH);
         // Leases in the claim backlog, as far as this writer knows; unknown at start (a
-        // backlog left by an earlier run), so the first quiet moment folds.
-        let mut backlog = FOLD_QUIET;
+        // backlog left by an earlier run), so the first quiet moment folds. PostgreSQL has none.
+        let keeps_backlog = self.store.backend() == "sqlite";
+        let mut backlog = if keeps_backlog { FOLD_QUIET } else { 0 };
         loop {
             let received = if backlog == 0 {
                 rx.recv_many(&mut pending, MAX_BATCH).await
@@ -199,7 +200,14 @@ impl Writer {
             {
                 n
             } else {
-                backlog = self.fold(backlog).await;
+                // Idle: drain the backlog chunk by chunk while nothing arrives.
+                loop {
+                    let folded;
+                    (backlog, folded) = self.fold(backlog, FOLD_CHUNK).await;
+                    if backlog == 0 || !folded || !rx.is_empty() {
+                        break;
+                    }
+                }
                 continue;
             };
             if received == 0 {
@@ -208,6 +216,7 @@ impl Writer {
             let mut entries = Vec::with_capacity(pending.len());
             let mut replies = Vec::with_capacity(pending.len());
             let mut stop = false;
+            let mut added = 0;
             for message in pending.drain(..) {
                 match message {
                     Message::Commit(s) if !stop => {
@@ -221,7 +230,10 @@ impl Writer {
             }
             if !entries.is_empty() {
                 let answers = self.commit(&entries).await;
-                backlog += answers.iter().filter(|a| a.result.is_ok()).count();
+                if keeps_backlog {
+                    added = answers.iter().filter(|a| a.result.is_ok()).count();
+                    backlog += added;
+                }
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     // The caller may have stopped waiting; the outcome stands all the same.
                     drop(reply.send(answer));
@@ -230,33 +242,40 @@ impl Writer {
             if stop {
                 break;
             }
+            // Under load each fold takes at least what the batch added, so the backlog stays
+            // bounded near FOLD_BUSY however large batches grow.
             if backlog >= FOLD_BUSY || (backlog >= FOLD_QUIET && rx.is_empty()) {
-                backlog = self.fold(backlog).await;
+                let chunk = u32::try_from(added).map_or(FOLD_CHUNK, |a| a.max(FOLD_CHUNK));
+                backlog = self.fold(backlog, chunk).await.0;
             }
         }
     }
 
-    /// Folds one chunk of the claim backlog into the index; returns the backlog left as far
-    /// as known. A failure leaves the backlog for later: lookups read it where it is.
-    async fn fold(&self, backlog: usize) -> usize {
+    /// Folds up to `chunk` leases of the claim backlog into the index; returns the backlog
+    /// left as far as known and whether the fold worked (after a failure the backlog is
+    /// unchanged: lookups read it where it is, and the next fold retries).
+    async fn fold(&self, backlog: usize, chunk: u32) -> (usize, bool) {
         let started = tokio::time::Instant::now();
-        let folded = self.store.fold_claims(FOLD_CHUNK).await;
-        if let Ok(n) = &folded {
-            tracing::debug!(
-                leases = n,
-                elapsed_us = started.elapsed().as_micros(),
-                "claims folded into the claim index"
-            );
-        }
-        match folded {
-            Ok(n) if n < u64::from(FOLD_CHUNK) => 0,
-            // A full chunk: more may be left (the count is unknown after a restart).
-            Ok(n) => backlog
-                .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX))
-                .max(FOLD_QUIET),
+        match self.store.fold_claims(chunk).await {
+            Ok(n) => {
+                tracing::debug!(
+                    leases = n,
+                    elapsed_us = started.elapsed().as_micros(),
+                    "claims folded into the claim index"
+                );
+                let left = if n < u64::from(chunk) {
+                    0
+                } else {
+                    // A full chunk: more may be left (the count is unknown after a restart).
+                    backlog
+                        .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX))
+                        .max(FOLD_QUIET)
+                };
+                (left, true)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, backlog, "folding lease claims into the claim index failed; will retry");
-                backlog
+                (backlog, false)
             }
         }
     }

@@ -24,11 +24,12 @@ use crate::store::Result;
 
 /// Copies the claims of the oldest `$1` leases of the backlog into the index, sorted.
 const FOLD_COPY: &str = "
-    INSERT OR IGNORE INTO lease_claims (name, value, lease_id)
+    INSERT INTO lease_claims (name, value, lease_id)
         SELECT j.key, j.value, l.id
         FROM (SELECT lease_id FROM lease_claims_backlog ORDER BY lease_id LIMIT $1) b
              JOIN leases l ON l.id = b.lease_id, json_each(l.claims) j
-        ORDER BY 1, 2, 3";
+        ORDER BY 1, 2, 3
+        ON CONFLICT DO NOTHING";
 
 /// Removes the same leases from the backlog (nothing else writes in between: same
 /// transaction, one writer).

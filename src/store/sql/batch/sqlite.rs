@@ -61,6 +61,7 @@ const WRITE_BATCH: &str = concat!(
 );
 
 /// A lease's claims as one JSON object (names are unique: they come from one token's claims).
+/// Values are JSON strings, always: lookups in the backlog compare them as text, like the index.
 struct ClaimObject<'a>(&'a [(String, String)]);
 
 impl serde::Serialize for ClaimObject<'_> {
