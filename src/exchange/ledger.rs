@@ -190,7 +190,7 @@ impl Writer {
         let mut pending = Vec::with_capacity(MAX_BATCH);
         // Leases in the claim backlog, as far as this writer knows; unknown at start (a
         // backlog left by an earlier run), so the first quiet moment folds. PostgreSQL has none.
-        let keeps_backlog = self.store.backend() == "sqlite";
+        let keeps_backlog = self.store.has_claims_backlog();
         let mut backlog = if keeps_backlog { FOLD_QUIET } else { 0 };
         loop {
             let received = if backlog == 0 {
@@ -773,6 +773,35 @@ mod tests {
             .map(|r| r["lease_id"].as_str().unwrap_or_default().to_string())
             .collect();
         assert_eq!(leases, ["lse_0001", "lse_0003"]);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_folds_the_claim_backlog_into_the_index_when_quiet() {
+        let f = fixture().await;
+        let ledger = Ledger::start(
+            f.store.clone(),
+            f.audit.clone(),
+            f.keyring.clone(),
+            f.writer.clock.clone(),
+        );
+        // Unknown backlog at start: the first quiet moment folds. Messages are handled in
+        // order, so that fold is done when the second exchange is answered.
+        assert!(ledger.submit(entry("prod", 1, 1)).await.result.is_ok());
+        assert!(ledger.submit(entry("prod", 2, 2)).await.result.is_ok());
+        let Store::Sqlite { writer, .. } = &f.store else {
+            unreachable!()
+        };
+        let waiting: Vec<String> = sqlx::query_scalar("SELECT lease_id FROM lease_claims_backlog")
+            .fetch_all(writer)
+            .await
+            .unwrap();
+        assert_eq!(waiting, ["lse_0002"]);
+        let indexed: Vec<String> = sqlx::query_scalar("SELECT DISTINCT lease_id FROM lease_claims")
+            .fetch_all(writer)
+            .await
+            .unwrap();
+        assert_eq!(indexed, ["lse_0001"]);
+        ledger.stop().await;
     }
 
     #[tokio::test]

@@ -60,7 +60,7 @@ impl Store {
     }
 
     /// Whether lookups by claim must read the backlog too.
-    pub(super) fn has_claims_backlog(&self) -> bool {
+    pub fn has_claims_backlog(&self) -> bool {
         matches!(self, Store::Sqlite { .. })
     }
 }
