@@ -17,8 +17,8 @@
 //!
 //! `JOBPASS_BENCH_STORE=postgres://…` runs each size on a fresh PostgreSQL database instead of
 //! SQLite (dropped afterwards). `JOBPASS_BENCH_SQLITE_CACHE_MIB=N` (experiment) sets
-//! `PRAGMA cache_size` to N MiB on the broker's SQLite writer connection (default: SQLite's
-//! 2 MiB). Targets (reported, not asserted): exchange p50 at the largest
+//! `PRAGMA cache_size` to N MiB on the broker's SQLite writer connection (default: the
+//! broker's 16 MiB). Targets (reported, not asserted): exchange p50 at the largest
 //! size within 1.25× of the smallest; revoking 10^5 leases by claim within 2 s.
 //!
 //! `cargo bench --bench scale`

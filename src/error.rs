@@ -16,6 +16,7 @@ use crate::leases::list::ListError;
 use crate::leases::revoke::RevokeError;
 use crate::mint::MintError;
 use crate::oidc::OidcError;
+use crate::reason::NoReason;
 use crate::secrets::SecretError;
 use crate::store::StoreError;
 
@@ -206,6 +207,12 @@ impl From<KeysError> for ApiError {
     }
 }
 
+impl From<NoReason> for ApiError {
+    fn from(e: NoReason) -> Self {
+        ApiError::InvalidRequest(e.to_string())
+    }
+}
+
 impl From<RevokeError> for ApiError {
     fn from(e: RevokeError) -> Self {
         match e {
@@ -213,7 +220,7 @@ impl From<RevokeError> for ApiError {
             RevokeError::Audit(a) => ApiError::unavailable("the audit log", &a),
             RevokeError::EmptySelector
             | RevokeError::AllWithOthers
-            | RevokeError::NoReason
+            | RevokeError::NoReason(_)
             | RevokeError::InvalidTime(_) => ApiError::InvalidRequest(e.to_string()),
         }
     }

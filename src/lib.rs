@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod mint;
 pub mod oidc;
 pub mod policy;
+pub mod reason;
 pub mod secrets;
 pub mod store;
 pub mod tls;

@@ -17,6 +17,7 @@ use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::leases::revoke::SelectorSpec;
+use crate::reason::Reason;
 use crate::store::SecretRow;
 use crate::tls::{AdminIdentity, AdminRole};
 
@@ -216,13 +217,6 @@ struct RevokeBody {
     reason: Option<String>,
 }
 
-fn required_reason(reason: Option<String>) -> Result<String, ApiError> {
-    reason
-        .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| ApiError::InvalidRequest("a non-empty `reason` is required".into()))
-}
-
 async fn revoke(
     State(app): State<Arc<App>>,
     Extension(conn): Extension<ConnInfo>,
@@ -258,16 +252,22 @@ async fn set_frozen(
     let call = if frozen { "freeze" } else { "unfreeze" };
     let (id, mut ev) = guard(app, conn, &[AdminRole::Security], call, Some(env)).await?;
     check_env(app, env)?;
-    let reason = required_reason(body.reason)?;
+    let reason = Reason::required(body.reason)?;
     ev.event = call.into();
-    ev.reason = Some(reason.clone());
+    ev.reason = Some(reason.to_string());
     // Audit first: a freeze is a security decision that must be on record.
     app.audit.append(ev).await?;
     app.store
-        .set_frozen(env, frozen, &reason, &id.common_name, app.clock.unix())
+        .set_frozen(
+            env,
+            frozen,
+            reason.as_str(),
+            &id.common_name,
+            app.clock.unix(),
+        )
         .await?;
     Ok(Json(
-        json!({"environment": env, "frozen": frozen, "reason": reason}),
+        json!({"environment": env, "frozen": frozen, "reason": reason.as_str()}),
     ))
 }
 
@@ -326,12 +326,12 @@ async fn keys_destroy(
 ) -> Result<Json<Value>, ApiError> {
     let (id, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.destroy", Some(&env)).await?;
     check_env(&app, &env)?;
-    let reason = required_reason(body.reason)?;
+    let reason = Reason::required(body.reason)?;
     let done = app
         .shred_detached(
             env.clone(),
             body.confirm,
-            reason,
+            reason.into(),
             id.common_name.clone(),
             ev,
         )

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::audit::{Actor, AuditError, AuditEvent, Outcome};
+use crate::reason::{NoReason, Reason};
 use crate::store::{Selector, StoreError};
 
 /// Why a revocation was refused or failed.
@@ -29,8 +30,8 @@ pub enum RevokeError {
     #[error("`all` cannot be combined with other selector keys")]
     AllWithOthers,
     /// No reason was given, or only blanks.
-    #[error("a non-empty `reason` is required")]
-    NoReason,
+    #[error(transparent)]
+    NoReason(#[from] NoReason),
     /// A time of the selector is not RFC 3339 (the argument names its key).
     #[error("`{0}` must be an RFC 3339 time")]
     InvalidTime(&'static str),
@@ -97,14 +98,6 @@ impl SelectorSpec {
             all: self.all,
         })
     }
-}
-
-/// `reason`, trimmed, if anything is left of it.
-pub fn required_reason(reason: Option<String>) -> Result<String, RevokeError> {
-    reason
-        .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty())
-        .ok_or(RevokeError::NoReason)
 }
 
 /// Refuses a selector that restricts nothing without `all`, or `all` with other keys.
@@ -181,7 +174,9 @@ impl App {
         mut ev: AuditEvent,
     ) -> Result<Revoked, RevokeError> {
         let sel = spec.parse()?;
-        let checked = required_reason(reason).and_then(|r| check_selector(&sel).map(|()| r));
+        let checked = Reason::required(reason)
+            .map_err(RevokeError::from)
+            .and_then(|r| check_selector(&sel).map(|()| r));
         let reason = match checked {
             Ok(r) => r,
             Err(e) => {
@@ -193,7 +188,7 @@ impl App {
                 return Err(e);
             }
         };
-        self.revoke(&sel, &reason, ev.actor).await
+        self.revoke(&sel, reason.as_str(), ev.actor).await
     }
 
     /// Revokes every live lease `sel` matches. The revocation is committed first — an
@@ -206,7 +201,7 @@ impl App {
     ) -> Result<Revoked, RevokeError> {
         check_selector(sel)?;
         if reason.trim().is_empty() {
-            return Err(RevokeError::NoReason);
+            return Err(NoReason.into());
         }
         let now = self.clock.unix();
         let ids = self.store.revoke(sel, now, reason).await?;
@@ -291,19 +286,5 @@ mod tests {
             check_selector(&mixed).expect_err("refused").to_string(),
             "`all` cannot be combined with other selector keys"
         );
-    }
-
-    #[test]
-    fn a_reason_is_trimmed_and_must_not_be_blank() {
-        assert_eq!(
-            required_reason(Some("  incident 42 ".into())).expect("reason"),
-            "incident 42"
-        );
-        for r in [None, Some(String::new()), Some(" \t".into())] {
-            assert_eq!(
-                required_reason(r).expect_err("refused").to_string(),
-                "a non-empty `reason` is required"
-            );
-        }
     }
 }
