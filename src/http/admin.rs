@@ -93,6 +93,25 @@ async fn guard(
     Ok((id, ev))
 }
 
+/// Records an authorized admin call (`ev`, from [`guard`]) as refused with `err` and returns
+/// `err`, or the audit log's failure when the record cannot be written.
+async fn refuse(app: &App, mut ev: AuditEvent, call: &str, err: ApiError) -> ApiError {
+    ev.outcome = Outcome::Denied;
+    ev.event = call.into();
+    ev.reason = Some(err.to_string());
+    match app.audit.append(ev).await {
+        Ok(_) => err,
+        Err(e) => e.into(),
+    }
+}
+
+/// The environment exists and the call says why: what freeze, unfreeze and key destruction
+/// require before they change anything.
+fn env_and_reason(app: &App, env: &str, reason: Option<String>) -> Result<Reason, ApiError> {
+    check_env(app, env)?;
+    Ok(Reason::required(reason)?)
+}
+
 fn check_env(app: &App, env: &str) -> Result<(), ApiError> {
     if app.policies.load().environment(env).is_none() {
         return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
@@ -251,8 +270,10 @@ async fn set_frozen(
 ) -> Result<Json<Value>, ApiError> {
     let call = if frozen { "freeze" } else { "unfreeze" };
     let (id, mut ev) = guard(app, conn, &[AdminRole::Security], call, Some(env)).await?;
-    check_env(app, env)?;
-    let reason = Reason::required(body.reason)?;
+    let reason = match env_and_reason(app, env, body.reason) {
+        Ok(r) => r,
+        Err(e) => return Err(refuse(app, ev, call, e).await),
+    };
     ev.event = call.into();
     ev.reason = Some(reason.to_string());
     // Audit first: a freeze is a security decision that must be on record.
@@ -325,8 +346,10 @@ async fn keys_destroy(
     JsonBody(body): JsonBody<DestroyBody>,
 ) -> Result<Json<Value>, ApiError> {
     let (id, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.destroy", Some(&env)).await?;
-    check_env(&app, &env)?;
-    let reason = Reason::required(body.reason)?;
+    let reason = match env_and_reason(&app, &env, body.reason) {
+        Ok(r) => r,
+        Err(e) => return Err(refuse(&app, ev, "keys.destroy", e).await),
+    };
     let done = app
         .shred_detached(
             env.clone(),

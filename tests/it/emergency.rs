@@ -352,6 +352,90 @@ async fn only_security_may_revoke_and_a_reason_and_selector_are_required() {
 }
 
 #[tokio::test]
+async fn a_freeze_or_key_destruction_without_a_reason_or_environment_is_refused_on_record() {
+    let b = Broker::start().await;
+    let sec = b.admin(AdminRole::Security);
+    let admin = b.admin(AdminRole::Admin);
+    let calls = [
+        (&sec, "/v1/admin/environments/prod/freeze", json!({}), 400),
+        (
+            &sec,
+            "/v1/admin/environments/prod/freeze",
+            json!({"reason": " \t"}),
+            400,
+        ),
+        (
+            &sec,
+            "/v1/admin/environments/nowhere/freeze",
+            json!({"reason": "INC-8"}),
+            404,
+        ),
+        (
+            &sec,
+            "/v1/admin/environments/prod/unfreeze",
+            json!({"reason": ""}),
+            400,
+        ),
+        (
+            &admin,
+            "/v1/admin/keys/prod/destroy",
+            json!({"confirm": "prod"}),
+            400,
+        ),
+        (
+            &admin,
+            "/v1/admin/keys/nowhere/destroy",
+            json!({"reason": "x", "confirm": "nowhere"}),
+            404,
+        ),
+    ];
+    for (client, path, body, status) in &calls {
+        let (s, v) = b
+            .request(client, "POST", path, None, Some(body.to_string()))
+            .await;
+        assert_eq!(s, *status, "{path} {body} {v}");
+    }
+    // Nothing changed: prod is not frozen and its keys still mint.
+    assert!(!b.app.store().is_frozen("prod").await.unwrap());
+    assert_eq!(
+        b.exchange(&b.github_token(), "prod", Some("deploy-web"))
+            .await
+            .0,
+        200
+    );
+    let refused: Vec<(String, String)> = b
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["outcome"] == "denied")
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap_or_default().to_string(),
+                r["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let count = |event: &str, reason: &str| {
+        refused
+            .iter()
+            .filter(|(e, r)| e == event && r.contains(reason))
+            .count()
+    };
+    assert_eq!(count("freeze", "non-empty `reason`"), 2, "{refused:?}");
+    assert_eq!(count("freeze", "unknown environment"), 1, "{refused:?}");
+    assert_eq!(count("unfreeze", "non-empty `reason`"), 1, "{refused:?}");
+    assert_eq!(
+        count("keys.destroy", "non-empty `reason`"),
+        1,
+        "{refused:?}"
+    );
+    assert_eq!(
+        count("keys.destroy", "unknown environment"),
+        1,
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
 async fn frozen_environment_mints_nothing_across_a_restart() {
     let b = Broker::start().await;
     b.put_secret(
