@@ -22,14 +22,16 @@ use super::Store;
 use super::open::BeginWrite;
 use crate::store::Result;
 
-/// Copies the claims of the oldest `$1` leases of the backlog into the index, sorted.
+/// Copies the claims of the oldest `$1` leases of the backlog into the index, sorted. `OR
+/// IGNORE` (an entry already there, or a JSON null no selector can match) lets no row abort
+/// the statement, so SQLite keeps no statement journal for it: a large fold no longer wrote
+/// one to a temporary file.
 const FOLD_COPY: &str = "
-    INSERT INTO lease_claims (name, value, lease_id)
+    INSERT OR IGNORE INTO lease_claims (name, value, lease_id)
         SELECT j.key, j.value, l.id
         FROM (SELECT lease_id FROM lease_claims_backlog ORDER BY lease_id LIMIT $1) b
              JOIN leases l ON l.id = b.lease_id, json_each(l.claims) j
-        ORDER BY 1, 2, 3
-        ON CONFLICT DO NOTHING";
+        ORDER BY 1, 2, 3";
 
 /// Removes the same leases from the backlog (nothing else writes in between: same
 /// transaction, one writer).

@@ -94,9 +94,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             // Claim selectors are globs turned into LIKE patterns: they must be case-sensitive.
-            .pragma("case_sensitive_like", "ON")
-            // Sorts (the claim fold) and statement journals stay in memory: no temp files.
-            .pragma("temp_store", "MEMORY");
+            .pragma("case_sensitive_like", "ON");
         // The writer's page cache holds the pages a batch and a claim fold touch, so they are
         // not read back from the WAL; checkpoints copy a page rewritten by several batches
         // once (every 32 MiB of WAL instead of 4 MiB). Readers keep SQLite's 2 MiB default.
