@@ -348,7 +348,8 @@ async fn keys_destroy(
     let (id, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.destroy", Some(&env)).await?;
     let reason = match env_and_reason(&app, &env, body.reason) {
         Ok(r) => r,
-        Err(e) => return Err(refuse(&app, ev, "keys.destroy", e).await),
+        // Recorded under the event name of the destruction itself.
+        Err(e) => return Err(refuse(&app, ev, "key_destroy", e).await),
     };
     let done = app
         .shred_detached(

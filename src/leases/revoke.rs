@@ -200,9 +200,8 @@ impl App {
         actor: Actor,
     ) -> Result<Revoked, RevokeError> {
         check_selector(sel)?;
-        if reason.trim().is_empty() {
-            return Err(NoReason.into());
-        }
+        let reason = Reason::required(Some(reason.to_owned()))?;
+        let reason = reason.as_str();
         let now = self.clock.unix();
         let ids = self.store.revoke(sel, now, reason).await?;
         // External credentials (database roles) are dropped by the revocation worker.

@@ -423,13 +423,9 @@ async fn a_freeze_or_key_destruction_without_a_reason_or_environment_is_refused_
     assert_eq!(count("freeze", "non-empty `reason`"), 2, "{refused:?}");
     assert_eq!(count("freeze", "unknown environment"), 1, "{refused:?}");
     assert_eq!(count("unfreeze", "non-empty `reason`"), 1, "{refused:?}");
+    assert_eq!(count("key_destroy", "non-empty `reason`"), 1, "{refused:?}");
     assert_eq!(
-        count("keys.destroy", "non-empty `reason`"),
-        1,
-        "{refused:?}"
-    );
-    assert_eq!(
-        count("keys.destroy", "unknown environment"),
+        count("key_destroy", "unknown environment"),
         1,
         "{refused:?}"
     );

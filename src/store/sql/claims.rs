@@ -22,10 +22,9 @@ use super::Store;
 use super::open::BeginWrite;
 use crate::store::Result;
 
-/// Copies the claims of the oldest `$1` leases of the backlog into the index, sorted. `OR
-/// IGNORE` (an entry already there, or a JSON null no selector can match) lets no row abort
-/// the statement, so SQLite keeps no statement journal for it: a large fold no longer wrote
-/// one to a temporary file.
+/// Copies the claims of the oldest `$1` leases of the backlog into the index, sorted. With
+/// `OR IGNORE` (an entry already there, or a JSON null no selector can match) no row can abort
+/// the statement, so SQLite needs no statement journal for it.
 const FOLD_COPY: &str = "
     INSERT OR IGNORE INTO lease_claims (name, value, lease_id)
         SELECT j.key, j.value, l.id
