@@ -337,14 +337,20 @@ impl App {
     }
 
     /// Waits until this replica runs the background work: returns at once if it does, else
-    /// when the replica that does dies (its lock is released with its session).
+    /// when the replica that does dies (its lock is released with its session). It holds the
+    /// replica's lock slot while it waits, so [`App::lead`] waits too instead of taking a
+    /// second lock of its own in another session.
     pub async fn wait_lead(&self) -> Result<(), crate::store::StoreError> {
-        if self.lead().await {
-            return Ok(());
+        let mut held = self.leader.lock().await;
+        if let Some(lock) = held.as_mut() {
+            if lock.alive().await {
+                return Ok(());
+            }
+            *held = None;
         }
         let lock = self.store.wait_leader_lock().await?;
         tracing::info!("this replica now runs the background work");
-        *self.leader.lock().await = Some(lock);
+        *held = Some(lock);
         Ok(())
     }
 

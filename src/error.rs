@@ -194,7 +194,9 @@ impl From<KeysError> for ApiError {
     fn from(e: KeysError) -> Self {
         match e {
             KeysError::UnknownEnvironment(_) => ApiError::NotFound(e.to_string()),
-            KeysError::NotConfirmed(_) => ApiError::InvalidRequest(e.to_string()),
+            KeysError::NotConfirmed(_) | KeysError::NoReason(_) => {
+                ApiError::InvalidRequest(e.to_string())
+            }
             KeysError::RolesRemain(_) | KeysError::NotAudited => {
                 ApiError::Unavailable(e.to_string())
             }
@@ -229,9 +231,10 @@ impl From<RevokeError> for ApiError {
 impl From<ListError> for ApiError {
     fn from(e: ListError) -> Self {
         match e {
-            ListError::InvalidActive | ListError::InvalidLimit | ListError::UnknownParameter(_) => {
-                ApiError::InvalidRequest(e.to_string())
-            }
+            ListError::MalformedQuery
+            | ListError::InvalidActive
+            | ListError::InvalidLimit
+            | ListError::UnknownParameter(_) => ApiError::InvalidRequest(e.to_string()),
             ListError::Store(s) => ApiError::unavailable("the store", &s),
             ListError::Audit(a) => ApiError::unavailable("the audit log", &a),
         }

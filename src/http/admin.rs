@@ -120,7 +120,7 @@ fn check_env(app: &App, env: &str) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a JSON object with `data`")]
 struct PutSecret {
     data: Map<String, Value>,
 }
@@ -221,16 +221,17 @@ async fn list_leases(
         None,
     )
     .await?;
-    let params: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
-        .map_err(|_| ApiError::InvalidRequest("malformed query string".into()))?;
-    let page = app.list_leases(params, ev).await?;
+    let page = app.list_leases(q.as_deref(), ev).await?;
     Ok(Json(
         json!({"leases": page.leases, "next_after": page.next_after}),
     ))
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with `selector` and `reason`"
+)]
 struct RevokeBody {
     selector: SelectorSpec,
     reason: Option<String>,
@@ -256,7 +257,7 @@ async fn revoke(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a JSON object with `reason`")]
 struct ReasonBody {
     reason: Option<String>,
 }
@@ -333,7 +334,10 @@ async fn keys_rewrap(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with `reason` and `confirm`"
+)]
 struct DestroyBody {
     reason: Option<String>,
     confirm: Option<String>,
@@ -346,16 +350,13 @@ async fn keys_destroy(
     JsonBody(body): JsonBody<DestroyBody>,
 ) -> Result<Json<Value>, ApiError> {
     let (id, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.destroy", Some(&env)).await?;
-    let reason = match env_and_reason(&app, &env, body.reason) {
-        Ok(r) => r,
-        // Recorded under the event name of the destruction itself.
-        Err(e) => return Err(refuse(&app, ev, "key_destroy", e).await),
-    };
+    // The checks (environment, reason, confirmation) and their refusals' records are the
+    // shredding's own.
     let done = app
         .shred_detached(
             env.clone(),
             body.confirm,
-            reason.into(),
+            body.reason,
             id.common_name.clone(),
             ev,
         )

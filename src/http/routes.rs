@@ -87,7 +87,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with `token` and `environment`"
+)]
 struct ExchangeBody {
     token: SecretString,
     environment: String,

@@ -244,6 +244,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 // ---- auth/<env>/login ----
 
 #[derive(Deserialize, Default)]
+#[serde(expecting = "a JSON object with `jwt` and `role`")]
 struct LoginBody {
     #[serde(default)]
     role: Option<String>,

@@ -1,8 +1,13 @@
 //! An environment's data keys as operators manage them: rotation, re-wrapping and
 //! crypto-shredding (SPEC §5), each one audit record.
 //!
+//! Every operation here writes its own audit record, whatever its outcome: done (`success`),
+//! refused before anything changed (`denied`: unknown environment, no reason, no confirmation)
+//! or failed (`failure`), under the event name of the operation (`key_rotate`, `key_rewrap`,
+//! `key_destroy`). When the audit log cannot take that record the caller gets the audit error.
+//!
 //! Guarantees of shredding (`App::shred`):
-//! - it is refused unless the caller repeats the environment's name;
+//! - it is refused unless the caller gives a reason and repeats the environment's name;
 //! - the environment is frozen first (nothing new is minted meanwhile), then every lease of it
 //!   is revoked;
 //! - database roles are named only inside sealed lease records, so they are dropped while
@@ -21,10 +26,11 @@ pub mod signing;
 use serde_json::json;
 
 use crate::app::App;
-use crate::audit::{AuditError, AuditEvent};
+use crate::audit::{AuditError, AuditEvent, Outcome};
 use crate::crypto::CryptoError;
 use crate::crypto::keyring::Rewrapped;
 use crate::leases::revoke::RevokeError;
+use crate::reason::{NoReason, Reason};
 use crate::store::{Selector, StoreError};
 
 /// Why a key operation was refused or failed.
@@ -38,6 +44,9 @@ pub enum KeysError {
         "crypto-shredding is irreversible: repeat the environment name as \"confirm\": \"{0}\""
     )]
     NotConfirmed(String),
+    /// Shredding without a reason.
+    #[error(transparent)]
+    NoReason(#[from] NoReason),
     /// Some database roles could not be dropped: the keys were kept.
     #[error(
         "the environment is frozen and its leases revoked, but the database roles of {0} lease(s) could not be dropped yet; the keys were NOT destroyed — retry when the databases are reachable"
@@ -74,26 +83,53 @@ pub struct Shredded {
     pub revoked: usize,
 }
 
+impl KeysError {
+    /// Refused before anything changed (as opposed to failed on the way).
+    fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            KeysError::UnknownEnvironment(_) | KeysError::NotConfirmed(_) | KeysError::NoReason(_)
+        )
+    }
+
+    /// The audit log itself failed: no other record can be written about it.
+    fn is_audit_failure(&self) -> bool {
+        matches!(self, KeysError::Audit(_) | KeysError::NotAudited)
+    }
+}
+
 impl App {
     /// Makes a new data-key version current; `ev` is the action's audit record.
-    pub async fn rotate_key(&self, env: &str, mut ev: AuditEvent) -> Result<i64, KeysError> {
-        self.known_environment(env)?;
-        let version = self.keyring.rotate(env).await?;
-        ev.event = "key_rotate".into();
-        ev.details.insert("version".into(), json!(version));
-        self.audit.append(ev).await?;
-        Ok(version)
+    pub async fn rotate_key(&self, env: &str, ev: AuditEvent) -> Result<i64, KeysError> {
+        let record = ev.clone();
+        let result = async {
+            self.known_environment(env)?;
+            let version = self.keyring.rotate(env).await?;
+            let mut ev = ev;
+            ev.event = "key_rotate".into();
+            ev.details.insert("version".into(), json!(version));
+            self.audit.append(ev).await?;
+            Ok(version)
+        }
+        .await;
+        self.on_record(record, "key_rotate", None, result).await
     }
 
     /// Re-seals every record of `env` under its current data key.
-    pub async fn rewrap_keys(&self, env: &str, mut ev: AuditEvent) -> Result<Rewrapped, KeysError> {
-        self.known_environment(env)?;
-        let done = self.keyring.rewrap(env).await?;
-        ev.event = "key_rewrap".into();
-        ev.details.insert("version".into(), json!(done.version));
-        ev.details.insert("records".into(), json!(done.records));
-        self.audit.append(ev).await?;
-        Ok(done)
+    pub async fn rewrap_keys(&self, env: &str, ev: AuditEvent) -> Result<Rewrapped, KeysError> {
+        let record = ev.clone();
+        let result = async {
+            self.known_environment(env)?;
+            let done = self.keyring.rewrap(env).await?;
+            let mut ev = ev;
+            ev.event = "key_rewrap".into();
+            ev.details.insert("version".into(), json!(done.version));
+            ev.details.insert("records".into(), json!(done.records));
+            self.audit.append(ev).await?;
+            Ok(done)
+        }
+        .await;
+        self.on_record(record, "key_rewrap", None, result).await
     }
 
     /// Crypto-shreds `env` (see the module's guarantees). `by` names the operator who froze it;
@@ -102,14 +138,62 @@ impl App {
         &self,
         env: &str,
         confirm: Option<&str>,
+        reason: Option<String>,
+        by: &str,
+        ev: AuditEvent,
+    ) -> Result<Shredded, KeysError> {
+        let record = ev.clone();
+        let given = reason.clone();
+        let result = async {
+            self.known_environment(env)?;
+            let reason = Reason::required(reason)?;
+            if confirm != Some(env) {
+                return Err(KeysError::NotConfirmed(env.to_string()));
+            }
+            self.shred_confirmed(env, reason.as_str(), by, ev).await
+        }
+        .await;
+        self.on_record(record, "key_destroy", given, result).await
+    }
+
+    /// A key operation's outcome as it leaves: a refusal or failure gets its own record (the
+    /// operation's own record is written on success), and a record that cannot be written
+    /// turns the answer into the audit error.
+    async fn on_record<T>(
+        &self,
+        mut record: AuditEvent,
+        event: &str,
+        reason: Option<String>,
+        result: Result<T, KeysError>,
+    ) -> Result<T, KeysError> {
+        let err = match result {
+            Ok(done) => return Ok(done),
+            Err(e) if e.is_audit_failure() => return Err(e),
+            Err(e) => e,
+        };
+        record.event = event.into();
+        record.outcome = if err.is_refusal() {
+            Outcome::Denied
+        } else {
+            Outcome::Failure
+        };
+        record.reason = Some(err.to_string());
+        if let Some(given) = reason.filter(|r| !r.trim().is_empty()) {
+            record
+                .details
+                .insert("requested_reason".into(), json!(given.trim()));
+        }
+        self.audit.append(record).await?;
+        Err(err)
+    }
+
+    async fn shred_confirmed(
+        &self,
+        env: &str,
         reason: &str,
         by: &str,
         mut ev: AuditEvent,
     ) -> Result<Shredded, KeysError> {
-        self.known_environment(env)?;
-        if confirm != Some(env) {
-            return Err(KeysError::NotConfirmed(env.to_string()));
-        }
         self.store
             .set_frozen(env, true, reason, by, self.clock.unix())
             .await?;
@@ -168,12 +252,12 @@ impl App {
         self: &std::sync::Arc<Self>,
         env: String,
         confirm: Option<String>,
-        reason: String,
+        reason: Option<String>,
         by: String,
         ev: AuditEvent,
     ) -> Result<Shredded, KeysError> {
         let app = self.clone();
-        tokio::spawn(async move { app.shred(&env, confirm.as_deref(), &reason, &by, ev).await })
+        tokio::spawn(async move { app.shred(&env, confirm.as_deref(), reason, &by, ev).await })
             .await
             .map_err(|e| KeysError::Task(e.to_string()))?
     }

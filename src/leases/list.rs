@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::audit::{AuditError, AuditEvent};
+use crate::audit::{AuditError, AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::store::{ExternalRevocation, LeaseFilter, LeaseRow, StoreError};
 
@@ -27,6 +27,9 @@ const MAX_LIMIT: i64 = 10_000;
 /// Why a listing was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
+    /// The query string is not `application/x-www-form-urlencoded`.
+    #[error("malformed query string")]
+    MalformedQuery,
     /// `active` is neither `true` nor `false`.
     #[error("active must be true or false")]
     InvalidActive,
@@ -148,14 +151,26 @@ pub fn lease_filter(
 }
 
 impl App {
-    /// One page of the leases the query parameters select. `ev` is the caller's audit record,
-    /// completed with the environment and the count and written before answering.
+    /// One page of the leases the query string selects. `ev` is the caller's audit record,
+    /// completed with the environment and the count and written before answering; a query
+    /// that is refused is recorded as denied.
     pub async fn list_leases(
         &self,
-        params: impl IntoIterator<Item = (String, String)>,
+        query: Option<&str>,
         mut ev: AuditEvent,
     ) -> Result<LeasePage, ListError> {
-        let f = lease_filter(params, self.clock.unix())?;
+        let parsed = serde_urlencoded::from_str::<Vec<(String, String)>>(query.unwrap_or(""))
+            .map_err(|_| ListError::MalformedQuery)
+            .and_then(|params| lease_filter(params, self.clock.unix()));
+        let f = match parsed {
+            Ok(f) => f,
+            Err(e) => {
+                ev.outcome = Outcome::Denied;
+                ev.reason = Some(e.to_string());
+                self.audit.append(ev).await?;
+                return Err(e);
+            }
+        };
         ev.environment = f.env.clone();
         let rows = self.store.leases(&f).await?;
         let now = self.clock.unix();

@@ -46,7 +46,7 @@ pub enum RevokeError {
 /// A selector as an operator writes it (SPEC §4): times are RFC 3339 strings, claims map a
 /// name to a glob.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a selector object")]
 pub struct SelectorSpec {
     /// One lease.
     pub lease_id: Option<String>,
@@ -171,24 +171,40 @@ impl App {
         &self,
         spec: SelectorSpec,
         reason: Option<String>,
-        mut ev: AuditEvent,
+        ev: AuditEvent,
     ) -> Result<Revoked, RevokeError> {
-        let sel = spec.parse()?;
+        let sel = match spec.parse() {
+            Ok(sel) => sel,
+            Err(e) => return Err(self.refuse_revoke(ev, None, e).await),
+        };
         let checked = Reason::required(reason)
             .map_err(RevokeError::from)
             .and_then(|r| check_selector(&sel).map(|()| r));
         let reason = match checked {
             Ok(r) => r,
-            Err(e) => {
-                ev.outcome = Outcome::Denied;
-                ev.event = "revoke".into();
-                ev.reason = Some(e.to_string());
-                ev.details.insert("selector".into(), selector_json(&sel));
-                self.audit.append(ev).await?;
-                return Err(e);
-            }
+            Err(e) => return Err(self.refuse_revoke(ev, Some(&sel), e).await),
         };
         self.revoke(&sel, reason.as_str(), ev.actor).await
+    }
+
+    /// Records a refused revocation request (with its selector when it parsed) and returns
+    /// the refusal, or the audit error when the record cannot be written.
+    async fn refuse_revoke(
+        &self,
+        mut ev: AuditEvent,
+        sel: Option<&Selector>,
+        e: RevokeError,
+    ) -> RevokeError {
+        ev.outcome = Outcome::Denied;
+        ev.event = "revoke".into();
+        ev.reason = Some(e.to_string());
+        if let Some(sel) = sel {
+            ev.details.insert("selector".into(), selector_json(sel));
+        }
+        match self.audit.append(ev).await {
+            Ok(_) => e,
+            Err(a) => a.into(),
+        }
     }
 
     /// Revokes every live lease `sel` matches. The revocation is committed first — an
@@ -238,6 +254,14 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrong_type_is_described_without_rust_type_names() {
+        let e = serde_json::from_str::<SelectorSpec>(r#""repository=acme/web""#).unwrap_err();
+        let m = crate::http::body::describe_json_error(&e);
+        assert!(m.contains("expected a selector object"), "{m}");
+        assert!(!m.contains("SelectorSpec") && !m.contains("acme"), "{m}");
+    }
 
     #[test]
     fn parses_times_and_claims() {

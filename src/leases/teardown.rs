@@ -274,16 +274,21 @@ pub async fn reconcile_intents(app: &App) -> usize {
     dropped
 }
 
+/// Pause before asking again after the store refused the background-work lock (an error, not
+/// a polling cadence: a standby otherwise waits on the lock itself).
+const LOCK_RETRY: Duration = Duration::from_secs(2);
+
 /// Works through pending revocations whenever woken (after a revocation) and every second,
-/// and reconciles role intents at start and every half minute.
+/// and reconciles role intents at start and every half minute — on the replica that runs the
+/// background work; a standby waits on the lock (no polling) and takes over when it is freed.
 pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Unix second of the last reconciliation (the broker's clock, like every cadence).
         let mut last_reconcile: Option<i64> = None;
         loop {
-            if !app.lead().await {
-                // Another replica does this work; take over if it dies.
-                tokio::time::sleep(Duration::from_secs(2)).await;
+            if let Err(e) = app.wait_lead().await {
+                tracing::warn!(error = %e, "cannot wait for the background-work lock; will retry");
+                tokio::time::sleep(LOCK_RETRY).await;
                 continue;
             }
             if !app.pg_targets.is_empty()

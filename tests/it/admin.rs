@@ -7,7 +7,6 @@ use serde_json::{Value, json};
 
 use crate::support::{Broker, client_with};
 
-#[tokio::test]
 async fn admin_stores_secrets_and_sees_metadata_never_values() {
     let b = Broker::start().await;
     b.put_secret(
@@ -58,7 +57,6 @@ async fn admin_stores_secrets_and_sees_metadata_never_values() {
     assert_eq!(s, 404);
 }
 
-#[tokio::test]
 async fn roles_are_enforced_and_refusals_audited() {
     let b = Broker::start().await;
     let body = Some(json!({"data": {"k": "value-from-auditor"}}).to_string());
@@ -119,7 +117,6 @@ async fn roles_are_enforced_and_refusals_audited() {
     assert_eq!(s, 200, "{v}");
 }
 
-#[tokio::test]
 async fn certificate_from_another_ca_cannot_connect() {
     let b = Broker::start().await;
     let other = generate_pki(&[], &jobpass::clock::SystemClock).unwrap();
@@ -129,7 +126,6 @@ async fn certificate_from_another_ca_cannot_connect() {
     assert!(r.is_err(), "handshake must fail: {r:?}");
 }
 
-#[tokio::test]
 async fn leases_are_listed_newest_first_filtered_and_paged_with_values_masked() {
     let b = Broker::start().await;
     let mut tokens = Vec::new();
@@ -185,8 +181,35 @@ async fn leases_are_listed_newest_first_filtered_and_paged_with_values_masked() 
     for t in &tokens {
         assert!(!all.contains(t.as_str()));
     }
-    let (s, _) = b
-        .request(&sec, "GET", "/v1/admin/leases?bogus=1", None, None)
-        .await;
-    assert_eq!(s, 400);
+    for (query, why) in [
+        ("bogus=1", "unknown query parameter `bogus`"),
+        ("limit=0", "limit must be"),
+        ("active=%ZZ", "active must be true or false"),
+    ] {
+        let (s, v) = b
+            .request(
+                &sec,
+                "GET",
+                &format!("/v1/admin/leases?{query}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, 400, "{query} {v}");
+        // Refused on record, with the reason the caller was given.
+        assert!(
+            b.audit_records().iter().any(|r| r["outcome"] == "denied"
+                && r["reason"].as_str().is_some_and(|m| m.contains(why))),
+            "{query}"
+        );
+    }
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        admin_stores_secrets_and_sees_metadata_never_values,
+        roles_are_enforced_and_refusals_audited,
+        certificate_from_another_ca_cannot_connect,
+        leases_are_listed_newest_first_filtered_and_paged_with_values_masked,
+    ],
 }

@@ -40,7 +40,6 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-#[tokio::test]
 async fn issued_values_never_reach_the_audit_log_the_service_log_or_the_store() {
     let b = Broker::start().await;
     let secret_value = format!("secret-{}", crate::support::uuid_like());
@@ -125,7 +124,6 @@ async fn issued_values_never_reach_the_audit_log_the_service_log_or_the_store() 
     assert!(!out.status.success());
 }
 
-#[tokio::test]
 async fn audit_verify_passes_then_names_the_tampered_line() {
     let b = Broker::start().await;
     for _ in 0..3 {
@@ -172,7 +170,6 @@ async fn audit_verify_passes_then_names_the_tampered_line() {
     assert!(out.contains("line 2"), "{out}");
 }
 
-#[tokio::test]
 async fn exchange_fails_closed_when_the_audit_log_cannot_be_written() {
     let b = Broker::start_with(Options {
         audit_file: Some("/dev/full".into()),
@@ -197,4 +194,12 @@ async fn exchange_fails_closed_when_the_audit_log_cannot_be_written() {
         )
         .await;
     assert_eq!(s, 503);
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        issued_values_never_reach_the_audit_log_the_service_log_or_the_store,
+        audit_verify_passes_then_names_the_tampered_line,
+        exchange_fails_closed_when_the_audit_log_cannot_be_written,
+    ],
 }

@@ -76,7 +76,6 @@ fn jobpass(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, Str
     )
 }
 
-#[tokio::test]
 async fn on_github_actions_the_token_is_fetched_for_the_right_audience_and_values_are_masked() {
     let b = Broker::start().await;
     let (url, asked) = token_endpoint(b.github_token()).await;
@@ -161,7 +160,6 @@ async fn on_github_actions_the_token_is_fetched_for_the_right_audience_and_value
     );
 }
 
-#[tokio::test]
 async fn on_gitlab_ci_the_token_comes_from_the_named_id_tokens_variable() {
     let b = Broker::start().await;
     let ca = ca_file(&b);
@@ -193,7 +191,6 @@ async fn on_gitlab_ci_the_token_comes_from_the_named_id_tokens_variable() {
     assert!(stdout.contains("export JOBPASS_LEASE_ID='lse_"), "{stdout}");
 }
 
-#[tokio::test]
 async fn revoke_at_exit_revokes_the_lease_even_when_the_command_fails() {
     let b = Broker::start().await;
     b.put_secret(
@@ -245,7 +242,6 @@ async fn revoke_at_exit_revokes_the_lease_even_when_the_command_fails() {
     assert_eq!(s, 401, "revoked when the command ended");
 }
 
-#[tokio::test]
 async fn without_a_token_source_the_error_says_what_to_do() {
     let b = Broker::start().await;
     let (dir, server) = (b.dir.path().to_path_buf(), b.url.clone());
@@ -263,4 +259,13 @@ async fn without_a_token_source_the_error_says_what_to_do() {
         stderr.contains("id-token: write") && stderr.contains("id_tokens"),
         "{stderr}"
     );
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        on_github_actions_the_token_is_fetched_for_the_right_audience_and_values_are_masked,
+        on_gitlab_ci_the_token_comes_from_the_named_id_tokens_variable,
+        revoke_at_exit_revokes_the_lease_even_when_the_command_fails,
+        without_a_token_source_the_error_says_what_to_do,
+    ],
 }

@@ -41,7 +41,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[tokio::test]
 async fn dev_mode_walk_through_from_the_readme() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&repo_policies(), &dir.path().join("policies"));
@@ -156,8 +155,7 @@ async fn dev_mode_walk_through_from_the_readme() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
-#[test]
-fn serve_refuses_an_unknown_config_key_naming_it() {
+async fn serve_refuses_an_unknown_config_key_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("jobpass.toml");
     std::fs::write(
@@ -170,8 +168,7 @@ fn serve_refuses_an_unknown_config_key_naming_it() {
     assert!(err.contains("storre"), "{err}");
 }
 
-#[test]
-fn serve_refuses_a_missing_or_group_readable_root_key() {
+async fn serve_refuses_a_missing_or_group_readable_root_key() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&repo_policies(), &dir.path().join("policies"));
@@ -199,8 +196,7 @@ fn serve_refuses_a_missing_or_group_readable_root_key() {
     assert!(err.contains("group or others"), "{err}");
 }
 
-#[test]
-fn policy_check_and_test_work_offline() {
+async fn policy_check_and_test_work_offline() {
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = run(
         dir.path(),
@@ -254,4 +250,13 @@ fn policy_check_and_test_work_offline() {
     let (code, out, _) = run(dir.path(), &args);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("allow"), "{out}");
+}
+
+crate::support::harness::cases! {
+    Once: [
+        dev_mode_walk_through_from_the_readme,
+        serve_refuses_an_unknown_config_key_naming_it,
+        serve_refuses_a_missing_or_group_readable_root_key,
+        policy_check_and_test_work_offline,
+    ],
 }

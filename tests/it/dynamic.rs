@@ -1,7 +1,7 @@
 //! Dynamic credentials (SPEC §1, §3): real PostgreSQL login roles and X.509 client
 //! certificates, born for one job and dead at revocation or expiry. The PostgreSQL tests run
-//! against the real server on 127.0.0.1:5432 (or JOBPASS_TEST_POSTGRES_URL) and say they
-//! skipped where there is none.
+//! against the real server on 127.0.0.1:5432 (or JOBPASS_TEST_POSTGRES_URL); the harness
+//! lists them as ignored where there is none.
 
 use std::sync::Arc;
 
@@ -77,11 +77,8 @@ fn events(b: &Broker, lease: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
 async fn postgres_credential_logs_in_with_exactly_its_groups_rights_and_dies_at_revocation() {
-    let Some(admin) = pg::admin_url().await else {
-        return;
-    };
+    let admin = pg::admin_url();
     let b = pg_broker(&admin, None).await;
     let (s, v) = b
         .exchange(&b.github_token_for("data"), "data", Some("db-reader"))
@@ -156,11 +153,8 @@ async fn postgres_credential_logs_in_with_exactly_its_groups_rights_and_dies_at_
     assert!(!b.audit_text().contains(&password));
 }
 
-#[tokio::test]
 async fn database_down_during_revocation_is_pending_then_done_when_it_returns() {
-    let Some(admin) = pg::admin_url().await else {
-        return;
-    };
+    let admin = pg::admin_url();
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let b = pg_broker(&admin, Some(proxy.port())).await;
     let (s, v) = b
@@ -219,11 +213,8 @@ async fn database_down_during_revocation_is_pending_then_done_when_it_returns() 
     );
 }
 
-#[tokio::test]
 async fn a_crash_between_role_creation_and_lease_commit_leaves_no_orphan() {
-    let Some(admin) = pg::admin_url().await else {
-        return;
-    };
+    let admin = pg::admin_url();
     let b = pg_broker(&admin, None).await;
     // Exactly what a crash leaves: the intent is recorded and the role exists, no lease.
     let role = jobpass::mint::postgres::new_role_name().unwrap();
@@ -278,11 +269,8 @@ async fn a_crash_between_role_creation_and_lease_commit_leaves_no_orphan() {
     assert!(b.app.store().intents(i64::MAX).await.unwrap().is_empty());
 }
 
-#[tokio::test]
 async fn an_expired_database_credential_is_dropped_by_the_broker() {
-    let Some(admin) = pg::admin_url().await else {
-        return;
-    };
+    let admin = pg::admin_url();
     let b = pg_broker(&admin, None).await;
     let (_, v) = b
         .exchange(&b.github_token_for("data"), "data", Some("db-reader"))
@@ -357,7 +345,6 @@ async fn mtls_handshake(b: &Broker, client_ca: &str, cert: &str, key: &str) -> b
     ok && served
 }
 
-#[tokio::test]
 async fn x509_certificate_verifies_against_the_environment_ca_and_lands_in_the_crl() {
     let b = Broker::start().await;
     let (s, v) = b
@@ -427,7 +414,6 @@ async fn x509_certificate_verifies_against_the_environment_ca_and_lands_in_the_c
     assert!(!b.audit_text().contains(&key_body[..40]));
 }
 
-#[tokio::test]
 async fn a_policy_naming_an_unconfigured_database_is_refused() {
     let b = Broker::start().await;
     std::fs::write(
@@ -443,11 +429,8 @@ async fn a_policy_naming_an_unconfigured_database_is_refused() {
     }
 }
 
-#[tokio::test]
 async fn shredding_an_environment_drops_its_database_roles_first() {
-    let Some(admin) = pg::admin_url().await else {
-        return;
-    };
+    let admin = pg::admin_url();
     let b = pg_broker(&admin, None).await;
     let (_, v) = b
         .exchange(&b.github_token_for("data"), "data", Some("db-reader"))
@@ -473,11 +456,8 @@ async fn shredding_an_environment_drops_its_database_roles_first() {
     assert_eq!(events, ["key_destroy_begin", "key_destroy"]);
 }
 
-#[tokio::test]
 async fn shredding_drops_the_roles_of_leases_that_expired_but_were_not_swept() {
-    let Some(admin) = pg::admin_url().await else {
-        return;
-    };
+    let admin = pg::admin_url();
     let b = pg_broker(&admin, None).await;
     let (_, v) = b
         .exchange(&b.github_token_for("data"), "data", Some("db-reader"))
@@ -496,4 +476,19 @@ async fn shredding_drops_the_roles_of_leases_that_expired_but_were_not_swept() {
         !pg::role_exists(&admin, &user).await,
         "an expired lease's role died before the keys did"
     );
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        x509_certificate_verifies_against_the_environment_ca_and_lands_in_the_crl,
+        a_policy_naming_an_unconfigured_database_is_refused,
+    ],
+    EachStoreWithPostgres: [
+        postgres_credential_logs_in_with_exactly_its_groups_rights_and_dies_at_revocation,
+        database_down_during_revocation_is_pending_then_done_when_it_returns,
+        a_crash_between_role_creation_and_lease_commit_leaves_no_orphan,
+        an_expired_database_credential_is_dropped_by_the_broker,
+        shredding_an_environment_drops_its_database_roles_first,
+        shredding_drops_the_roles_of_leases_that_expired_but_were_not_swept,
+    ],
 }

@@ -31,7 +31,6 @@ async fn revoke(b: &Broker, selector: Value) -> (u16, Value) {
     .await
 }
 
-#[tokio::test]
 async fn each_selector_alone_and_combined_revokes_exactly_the_matching_leases() {
     let b = Broker::start().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
@@ -176,7 +175,6 @@ async fn each_selector_alone_and_combined_revokes_exactly_the_matching_leases() 
     assert_eq!((s, v["revoked"].as_u64()), (200, Some(live as u64)));
 }
 
-#[tokio::test]
 async fn revocation_takes_effect_at_once_on_tokens_jwts_and_introspection() {
     let b = Broker::start().await;
     b.put_secret(
@@ -242,7 +240,6 @@ async fn revocation_takes_effect_at_once_on_tokens_jwts_and_introspection() {
     assert_eq!(rec["details"]["selector"]["claims"]["run_id"], "777");
 }
 
-#[tokio::test]
 async fn rfc7009_revocation_ends_the_lease_of_the_presented_token() {
     let b = Broker::start().await;
     let (_, v) = b
@@ -285,7 +282,6 @@ async fn rfc7009_revocation_ends_the_lease_of_the_presented_token() {
     assert_eq!(r.status().as_u16(), 401);
 }
 
-#[tokio::test]
 async fn only_security_may_revoke_and_a_reason_and_selector_are_required() {
     let b = Broker::start().await;
     assert_eq!(
@@ -312,6 +308,8 @@ async fn only_security_may_revoke_and_a_reason_and_selector_are_required() {
         json!({"selector": {"all": true}, "reason": "  "}),
         json!({"selector": {}, "reason": "INC-1"}),
         json!({"selector": {"repository": "acme/web"}, "reason": "INC-1"}),
+        json!({"selector": {"environment": "prod", "issued_after": "yesterday"}, "reason": "INC-1"}),
+        json!({"selector": "all", "reason": "INC-1"}),
     ] {
         let (s, v) = b
             .request(
@@ -349,10 +347,33 @@ async fn only_security_may_revoke_and_a_reason_and_selector_are_required() {
         })
         .count();
     assert!(refused >= 4, "refused calls are audited");
+    // A selector time that is not RFC 3339 is refused on record, like the other refusals.
+    assert!(b.audit_records().iter().any(|r| {
+        r["event"] == "revoke"
+            && r["outcome"] == "denied"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|m| m.contains("`issued_after` must be an RFC 3339 time"))
+    }));
+    // A selector of the wrong type is described in the caller's terms.
+    let (_, v) = b
+        .request(
+            &sec,
+            "POST",
+            "/v1/admin/revoke",
+            None,
+            Some(json!({"selector": "all", "reason": "INC-1"}).to_string()),
+        )
+        .await;
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("expected a selector object") && !m.contains("Spec"),
+        "{m}"
+    );
 }
 
-#[tokio::test]
-async fn a_freeze_or_key_destruction_without_a_reason_or_environment_is_refused_on_record() {
+async fn a_freeze_or_key_operation_without_a_reason_environment_or_confirmation_is_refused_on_record()
+ {
     let b = Broker::start().await;
     let sec = b.admin(AdminRole::Security);
     let admin = b.admin(AdminRole::Admin);
@@ -388,6 +409,20 @@ async fn a_freeze_or_key_destruction_without_a_reason_or_environment_is_refused_
             json!({"reason": "x", "confirm": "nowhere"}),
             404,
         ),
+        (
+            &admin,
+            "/v1/admin/keys/prod/destroy",
+            json!({"reason": "INC-9"}),
+            400,
+        ),
+        (
+            &admin,
+            "/v1/admin/keys/prod/destroy",
+            json!({"reason": "INC-9", "confirm": "staging"}),
+            400,
+        ),
+        (&admin, "/v1/admin/keys/nowhere/rotate", json!({}), 404),
+        (&admin, "/v1/admin/keys/nowhere/rewrap", json!({}), 404),
     ];
     for (client, path, body, status) in &calls {
         let (s, v) = b
@@ -429,9 +464,23 @@ async fn a_freeze_or_key_destruction_without_a_reason_or_environment_is_refused_
         1,
         "{refused:?}"
     );
+    assert_eq!(count("key_destroy", "repeat the environment name"), 2);
+    assert_eq!(count("key_rotate", "unknown environment"), 1);
+    assert_eq!(count("key_rewrap", "unknown environment"), 1);
+    assert_eq!(
+        refused.len(),
+        10,
+        "one record per refused call: {refused:?}"
+    );
+    // The keys were not destroyed: a second exchange still mints (done above), and the stated
+    // reason of an unconfirmed destruction is on its record.
+    assert!(
+        b.audit_records()
+            .iter()
+            .any(|r| r["event"] == "key_destroy" && r["details"]["requested_reason"] == "INC-9"),
+    );
 }
 
-#[tokio::test]
 async fn frozen_environment_mints_nothing_across_a_restart() {
     let b = Broker::start().await;
     b.put_secret(
@@ -508,7 +557,6 @@ async fn frozen_environment_mints_nothing_across_a_restart() {
     assert!(events.contains(&"freeze".to_string()) && events.contains(&"unfreeze".to_string()));
 }
 
-#[tokio::test]
 async fn rotation_keeps_old_records_readable_and_rewrap_moves_them() {
     let b = Broker::start().await;
     b.put_secret(
@@ -592,7 +640,6 @@ async fn rotation_keeps_old_records_readable_and_rewrap_moves_them() {
     assert_eq!(s, 403);
 }
 
-#[tokio::test]
 async fn shredding_prod_leaves_staging_readable_and_says_so_clearly() {
     let b = Broker::start().await;
     b.put_secret(
@@ -681,7 +728,6 @@ async fn shredding_prod_leaves_staging_readable_and_says_so_clearly() {
     assert_eq!(b.lease_count().await, 2, "nothing new minted in prod");
 }
 
-#[tokio::test]
 async fn expired_credentials_are_refused_before_the_sweeper_and_swept_after() {
     let b = Broker::start().await;
     let (_, v) = b
@@ -712,4 +758,18 @@ async fn expired_credentials_are_refused_before_the_sweeper_and_swept_after() {
     let (leases, replay) = jobpass::leases::sweeper::sweep(&b.app).await.unwrap();
     assert_eq!((leases, replay), (1, 1));
     assert_eq!(b.lease_count().await, 0);
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        each_selector_alone_and_combined_revokes_exactly_the_matching_leases,
+        revocation_takes_effect_at_once_on_tokens_jwts_and_introspection,
+        rfc7009_revocation_ends_the_lease_of_the_presented_token,
+        only_security_may_revoke_and_a_reason_and_selector_are_required,
+        a_freeze_or_key_operation_without_a_reason_environment_or_confirmation_is_refused_on_record,
+        frozen_environment_mints_nothing_across_a_restart,
+        rotation_keeps_old_records_readable_and_rewrap_moves_them,
+        shredding_prod_leaves_staging_readable_and_says_so_clearly,
+        expired_credentials_are_refused_before_the_sweeper_and_swept_after,
+    ],
 }

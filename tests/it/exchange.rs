@@ -5,7 +5,6 @@ use serde_json::{Value, json};
 
 use crate::support::{AUDIENCE, Broker, gitlab_claims};
 
-#[tokio::test]
 async fn github_token_is_exchanged_for_every_grant_of_the_role() {
     let b = Broker::start().await;
     let (s, v) = b
@@ -32,7 +31,6 @@ async fn github_token_is_exchanged_for_every_grant_of_the_role() {
     assert_eq!(b.lease_count().await, 1);
 }
 
-#[tokio::test]
 async fn gitlab_token_is_exchanged_with_the_default_role() {
     let b = Broker::start().await;
     let token = b.gl.sign(gitlab_claims(&b.gl.issuer_url()));
@@ -53,7 +51,6 @@ async fn gitlab_token_is_exchanged_with_the_default_role() {
     );
 }
 
-#[tokio::test]
 async fn minted_jwt_verifies_with_a_generic_library_from_the_discovery_document() {
     let b = Broker::start().await;
     let (s, v) = b
@@ -96,7 +93,6 @@ async fn minted_jwt_verifies_with_a_generic_library_from_the_discovery_document(
     assert!(jsonwebtoken::decode::<Value>(&jwt, &key, &validation).is_err());
 }
 
-#[tokio::test]
 async fn issuer_key_rotation_is_picked_up_without_restart() {
     let b = Broker::start().await;
     let (s, _) = b
@@ -114,7 +110,6 @@ async fn issuer_key_rotation_is_picked_up_without_restart() {
     assert_eq!(b.gh.jwks_fetch_count(), fetches + 1, "exactly one refetch");
 }
 
-#[tokio::test]
 async fn oauth_token_exchange_returns_the_broker_token() {
     let b = Broker::start().await;
     let form = serde_urlencoded::to_string([
@@ -151,7 +146,6 @@ async fn oauth_token_exchange_returns_the_broker_token() {
     assert!((50..=60).contains(&e), "{e}");
 }
 
-#[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let b = Broker::start().await;
     assert_eq!(b.get("/healthz", None).await.0, 200);
@@ -174,4 +168,15 @@ async fn health_readiness_and_metrics_answer() {
         m.contains("jobpass_exchange_duration_seconds_bucket"),
         "{m}"
     );
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        github_token_is_exchanged_for_every_grant_of_the_role,
+        gitlab_token_is_exchanged_with_the_default_role,
+        minted_jwt_verifies_with_a_generic_library_from_the_discovery_document,
+        issuer_key_rotation_is_picked_up_without_restart,
+        oauth_token_exchange_returns_the_broker_token,
+        health_readiness_and_metrics_answer,
+    ],
 }

@@ -10,7 +10,6 @@ use serde_json::Value;
 use crate::support::child::DevServer;
 use crate::support::{Broker, binary, client_with};
 
-#[tokio::test]
 async fn the_same_token_sent_many_times_at_once_is_exchanged_exactly_once() {
     let b = Broker::start().await;
     let token = b.github_token();
@@ -55,7 +54,6 @@ async fn the_same_token_sent_many_times_at_once_is_exchanged_exactly_once() {
     assert_eq!(replays, 23, "every refusal is audited as a possible theft");
 }
 
-#[tokio::test]
 async fn many_concurrent_exchanges_are_each_stored_and_audited_once() {
     let b = Broker::start().await;
     let mut tasks = Vec::new();
@@ -107,7 +105,6 @@ async fn dev_server(
     (server, client_with(Some(&ca), None))
 }
 
-#[tokio::test]
 async fn a_broker_killed_right_after_answering_still_has_every_lease_it_answered() {
     let dir = tempfile::tempdir().unwrap();
     let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -215,4 +212,14 @@ async fn a_broker_killed_right_after_answering_still_has_every_lease_it_answered
         answered.is_subset(&listed),
         "answered leases missing after restart: {v}"
     );
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        the_same_token_sent_many_times_at_once_is_exchanged_exactly_once,
+        many_concurrent_exchanges_are_each_stored_and_audited_once,
+    ],
+    Once: [
+        a_broker_killed_right_after_answering_still_has_every_lease_it_answered,
+    ],
 }

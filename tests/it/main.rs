@@ -1,5 +1,6 @@
 //! Integration tests: one binary, driving the real router over HTTPS on loopback against a
-//! real OIDC issuer served by the tests, and the real `jobpass` binary for the CLI.
+//! real OIDC issuer served by the tests, and the real `jobpass` binary for the CLI. Its own
+//! harness (`support::harness`) runs every test that starts a broker once per store backend.
 #![allow(
     unreachable_pub,
     missing_docs,
@@ -29,3 +30,47 @@ mod replicas;
 mod secrets;
 mod support;
 mod vault;
+
+fn main() -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let postgres = support::harness::find_postgres();
+    match &postgres {
+        Some(url) => eprintln!("PostgreSQL: {url} (the suite runs on both stores)"),
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            // Under CI a PostgreSQL server is part of the machine: its absence is a failure,
+            // not a list of ignored tests that would read as a pass.
+            eprintln!(
+                "error: no PostgreSQL at {} and CI=true: set {} or start the server",
+                support::pg::DEFAULT_URL,
+                support::pg::ENV
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+        None => eprintln!(
+            "PostgreSQL: none at {} ({} unset): the tests that need it are ignored",
+            support::pg::DEFAULT_URL,
+            support::pg::ENV
+        ),
+    }
+    let cases = [
+        admin::cases(),
+        audit_log::cases(),
+        ci::cases(),
+        cli::cases(),
+        dynamic::cases(),
+        emergency::cases(),
+        exchange::cases(),
+        ledger::cases(),
+        oidc::cases(),
+        refusals::cases(),
+        reload::cases(),
+        replicas::cases(),
+        secrets::cases(),
+        vault::cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let trials = support::harness::trials(cases, postgres.is_some());
+    libtest_mimic::run(&args, trials).exit_code()
+}

@@ -73,7 +73,6 @@ fn sha256(text: &str) -> [u8; 32] {
 
 // ---- accepted tokens ---------------------------------------------------------------------
 
-#[tokio::test]
 async fn github_shaped_token_verifies_and_keeps_every_claim() {
     let f = Fixture::new().await;
     let claims = f.github();
@@ -92,7 +91,6 @@ async fn github_shaped_token_verifies_and_keeps_every_claim() {
     assert_eq!(f.issuer.jwks_fetch_count(), 1);
 }
 
-#[tokio::test]
 async fn gitlab_shaped_token_verifies() {
     let f = Fixture::new().await;
     let claims = f.issuer.gitlab_claims(AUD, NOW);
@@ -107,7 +105,6 @@ async fn gitlab_shaped_token_verifies() {
     assert_eq!(Value::Object(v.claims), claims);
 }
 
-#[tokio::test]
 async fn every_allowed_asymmetric_algorithm_verifies() {
     let f = Fixture::new().await;
     for alg in [
@@ -127,7 +124,6 @@ async fn every_allowed_asymmetric_algorithm_verifies() {
     assert_eq!(f.issuer.jwks_fetch_count(), 1);
 }
 
-#[tokio::test]
 async fn token_without_jti_verifies_and_is_identified_by_its_hash() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -138,7 +134,6 @@ async fn token_without_jti_verifies_and_is_identified_by_its_hash() {
     assert_eq!(v.token_sha256, sha256(&token));
 }
 
-#[tokio::test]
 async fn issuer_with_a_path_verifies() {
     let issuer = TestIssuer::start_with_path("/org/0123").await;
     let clock = Arc::new(FixedClock::at(NOW));
@@ -153,7 +148,6 @@ async fn issuer_with_a_path_verifies() {
 
 // ---- issuer and audience -----------------------------------------------------------------
 
-#[tokio::test]
 async fn token_from_an_unconfigured_issuer_is_refused() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -165,7 +159,6 @@ async fn token_from_an_unconfigured_issuer_is_refused() {
     assert_eq!(f.issuer.jwks_fetch_count(), 0);
 }
 
-#[tokio::test]
 async fn issuer_not_trusted_by_this_environment_is_refused() {
     let f = Fixture::new().await;
     let token = f.issuer.sign(f.github());
@@ -180,7 +173,6 @@ async fn issuer_not_trusted_by_this_environment_is_refused() {
     assert!(matches!(err, OidcError::UntrustedIssuer), "{err:?}");
 }
 
-#[tokio::test]
 async fn issuer_must_match_exactly() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -189,7 +181,6 @@ async fn issuer_must_match_exactly() {
     assert!(matches!(err, OidcError::UntrustedIssuer), "{err:?}");
 }
 
-#[tokio::test]
 async fn wrong_audience_is_refused() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -206,7 +197,6 @@ async fn wrong_audience_is_refused() {
     assert!(matches!(err, OidcError::WrongAudience), "{err:?}");
 }
 
-#[tokio::test]
 async fn audience_among_several_is_accepted() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -216,7 +206,6 @@ async fn audience_among_several_is_accepted() {
 
 // ---- time claims -------------------------------------------------------------------------
 
-#[tokio::test]
 async fn expired_token_is_refused_beyond_leeway() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -230,7 +219,6 @@ async fn expired_token_is_refused_beyond_leeway() {
     assert!(matches!(err, OidcError::Expired), "{err:?}");
 }
 
-#[tokio::test]
 async fn token_expired_within_leeway_is_accepted() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -240,7 +228,6 @@ async fn token_expired_within_leeway_is_accepted() {
     assert_eq!(v.expires_at, NOW - 59);
 }
 
-#[tokio::test]
 async fn token_expires_as_the_clock_moves() {
     let f = Fixture::new().await;
     let token = f.issuer.sign(f.github());
@@ -250,7 +237,6 @@ async fn token_expires_as_the_clock_moves() {
     assert!(matches!(err, OidcError::Expired), "{err:?}");
 }
 
-#[tokio::test]
 async fn not_yet_valid_token_is_refused() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -264,7 +250,6 @@ async fn not_yet_valid_token_is_refused() {
     assert!(matches!(err, OidcError::Malformed(_)), "{err:?}");
 }
 
-#[tokio::test]
 async fn token_issued_in_the_future_is_refused() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -276,7 +261,6 @@ async fn token_issued_in_the_future_is_refused() {
     f.verify(&f.issuer.sign(claims)).await.unwrap();
 }
 
-#[tokio::test]
 async fn token_without_exp_or_sub_is_malformed() {
     let f = Fixture::new().await;
     for missing in ["exp", "sub", "iat"] {
@@ -289,7 +273,6 @@ async fn token_without_exp_or_sub_is_malformed() {
 
 // ---- signatures and algorithms -----------------------------------------------------------
 
-#[tokio::test]
 async fn token_signed_by_a_key_not_in_the_jwks_is_refused() {
     let f = Fixture::new().await;
     let err = f
@@ -308,7 +291,6 @@ async fn token_signed_by_a_key_not_in_the_jwks_is_refused() {
     assert!(matches!(err, OidcError::BadSignature), "{err:?}");
 }
 
-#[tokio::test]
 async fn tampered_payload_is_refused() {
     let f = Fixture::new().await;
     let token = f.issuer.sign(f.github());
@@ -322,7 +304,6 @@ async fn tampered_payload_is_refused() {
     assert!(matches!(err, OidcError::BadSignature), "{err:?}");
 }
 
-#[tokio::test]
 async fn alg_none_is_refused_before_any_key_lookup() {
     let f = Fixture::new().await;
     let err = f
@@ -337,7 +318,6 @@ async fn alg_none_is_refused_before_any_key_lookup() {
     assert_eq!(f.issuer.jwks_fetch_count(), 0);
 }
 
-#[tokio::test]
 async fn hs256_signed_with_the_public_key_is_refused() {
     let f = Fixture::new().await;
     let token = f.issuer.token_hs256_with_public_key(f.github());
@@ -349,7 +329,6 @@ async fn hs256_signed_with_the_public_key_is_refused() {
     assert_eq!(f.issuer.jwks_fetch_count(), 0);
 }
 
-#[tokio::test]
 async fn critical_header_is_refused() {
     let f = Fixture::new().await;
     let mut opts = SignOptions::default();
@@ -362,7 +341,6 @@ async fn critical_header_is_refused() {
     assert!(matches!(err, OidcError::Malformed(_)), "{err:?}");
 }
 
-#[tokio::test]
 async fn oversized_token_is_refused_before_any_key_lookup() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -372,7 +350,6 @@ async fn oversized_token_is_refused_before_any_key_lookup() {
     assert_eq!(f.issuer.jwks_fetch_count(), 0);
 }
 
-#[tokio::test]
 async fn garbage_is_malformed() {
     let f = Fixture::new().await;
     let not_json = "bm90IGpzb24.bm90IGpzb24.c2ln";
@@ -393,7 +370,6 @@ async fn garbage_is_malformed() {
 
 // ---- key rotation and refetch limits -----------------------------------------------------
 
-#[tokio::test]
 async fn unknown_kid_is_refused_after_exactly_one_refetch() {
     let f = Fixture::new().await;
     f.verify(&f.issuer.sign(f.github())).await.unwrap();
@@ -408,7 +384,6 @@ async fn unknown_kid_is_refused_after_exactly_one_refetch() {
     assert_eq!(f.issuer.jwks_fetch_count(), 2);
 }
 
-#[tokio::test]
 async fn rotated_key_is_picked_up_without_restart() {
     let f = Fixture::new().await;
     let old = f.issuer.sign(f.github());
@@ -429,7 +404,6 @@ async fn rotated_key_is_picked_up_without_restart() {
     assert_eq!(f.issuer.jwks_fetch_count(), 2);
 }
 
-#[tokio::test]
 async fn rotation_keeping_the_old_key_accepts_both() {
     let f = Fixture::new().await;
     let old = f.issuer.sign(f.github());
@@ -441,7 +415,6 @@ async fn rotation_keeping_the_old_key_accepts_both() {
     assert_eq!(f.issuer.jwks_fetch_count(), 2);
 }
 
-#[tokio::test]
 async fn burst_of_unknown_kids_fetches_at_most_once_per_window() {
     let f = Fixture::new().await;
     f.verify(&f.issuer.sign(f.github())).await.unwrap();
@@ -477,7 +450,6 @@ async fn burst_of_unknown_kids_fetches_at_most_once_per_window() {
     assert_eq!(f.issuer.jwks_fetch_count(), 3);
 }
 
-#[tokio::test]
 async fn concurrent_first_use_shares_one_fetch() {
     let f = Fixture::new().await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -494,7 +466,6 @@ async fn concurrent_first_use_shares_one_fetch() {
     assert_eq!(f.issuer.discovery_fetch_count(), 1);
 }
 
-#[tokio::test]
 async fn keys_are_refreshed_after_max_age() {
     let f = Fixture::new().await;
     f.verify(&f.issuer.sign(f.github())).await.unwrap();
@@ -504,7 +475,6 @@ async fn keys_are_refreshed_after_max_age() {
     assert_eq!(f.issuer.jwks_fetch_count(), 2);
 }
 
-#[tokio::test]
 async fn failed_refresh_keeps_the_last_good_keys() {
     let f = Fixture::new().await;
     f.verify(&f.issuer.sign(f.github())).await.unwrap();
@@ -521,7 +491,6 @@ async fn failed_refresh_keeps_the_last_good_keys() {
 
 // ---- availability and discovery ----------------------------------------------------------
 
-#[tokio::test]
 async fn unreachable_issuer_does_not_prevent_start_and_answers_unavailable() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -543,7 +512,6 @@ async fn unreachable_issuer_does_not_prevent_start_and_answers_unavailable() {
     assert!(!err.is_client_error());
 }
 
-#[tokio::test]
 async fn issuer_answering_errors_is_unavailable_then_recovers() {
     let f = Fixture::new().await;
     f.issuer
@@ -561,7 +529,6 @@ async fn issuer_answering_errors_is_unavailable_then_recovers() {
     f.verify(&token).await.unwrap();
 }
 
-#[tokio::test]
 async fn discovery_naming_another_issuer_is_refused() {
     let f = Fixture::new().await;
     f.issuer
@@ -571,7 +538,6 @@ async fn discovery_naming_another_issuer_is_refused() {
     assert_eq!(f.issuer.jwks_fetch_count(), 0);
 }
 
-#[tokio::test]
 async fn redirects_are_not_followed() {
     let f = Fixture::new().await;
     let elsewhere = TestIssuer::start().await;
@@ -583,7 +549,6 @@ async fn redirects_are_not_followed() {
     assert_eq!(elsewhere.discovery_fetch_count(), 0);
 }
 
-#[tokio::test]
 async fn plain_http_jwks_uri_off_loopback_is_refused() {
     let f = Fixture::new().await;
     f.issuer
@@ -592,7 +557,6 @@ async fn plain_http_jwks_uri_off_loopback_is_refused() {
     assert!(matches!(err, OidcError::IssuerUnavailable(_)), "{err:?}");
 }
 
-#[tokio::test]
 async fn https_issuer_is_trusted_through_its_ca_file_only() {
     let issuer = TestIssuer::start_tls().await;
     let url = issuer.issuer_url();
@@ -630,7 +594,6 @@ async fn https_issuer_is_trusted_through_its_ca_file_only() {
 
 // ---- configuration -----------------------------------------------------------------------
 
-#[tokio::test]
 async fn jwks_file_issuer_works_without_network() {
     let issuer = TestIssuer::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -665,7 +628,6 @@ async fn jwks_file_issuer_works_without_network() {
     assert_eq!(issuer.discovery_fetch_count(), 0);
 }
 
-#[tokio::test]
 async fn static_issuer_added_at_runtime_verifies() {
     let issuer = TestIssuer::start().await;
     let clock: SharedClock = Arc::new(FixedClock::at(NOW));
@@ -691,8 +653,7 @@ fn new_verifier(cfgs: &[IssuerConfig]) -> Result<Verifier, OidcError> {
     Verifier::new(cfgs, clock, VerifierOptions::default())
 }
 
-#[test]
-fn http_issuer_off_loopback_is_a_config_error() {
+async fn http_issuer_off_loopback_is_a_config_error() {
     for url in [
         "http://example.com",
         "http://10.1.2.3:8080",
@@ -712,8 +673,7 @@ fn http_issuer_off_loopback_is_a_config_error() {
     assert!(new_verifier(&[http_config("https://gitlab.example.com")]).is_ok());
 }
 
-#[test]
-fn unreadable_or_invalid_files_are_config_errors() {
+async fn unreadable_or_invalid_files_are_config_errors() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
@@ -738,8 +698,7 @@ fn unreadable_or_invalid_files_are_config_errors() {
     assert!(matches!(new_verifier(&[cfg]), Err(OidcError::Config(_))));
 }
 
-#[test]
-fn duplicate_issuer_is_a_config_error() {
+async fn duplicate_issuer_is_a_config_error() {
     let cfg = http_config("https://gitlab.example.com");
     assert!(matches!(
         new_verifier(&[cfg.clone(), cfg]),
@@ -747,8 +706,7 @@ fn duplicate_issuer_is_a_config_error() {
     ));
 }
 
-#[test]
-fn issuer_config_refuses_unknown_keys() {
+async fn issuer_config_refuses_unknown_keys() {
     let ok: IssuerConfig =
         toml_like(r#"{"url": "https://a.example", "allow_http": false}"#).unwrap();
     assert!(!ok.allow_http);
@@ -761,7 +719,6 @@ fn toml_like(json: &str) -> Result<IssuerConfig, serde_json::Error> {
 
 // ---- no leaks ----------------------------------------------------------------------------
 
-#[tokio::test]
 async fn error_messages_never_quote_the_token_or_its_claims() {
     let f = Fixture::new().await;
     let mut claims = f.github();
@@ -783,4 +740,52 @@ async fn error_messages_never_quote_the_token_or_its_claims() {
         assert!(!text.contains("SECRET"), "{text}");
         assert!(!text.contains(&token), "{text}");
     }
+}
+
+crate::support::harness::cases! {
+    Once: [
+        github_shaped_token_verifies_and_keeps_every_claim,
+        gitlab_shaped_token_verifies,
+        every_allowed_asymmetric_algorithm_verifies,
+        token_without_jti_verifies_and_is_identified_by_its_hash,
+        issuer_with_a_path_verifies,
+        token_from_an_unconfigured_issuer_is_refused,
+        issuer_not_trusted_by_this_environment_is_refused,
+        issuer_must_match_exactly,
+        wrong_audience_is_refused,
+        audience_among_several_is_accepted,
+        expired_token_is_refused_beyond_leeway,
+        token_expired_within_leeway_is_accepted,
+        token_expires_as_the_clock_moves,
+        not_yet_valid_token_is_refused,
+        token_issued_in_the_future_is_refused,
+        token_without_exp_or_sub_is_malformed,
+        token_signed_by_a_key_not_in_the_jwks_is_refused,
+        tampered_payload_is_refused,
+        alg_none_is_refused_before_any_key_lookup,
+        hs256_signed_with_the_public_key_is_refused,
+        critical_header_is_refused,
+        oversized_token_is_refused_before_any_key_lookup,
+        garbage_is_malformed,
+        unknown_kid_is_refused_after_exactly_one_refetch,
+        rotated_key_is_picked_up_without_restart,
+        rotation_keeping_the_old_key_accepts_both,
+        burst_of_unknown_kids_fetches_at_most_once_per_window,
+        concurrent_first_use_shares_one_fetch,
+        keys_are_refreshed_after_max_age,
+        failed_refresh_keeps_the_last_good_keys,
+        unreachable_issuer_does_not_prevent_start_and_answers_unavailable,
+        issuer_answering_errors_is_unavailable_then_recovers,
+        discovery_naming_another_issuer_is_refused,
+        redirects_are_not_followed,
+        plain_http_jwks_uri_off_loopback_is_refused,
+        https_issuer_is_trusted_through_its_ca_file_only,
+        jwks_file_issuer_works_without_network,
+        static_issuer_added_at_runtime_verifies,
+        http_issuer_off_loopback_is_a_config_error,
+        unreadable_or_invalid_files_are_config_errors,
+        duplicate_issuer_is_a_config_error,
+        issuer_config_refuses_unknown_keys,
+        error_messages_never_quote_the_token_or_its_claims,
+    ],
 }

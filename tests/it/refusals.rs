@@ -20,7 +20,6 @@ fn claims(b: &Broker) -> Value {
     github_claims(&b.gh.issuer_url())
 }
 
-#[tokio::test]
 async fn wrong_issuer_is_refused() {
     let b = Broker::start().await;
     // Signed by the GitLab test issuer, which prod does not trust.
@@ -39,7 +38,6 @@ async fn wrong_issuer_is_refused() {
     refused(&b, got, 401, "invalid_token").await;
 }
 
-#[tokio::test]
 async fn wrong_audience_is_refused() {
     let b = Broker::start().await;
     let mut c = claims(&b);
@@ -50,7 +48,6 @@ async fn wrong_audience_is_refused() {
     refused(&b, got, 401, "invalid_token").await;
 }
 
-#[tokio::test]
 async fn expired_token_is_refused() {
     let b = Broker::start().await;
     let mut c = claims(&b);
@@ -63,7 +60,6 @@ async fn expired_token_is_refused() {
     refused(&b, got, 401, "invalid_token").await;
 }
 
-#[tokio::test]
 async fn token_not_yet_valid_is_refused() {
     let b = Broker::start().await;
     let mut c = claims(&b);
@@ -75,7 +71,6 @@ async fn token_not_yet_valid_is_refused() {
     refused(&b, got, 401, "invalid_token").await;
 }
 
-#[tokio::test]
 async fn bad_signature_is_refused() {
     let b = Broker::start().await;
     let t = b.gh.sign(claims(&b));
@@ -113,7 +108,6 @@ fn base64url(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
 
-#[tokio::test]
 async fn alg_none_is_refused() {
     let b = Broker::start().await;
     let got = b
@@ -122,7 +116,6 @@ async fn alg_none_is_refused() {
     refused(&b, got, 401, "invalid_token").await;
 }
 
-#[tokio::test]
 async fn hs256_signed_with_the_public_key_is_refused() {
     let b = Broker::start().await;
     let got = b
@@ -135,7 +128,6 @@ async fn hs256_signed_with_the_public_key_is_refused() {
     refused(&b, got, 401, "invalid_token").await;
 }
 
-#[tokio::test]
 async fn unknown_kid_is_refused_after_one_refetch() {
     let b = Broker::start().await;
     // Warm the cache.
@@ -165,7 +157,6 @@ async fn unknown_kid_is_refused_after_one_refetch() {
     assert_eq!(b.lease_count().await, 1);
 }
 
-#[tokio::test]
 async fn oversized_token_is_refused() {
     let b = Broker::start().await;
     let mut c = claims(&b);
@@ -176,7 +167,6 @@ async fn oversized_token_is_refused() {
     refused(&b, got, 401, "invalid_token").await;
 }
 
-#[tokio::test]
 async fn oversized_body_is_refused_with_json() {
     let b = Broker::start().await;
     let body = json!({"token": "x".repeat(200 * 1024), "environment": "prod"});
@@ -186,7 +176,6 @@ async fn oversized_body_is_refused_with_json() {
     assert_eq!(b.lease_count().await, 0);
 }
 
-#[tokio::test]
 async fn replayed_token_is_refused_and_audited() {
     let b = Broker::start().await;
     let t = b.github_token();
@@ -206,7 +195,6 @@ async fn replayed_token_is_refused_and_audited() {
     assert_eq!(b.exchange(&t, "prod", Some("deploy-web")).await.0, 409);
 }
 
-#[tokio::test]
 async fn claim_mismatch_is_refused_naming_the_claim_not_the_pattern() {
     let b = Broker::start().await;
     let mut c = claims(&b);
@@ -223,7 +211,6 @@ async fn claim_mismatch_is_refused_naming_the_claim_not_the_pattern() {
     );
 }
 
-#[tokio::test]
 async fn guardrail_mismatch_is_refused_even_when_the_role_allows() {
     let b = Broker::start().await;
     // Role any-branch allows any ref, but prod requires refs/heads/main.
@@ -249,7 +236,6 @@ async fn guardrail_mismatch_is_refused_even_when_the_role_allows() {
     );
 }
 
-#[tokio::test]
 async fn unknown_environment_and_role_are_refused() {
     let b = Broker::start().await;
     let got = b
@@ -260,7 +246,6 @@ async fn unknown_environment_and_role_are_refused() {
     refused(&b, got, 400, "invalid_request").await;
 }
 
-#[tokio::test]
 async fn malformed_json_is_refused_without_echoing_it() {
     let b = Broker::start().await;
     let (s, v) = b
@@ -289,7 +274,6 @@ async fn malformed_json_is_refused_without_echoing_it() {
     assert_eq!(b.lease_count().await, 0);
 }
 
-#[tokio::test]
 async fn an_oversized_or_nul_subject_is_refused_and_nul_claims_are_not_indexed() {
     let b = Broker::start().await;
     for sub in ["x".repeat(1025), "repo:acme/web\u{0}evil".to_string()] {
@@ -309,4 +293,25 @@ async fn an_oversized_or_nul_subject_is_refused_and_nul_claims_are_not_indexed()
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(b.lease_count().await, 1);
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        wrong_issuer_is_refused,
+        wrong_audience_is_refused,
+        expired_token_is_refused,
+        token_not_yet_valid_is_refused,
+        bad_signature_is_refused,
+        alg_none_is_refused,
+        hs256_signed_with_the_public_key_is_refused,
+        unknown_kid_is_refused_after_one_refetch,
+        oversized_token_is_refused,
+        oversized_body_is_refused_with_json,
+        replayed_token_is_refused_and_audited,
+        claim_mismatch_is_refused_naming_the_claim_not_the_pattern,
+        guardrail_mismatch_is_refused_even_when_the_role_allows,
+        unknown_environment_and_role_are_refused,
+        malformed_json_is_refused_without_echoing_it,
+        an_oversized_or_nul_subject_is_refused_and_nul_claims_are_not_indexed,
+    ],
 }

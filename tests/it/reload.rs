@@ -5,7 +5,6 @@ use jobpass::policy::reload::{Reload, reload};
 
 use crate::support::Broker;
 
-#[tokio::test]
 async fn invalid_reload_keeps_the_old_policy_and_is_audited() {
     let b = Broker::start().await;
     let v1 = b.app.policies().version().to_string();
@@ -39,7 +38,6 @@ async fn invalid_reload_keeps_the_old_policy_and_is_audited() {
     );
 }
 
-#[tokio::test]
 async fn valid_reload_changes_decisions_and_names_the_new_version() {
     let b = Broker::start().await;
     let v1 = b.app.policies().version().to_string();
@@ -67,7 +65,6 @@ async fn valid_reload_changes_decisions_and_names_the_new_version() {
     assert_eq!(reload(&b.app, "test").await, Reload::Unchanged);
 }
 
-#[tokio::test]
 async fn a_file_change_is_picked_up_by_the_watcher() {
     let b = Broker::start().await;
     jobpass::policy::reload::spawn(b.app.clone());
@@ -89,4 +86,12 @@ async fn a_file_change_is_picked_up_by_the_watcher() {
         "the watcher reloaded the changed file"
     );
     assert_ne!(b.app.policies().version(), v1);
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        invalid_reload_keeps_the_old_policy_and_is_audited,
+        valid_reload_changes_decisions_and_names_the_new_version,
+        a_file_change_is_picked_up_by_the_watcher,
+    ],
 }

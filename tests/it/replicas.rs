@@ -1,28 +1,14 @@
 //! Several replicas on one PostgreSQL store (SPEC §5): what one replica revokes is dead on the
 //! others at once, a source token is accepted by exactly one of them, and background work
-//! moves to a surviving replica. Runs when JOBPASS_TEST_POSTGRES_URL is set (as `.ci/run`
-//! does); says it skipped otherwise.
+//! moves to a surviving replica. Runs on the PostgreSQL store only (the harness lists it as
+//! ignored when no PostgreSQL server was found).
 
 use jobpass::tls::AdminRole;
 use serde_json::json;
 
 use crate::support::{Broker, Options};
 
-fn postgres() -> bool {
-    let on = std::env::var("JOBPASS_TEST_POSTGRES_URL").is_ok_and(|u| !u.trim().is_empty());
-    if !on {
-        eprintln!(
-            "skipped: replica tests need JOBPASS_TEST_POSTGRES_URL (a shared PostgreSQL store)"
-        );
-    }
-    on
-}
-
-#[tokio::test]
 async fn a_lease_minted_on_one_replica_and_revoked_on_another_dies_everywhere_at_once() {
-    if !postgres() {
-        return;
-    }
     let a = Broker::start().await;
     assert_eq!(a.app.store().backend(), "postgres");
     let b = a.replica("b").await;
@@ -107,11 +93,7 @@ async fn a_lease_minted_on_one_replica_and_revoked_on_another_dies_everywhere_at
     b.stop().await;
 }
 
-#[tokio::test]
 async fn the_same_source_token_sent_to_two_replicas_is_accepted_exactly_once() {
-    if !postgres() {
-        return;
-    }
     let a = Broker::start().await;
     let b = a.replica("b").await;
     for _ in 0..5 {
@@ -127,11 +109,7 @@ async fn the_same_source_token_sent_to_two_replicas_is_accepted_exactly_once() {
     b.stop().await;
 }
 
-#[tokio::test]
 async fn background_work_runs_on_one_replica_and_moves_when_it_dies() {
-    if !postgres() {
-        return;
-    }
     let base = Broker::start_with(Options {
         no_background: true,
         ..Options::default()
@@ -155,11 +133,7 @@ async fn background_work_runs_on_one_replica_and_moves_when_it_dies() {
     c.stop().await;
 }
 
-#[tokio::test]
 async fn more_concurrent_exchanges_than_pool_connections_all_succeed() {
-    if !postgres() {
-        return;
-    }
     // The PostgreSQL pool has 16 connections; an exchange must never hold one while waiting
     // for another (which deadlocked the pool under load once).
     let b = Broker::start().await;
@@ -182,4 +156,13 @@ async fn more_concurrent_exchanges_than_pool_connections_all_succeed() {
         let (s, text) = t.await.unwrap();
         assert_eq!(s, 200, "{text}");
     }
+}
+
+crate::support::harness::cases! {
+    PostgresStore: [
+        a_lease_minted_on_one_replica_and_revoked_on_another_dies_everywhere_at_once,
+        the_same_source_token_sent_to_two_replicas_is_accepted_exactly_once,
+        background_work_runs_on_one_replica_and_moves_when_it_dies,
+        more_concurrent_exchanges_than_pool_connections_all_succeed,
+    ],
 }

@@ -5,7 +5,6 @@ use serde_json::json;
 
 use crate::support::Broker;
 
-#[tokio::test]
 async fn broker_token_reads_exactly_what_its_globs_allow() {
     let b = Broker::start().await;
     b.put_secret(
@@ -88,7 +87,6 @@ async fn broker_token_reads_exactly_what_its_globs_allow() {
     assert_eq!(reads[2]["outcome"], "denied");
 }
 
-#[tokio::test]
 async fn new_secret_version_is_read_and_old_values_stay_encrypted() {
     let b = Broker::start().await;
     b.put_secret(
@@ -113,7 +111,6 @@ async fn new_secret_version_is_read_and_old_values_stay_encrypted() {
     assert_eq!(v["data"]["key"], "second-version-value");
 }
 
-#[tokio::test]
 async fn revoke_self_ends_the_lease_at_once() {
     let b = Broker::start().await;
     b.put_secret(
@@ -150,4 +147,12 @@ async fn revoke_self_ends_the_lease_at_once() {
         .find(|r| r["event"] == "revoke")
         .unwrap();
     assert_eq!(revoke["lease_id"], lease.as_str());
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        broker_token_reads_exactly_what_its_globs_allow,
+        new_secret_version_is_read_and_old_values_stay_encrypted,
+        revoke_self_ends_the_lease_at_once,
+    ],
 }

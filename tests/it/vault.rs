@@ -115,7 +115,6 @@ async fn staging_login(b: &Broker) -> (String, Value) {
     (v["auth"]["client_token"].as_str().unwrap().to_string(), v)
 }
 
-#[tokio::test]
 async fn vault_client_library_logs_in_and_reads_a_kv2_secret() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let b = vault_broker().await;
@@ -214,7 +213,6 @@ async fn vault_client_library_logs_in_and_reads_a_kv2_secret() {
         && r["lease_id"] == auth.accessor.as_str()));
 }
 
-#[tokio::test]
 async fn go_client_login_by_put_with_empty_role_uses_the_default_role() {
     let b = vault_broker().await;
     // A stale token and an empty namespace, as clients send them on a login: both ignored.
@@ -262,7 +260,6 @@ async fn go_client_login_by_put_with_empty_role_uses_the_default_role() {
     assert_eq!(a.json()["auth"]["policies"], json!(["gitlab-deploy"]));
 }
 
-#[tokio::test]
 async fn login_refusals_are_vault_shaped_errors() {
     let b = vault_broker().await;
     // An empty role where the environment names no default role.
@@ -335,7 +332,6 @@ async fn login_refusals_are_vault_shaped_errors() {
         && r["details"]["api"] == "vault"));
 }
 
-#[tokio::test]
 async fn kv_reads_v2_and_v1_are_checked_and_audited_like_native_reads() {
     let b = vault_broker().await;
     b.put_secret(
@@ -431,7 +427,6 @@ async fn kv_reads_v2_and_v1_are_checked_and_audited_like_native_reads() {
     assert!(!b.audit_text().contains(&token));
 }
 
-#[tokio::test]
 async fn lookup_self_then_revoke_self_ends_the_token() {
     let b = vault_broker().await;
     b.put_secret("staging", "staging/app", json!({"password": "pw-1234567"}))
@@ -503,7 +498,6 @@ async fn lookup_self_then_revoke_self_ends_the_token() {
     );
 }
 
-#[tokio::test]
 async fn health_answers_and_other_routes_are_vault_shaped_errors() {
     let b = vault_broker().await;
     let a = vault_get(&b, "/v1/sys/health", None).await;
@@ -534,4 +528,15 @@ async fn health_answers_and_other_routes_are_vault_shaped_errors() {
     // The native API is not on this listener.
     let a = vault_get(&b, "/v1/exchange", None).await;
     assert_ne!(a.status, 200);
+}
+
+crate::support::harness::cases! {
+    EachStore: [
+        vault_client_library_logs_in_and_reads_a_kv2_secret,
+        go_client_login_by_put_with_empty_role_uses_the_default_role,
+        login_refusals_are_vault_shaped_errors,
+        kv_reads_v2_and_v1_are_checked_and_audited_like_native_reads,
+        lookup_self_then_revoke_self_ends_the_token,
+        health_answers_and_other_routes_are_vault_shaped_errors,
+    ],
 }

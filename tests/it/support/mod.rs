@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod child;
+pub mod harness;
 pub mod issuer;
 pub mod logs;
 pub mod pg;
@@ -96,8 +97,8 @@ pub struct Options {
     pub audit_file: Option<PathBuf>,
     /// `[postgres.main]` admin URL; adds the `data` environment with postgres grants.
     pub postgres_url: Option<String>,
-    /// Store URL (default: a fresh PostgreSQL database when JOBPASS_TEST_POSTGRES_URL is set,
-    /// else a SQLite file in the broker's directory).
+    /// Store URL (default: the running test's backend: a fresh PostgreSQL database, or a
+    /// SQLite file in the broker's directory).
     pub store: Option<String>,
     /// Do not start the background worker (tests that choose which replica leads).
     pub no_background: bool,
@@ -105,12 +106,13 @@ pub struct Options {
     pub vault: bool,
 }
 
-/// A fresh, empty PostgreSQL database for one broker when `JOBPASS_TEST_POSTGRES_URL` is set
-/// (the whole suite then runs on the PostgreSQL store); None otherwise (SQLite).
+/// A fresh, empty PostgreSQL database for one broker when the running test runs on the
+/// PostgreSQL store; None on the SQLite store.
 pub async fn fresh_postgres_store() -> Option<String> {
-    let url = std::env::var("JOBPASS_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())?;
+    if harness::backend() != harness::Backend::Postgres {
+        return None;
+    }
+    let url = pg::admin_url();
     // jp_t_<pid>_<random>: this run's databases carry its process id.
     let name = format!(
         "jp_t_{}_{}",

@@ -1,4 +1,4 @@
-//! The real local PostgreSQL for the integration tests: finding it (or skipping), a shared
+//! The real local PostgreSQL for the integration tests: connecting to it, a shared
 //! fixture schema with a read-only group role, logging in as a role, and reading back what the
 //! server stores about a role (SCRAM verifier, expiry, memberships, attributes).
 //!
@@ -35,35 +35,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// and test processes.
 const FIXTURE_LOCK: i64 = 0x6a70_5f69_745f_7267; // "jp_it_rg"
 
-static PROBE: tokio::sync::OnceCell<Option<String>> = tokio::sync::OnceCell::const_new();
-
-/// The admin URL from `JOBPASS_TEST_POSTGRES_URL` (returned as is, not probed), else
-/// [`DEFAULT_URL`] if a connection to it succeeds within 2 s; `None` otherwise, after printing
-/// "skipped: no PostgreSQL ..." to stderr. The probe runs once per test binary.
-pub async fn admin_url() -> Option<String> {
-    if let Ok(url) = std::env::var(ENV)
-        && !url.trim().is_empty()
-    {
-        return Some(url);
-    }
-    let found = PROBE
-        .get_or_init(|| async {
-            reachable(DEFAULT_URL, Duration::from_secs(2))
-                .await
-                .then(|| DEFAULT_URL.to_string())
-        })
-        .await
-        .clone();
-    if found.is_none() {
-        // Under CI a PostgreSQL server is part of the machine: its absence is a failure, not
-        // a skip that would read as a pass.
-        assert!(
-            std::env::var("CI").ok().as_deref() != Some("true"),
-            "no PostgreSQL at {DEFAULT_URL} and CI=true: the PostgreSQL tests cannot be skipped"
-        );
-        eprintln!("skipped: no PostgreSQL at {DEFAULT_URL} (set {ENV} to use another server)");
-    }
-    found
+/// The admin URL the harness found at start-up (`JOBPASS_TEST_POSTGRES_URL`, else
+/// [`DEFAULT_URL`] if it answered). Only tests the harness runs because a server was found call
+/// this; elsewhere it panics.
+pub fn admin_url() -> String {
+    super::harness::postgres_url()
 }
 
 /// `url` parsed; on a loopback host without an explicit `sslmode`, TLS is off (sqlx's default
