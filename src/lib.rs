@@ -5,13 +5,12 @@
 //! credentials. The exchange path reads, module by module:
 //! [`oidc`] (verify) → [`policy`] (match) → [`mint`] (mint) → [`crypto`] (seal) →
 //! [`store`] (store) → [`audit`] (audit), orchestrated by [`exchange`]. Errors become HTTP
-//! answers in one place, [`error`].
+//! answers in one place, [`error`]. The command line — the server, offline tools, the admin
+//! client and the runner-side client — is [`cli`].
 
 pub mod app;
 pub mod audit;
-pub mod ci;
 pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;

@@ -1,4 +1,5 @@
-//! The `jobpass` binary: parses the command line and hands over to [`jobpass::cli`].
+//! The `jobpass` binary: parses the command line ([`jobpass::cli::Cli`]) and hands over to
+//! [`jobpass::cli::run`].
 
 use clap::Parser;
 

@@ -9,52 +9,110 @@
     reason = "the runner-side client writes credentials and shell lines to standard output"
 )]
 
+use std::fmt;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use openidconnect::http::Method;
+use openidconnect::reqwest;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::cli::{ExchangeArgs, Format};
-use crate::client::{error_text, http_client, send};
+use super::error::CliError;
+use super::https::{error_text, http_client, send};
 
-/// Where the token came from (for error messages; never the token).
-fn token_source(a: &ExchangeArgs) -> &'static str {
-    if a.token.is_some() {
-        "--token"
-    } else if a.token_file.is_some() {
-        "--token-file"
-    } else if a.token_env.is_some() {
-        "--token-env"
-    } else {
-        "GitHub Actions"
+/// Where the job's OIDC token comes from.
+pub enum TokenSource {
+    /// Given as is (`--token`).
+    Literal(Zeroizing<String>),
+    /// Read from a file (`--token-file`).
+    File(PathBuf),
+    /// Read from an environment variable (`--token-env`; GitLab CI's `id_tokens:`).
+    Env(String),
+    /// Asked of the CI platform: GitHub Actions' token endpoint
+    /// (`ACTIONS_ID_TOKEN_REQUEST_URL`, `ACTIONS_ID_TOKEN_REQUEST_TOKEN`).
+    Platform,
+}
+
+impl TokenSource {
+    /// Where the token came from, as the command line names it (for error messages; never the
+    /// token).
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Literal(_) => "--token",
+            Self::File(_) => "--token-file",
+            Self::Env(_) => "--token-env",
+            Self::Platform => "GitHub Actions",
+        }
     }
 }
 
+impl fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Literal(_) => f.write_str("Literal(..)"),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Env(name) => f.debug_tuple("Env").field(name).finish(),
+            Self::Platform => f.write_str("Platform"),
+        }
+    }
+}
+
+/// How the credentials are handed to the job when no command is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The JSON answer.
+    Json,
+    /// `export NAME=value` lines for a shell.
+    Env,
+    /// GitHub Actions: masked values appended to `$GITHUB_ENV` and `$GITHUB_OUTPUT`.
+    Github,
+}
+
+/// One `jobpass exchange`.
+#[derive(Debug)]
+pub struct ExchangeRequest {
+    /// Broker URL.
+    pub server: String,
+    /// Environment.
+    pub environment: String,
+    /// Role (default: the environment's default role).
+    pub role: Option<String>,
+    /// Where the OIDC token comes from.
+    pub token: TokenSource,
+    /// Audience to ask the CI platform for (default: the environment's, asked of the broker).
+    pub audience: Option<String>,
+    /// CA certificate (PEM) to trust for the broker (default: the public roots).
+    pub ca: Option<PathBuf>,
+    /// Output (default: [`Output::Github`] on GitHub Actions, else [`Output::Json`]); unused
+    /// when a command runs.
+    pub output: Option<Output>,
+    /// Revoke the lease when the command ends (whatever its exit status).
+    pub revoke_at_exit: bool,
+    /// Command (program and arguments) to run with the credentials in its environment; empty
+    /// to print them instead.
+    pub command: Vec<String>,
+}
+
 /// The environment's expected audience, from the broker (`GET /v1/envs/<env>`).
-async fn audience(
-    client: &openidconnect::reqwest::Client,
-    server: &str,
-    env: &str,
-) -> Result<String, String> {
-    let (status, v) = send(
+async fn audience(client: &reqwest::Client, server: &str, env: &str) -> Result<String, CliError> {
+    let answer = send(
         client,
         Method::GET,
         &format!("{server}/v1/envs/{env}"),
         None,
     )
     .await?;
-    if !status.is_success() {
-        return Err(format!(
-            "cannot learn the audience of `{env}`: {}",
-            error_text(&v)
-        ));
+    if !answer.status.is_success() {
+        return Err(CliError::Audience {
+            env: env.to_owned(),
+            answer: error_text(&answer.body),
+        });
     }
-    v["audience"]
+    answer.body["audience"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| "the broker did not name the environment's audience".into())
+        .ok_or(CliError::NoAudience)
 }
 
 /// GitHub Actions: `GET $ACTIONS_ID_TOKEN_REQUEST_URL&audience=AUD` with the request token.
@@ -62,71 +120,71 @@ async fn github_token(
     audience: &str,
     url: &str,
     bearer: &str,
-) -> Result<Zeroizing<String>, String> {
-    let client = openidconnect::reqwest::Client::builder()
-        .redirect(openidconnect::reqwest::redirect::Policy::none())
+) -> Result<Zeroizing<String>, CliError> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(std::time::Duration::from_secs(30))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(CliError::TokenEndpointClient)?;
     let sep = if url.contains('?') { '&' } else { '?' };
-    let aud: String =
-        serde_urlencoded::to_string([("audience", audience)]).map_err(|e| e.to_string())?;
+    let aud: String = serde_urlencoded::to_string([("audience", audience)])?;
     let resp = client
         .get(format!("{url}{sep}{aud}"))
         .bearer_auth(bearer)
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| format!("cannot reach the GitHub Actions token endpoint: {e}"))?;
+        .map_err(CliError::TokenEndpointUnreachable)?;
     let status = resp.status();
-    let text = Zeroizing::new(resp.text().await.map_err(|e| e.to_string())?);
+    let text = Zeroizing::new(resp.text().await.map_err(CliError::TokenEndpointRead)?);
     if !status.is_success() {
-        return Err(format!(
-            "the GitHub Actions token endpoint answered {status}; does the job have `permissions: id-token: write`?"
-        ));
+        return Err(CliError::TokenEndpointRefused(status));
     }
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|_| "the GitHub Actions token endpoint did not answer JSON".to_string())?;
+    // The parsed answer holds the token too: wiped with `text`'s copy once taken out.
+    let v: Value = serde_json::from_str(&text).map_err(|_| CliError::TokenEndpointNotJson)?;
     v["value"]
         .as_str()
         .map(|s| Zeroizing::new(s.to_string()))
-        .ok_or_else(|| "the GitHub Actions token endpoint answered without a token".into())
+        .ok_or(CliError::TokenEndpointNoToken)
 }
 
 /// Finds the OIDC token: explicit sources first, then the CI platform's.
 async fn find_token(
-    a: &ExchangeArgs,
-    client: &openidconnect::reqwest::Client,
+    r: &ExchangeRequest,
+    client: &reqwest::Client,
     server: &str,
-) -> Result<Zeroizing<String>, String> {
-    if let Some(t) = &a.token {
-        return Ok(Zeroizing::new(t.trim().to_string()));
-    }
-    if let Some(f) = &a.token_file {
-        let t =
-            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-        return Ok(Zeroizing::new(t.trim().to_string()));
-    }
-    if let Some(name) = &a.token_env {
-        return std::env::var(name)
+) -> Result<Zeroizing<String>, CliError> {
+    match &r.token {
+        TokenSource::Literal(t) => Ok(Zeroizing::new(t.trim().to_string())),
+        TokenSource::File(f) => {
+            let t =
+                Zeroizing::new(std::fs::read_to_string(f).map_err(|source| CliError::Read {
+                    path: f.clone(),
+                    source,
+                })?);
+            Ok(Zeroizing::new(t.trim().to_string()))
+        }
+        TokenSource::Env(name) => std::env::var(name)
             .ok()
+            .map(Zeroizing::new)
             .filter(|v| !v.trim().is_empty())
             .map(|v| Zeroizing::new(v.trim().to_string()))
-            .ok_or_else(|| format!("variable {name} is empty or unset (GitLab: declare it under `id_tokens:` in the job)"));
+            .ok_or_else(|| CliError::TokenVariable(name.clone())),
+        TokenSource::Platform => {
+            let (Ok(url), Ok(bearer)) = (
+                std::env::var("ACTIONS_ID_TOKEN_REQUEST_URL"),
+                std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
+            ) else {
+                return Err(CliError::NoToken);
+            };
+            let bearer = Zeroizing::new(bearer);
+            let aud = match &r.audience {
+                Some(aud) => aud.clone(),
+                None => audience(client, server, &r.environment).await?,
+            };
+            github_token(&aud, &url, &bearer).await
+        }
     }
-    if let (Ok(url), Ok(bearer)) = (
-        std::env::var("ACTIONS_ID_TOKEN_REQUEST_URL"),
-        std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
-    ) {
-        let aud = match &a.audience {
-            Some(aud) => aud.clone(),
-            None => audience(client, server, &a.env).await?,
-        };
-        return github_token(&aud, &url, &bearer).await;
-    }
-    Err("no OIDC token found: on GitHub Actions give the job `permissions: id-token: write`; on GitLab CI \
-         declare an `id_tokens:` variable and pass --token-env NAME; elsewhere pass --token-file FILE"
-        .into())
 }
 
 /// Variables (name, value) for the credentials: `JOBPASS_LEASE_ID`, `JOBPASS_<NAME>` for tokens
@@ -164,12 +222,12 @@ pub fn variables(answer: &Value) -> Vec<(String, Zeroizing<String>)> {
 }
 
 /// The secret values of an answer (what must be masked).
-fn secret_values(answer: &Value) -> Vec<String> {
+fn secret_values(answer: &Value) -> Vec<Zeroizing<String>> {
     let mut out = Vec::new();
     for c in answer["credentials"].as_array().into_iter().flatten() {
         for field in ["token", "password", "private_key_pem"] {
             if let Some(v) = c[field].as_str() {
-                out.push(v.to_string());
+                out.push(Zeroizing::new(v.to_string()));
             }
         }
     }
@@ -194,25 +252,28 @@ fn shell_quote(s: &str) -> String {
 
 /// Appends `NAME<<DELIM\nvalue\nDELIM\n` lines (GitHub's multi-line-safe format) with a random
 /// delimiter that cannot occur in the value.
-fn append_github_file(path: &Path, vars: &[(String, Zeroizing<String>)]) -> Result<(), String> {
+fn append_github_file(path: &Path, vars: &[(String, Zeroizing<String>)]) -> Result<(), CliError> {
+    let write_error = |source| CliError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .map_err(write_error)?;
     for (name, value) in vars {
         let delim = loop {
             let d = format!(
                 "ghadelimiter_{}",
-                hex::encode(crate::crypto::random::bytes::<12>().map_err(|e| e.to_string())?)
+                hex::encode(crate::crypto::random::bytes::<12>()?)
             );
             if !value.contains(&d) {
                 break d;
             }
         };
         let text = Zeroizing::new(format!("{name}<<{delim}\n{}\n{delim}\n", value.as_str()));
-        f.write_all(text.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        f.write_all(text.as_bytes()).map_err(write_error)?;
     }
     Ok(())
 }
@@ -220,10 +281,10 @@ fn append_github_file(path: &Path, vars: &[(String, Zeroizing<String>)]) -> Resu
 /// Revokes the lease of an exchange answer with its own credential (a broker token through
 /// `/v1/revoke/self`, else a JWT through RFC 7009).
 async fn revoke_own(
-    client: &openidconnect::reqwest::Client,
+    client: &reqwest::Client,
     server: &str,
     answer: &Value,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let creds = answer["credentials"]
         .as_array()
         .cloned()
@@ -238,53 +299,63 @@ async fn revoke_own(
             .bearer_auth(t)
             .send()
             .await
-            .map_err(|e| format!("revocation failed: {e}"))?;
+            .map_err(CliError::RevocationFailed)?;
         return if resp.status().is_success() {
             Ok(())
         } else {
-            Err(format!("revocation answered {}", resp.status()))
+            Err(CliError::RevocationRefused(resp.status()))
         };
     }
     if let Some(t) = creds
         .iter()
         .find_map(|c| (c["kind"] == "jwt").then(|| c["token"].as_str()).flatten())
     {
-        let form =
-            Zeroizing::new(serde_urlencoded::to_string([("token", t)]).map_err(|e| e.to_string())?);
+        let form = Zeroizing::new(serde_urlencoded::to_string([("token", t)])?);
         let resp = client
             .post(format!("{server}/v1/oauth/revoke"))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(form.to_string())
             .send()
             .await
-            .map_err(|e| format!("revocation failed: {e}"))?;
+            .map_err(CliError::RevocationFailed)?;
         return if resp.status().is_success() {
             Ok(())
         } else {
-            Err(format!("revocation answered {}", resp.status()))
+            Err(CliError::RevocationRefused(resp.status()))
         };
     }
-    Err("the role grants no token or JWT to revoke the lease with; it ends at its expiry".into())
+    Err(CliError::NothingToRevokeWith)
 }
 
-/// `jobpass exchange`.
-pub async fn exchange(a: ExchangeArgs) -> Result<i32, String> {
-    let server = a.server.trim_end_matches('/').to_string();
-    let client = http_client(a.ca.as_deref(), None, None)?;
-    let token = find_token(&a, &client, &server).await?;
-    let mut body = json!({"token": token.as_str(), "environment": a.env});
-    if let Some(r) = &a.role {
+/// `jobpass exchange`: exchanges the job's token and hands the credentials over as
+/// `request.output` says, or runs `request.command` with them (revoking the lease afterwards
+/// with `revoke_at_exit`). Returns the exit status: 1 when the broker refuses, the command's
+/// own when one runs (1 when it succeeded but the revocation failed).
+///
+/// # Errors
+/// No token, an unreachable broker, an unwritable `$GITHUB_ENV`…: nothing was handed over.
+pub async fn exchange(request: ExchangeRequest) -> Result<i32, CliError> {
+    let server = request.server.trim_end_matches('/').to_string();
+    let client = http_client(request.ca.as_deref(), None, None)?;
+    let token = find_token(&request, &client, &server).await?;
+    let mut body = json!({"token": token.as_str(), "environment": request.environment});
+    if let Some(r) = &request.role {
         body["role"] = Value::String(r.clone());
     }
-    let (status, answer) = send(
+    let exchanged = send(
         &client,
         Method::POST,
         &format!("{server}/v1/exchange"),
         Some(body),
     )
     .await?;
-    if !status.is_success() {
-        eprintln!("{} (token from {})", error_text(&answer), token_source(&a));
+    let answer = exchanged.body;
+    if !exchanged.status.is_success() {
+        eprintln!(
+            "{} (token from {})",
+            error_text(&answer),
+            request.token.label()
+        );
         return Ok(1);
     }
     let on_github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
@@ -297,23 +368,21 @@ pub async fn exchange(a: ExchangeArgs) -> Result<i32, String> {
         }
     }
     let vars = variables(&answer);
-    let format = a.format.unwrap_or(if on_github {
-        Format::Github
+    let output = request.output.unwrap_or(if on_github {
+        Output::Github
     } else {
-        Format::Json
+        Output::Json
     });
-    if a.command.is_empty() {
-        match format {
-            Format::Json => println!("{answer}"),
-            Format::Env => {
+    let Some((program, args)) = request.command.split_first() else {
+        match output {
+            Output::Json => println!("{answer}"),
+            Output::Env => {
                 for (k, v) in &vars {
                     println!("export {k}={}", shell_quote(v));
                 }
             }
-            Format::Github => {
-                let env_file = std::env::var("GITHUB_ENV").map_err(|_| {
-                    "--format github needs $GITHUB_ENV (run inside GitHub Actions)".to_string()
-                })?;
+            Output::Github => {
+                let env_file = std::env::var("GITHUB_ENV").map_err(|_| CliError::NoGithubEnv)?;
                 append_github_file(Path::new(&env_file), &vars)?;
                 if let Ok(out) = std::env::var("GITHUB_OUTPUT") {
                     let outputs: Vec<(String, Zeroizing<String>)> = vars
@@ -331,15 +400,15 @@ pub async fn exchange(a: ExchangeArgs) -> Result<i32, String> {
             }
         }
         return Ok(0);
-    }
+    };
     // Run the command with the credentials in its environment, then end the lease.
-    let mut cmd = tokio::process::Command::new(&a.command[0]);
-    cmd.args(&a.command[1..]);
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args);
     for (k, v) in &vars {
         cmd.env(k, v.as_str());
     }
     let status = cmd.status().await;
-    let revoked = if a.revoke_at_exit {
+    let revoked = if request.revoke_at_exit {
         Some(revoke_own(&client, &server, &answer).await)
     } else {
         None
@@ -350,7 +419,7 @@ pub async fn exchange(a: ExchangeArgs) -> Result<i32, String> {
     let code = match status {
         Ok(s) => s.code().unwrap_or(1),
         Err(e) => {
-            eprintln!("jobpass: cannot run {}: {e}", a.command[0]);
+            eprintln!("jobpass: cannot run {program}: {e}");
             127
         }
     };

@@ -1,0 +1,176 @@
+//! Why a command could not do its job: [`CliError`]. The command line prints it as
+//! `error: {e}` and exits with status 2.
+//!
+//! Messages name files, URLs, variables and flags, never a token or a secret value: where the
+//! underlying error could quote the input (a JSON parse error of secret data), it is dropped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use openidconnect::http::StatusCode;
+use openidconnect::reqwest;
+
+use crate::app::StartError;
+use crate::audit::AuditError;
+use crate::config::ConfigError;
+use crate::crypto::CryptoError;
+use crate::dev::DevTokenError;
+use crate::policy::PolicyErrors;
+use crate::tls::TlsError;
+
+use super::https::error_chain;
+
+/// Everything that can stop a command of the `jobpass` command line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file could not be opened for appending or written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Standard input could not be read.
+    #[error(transparent)]
+    Stdin(std::io::Error),
+    /// The server configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker (or what an offline tool needs of it: root key, dev data) could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// TLS material could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A root key problem, or no randomness.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// A policy directory is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyErrors),
+    /// An audit file could not be read.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A dev token could not be made.
+    #[error(transparent)]
+    DevToken(#[from] DevTokenError),
+    /// `insecure_http` on an address other machines can reach.
+    #[error("insecure_http = true is only allowed on a loopback address, not {0}")]
+    InsecureListen(SocketAddr),
+    /// Neither a server certificate nor `insecure_http`.
+    #[error("tls.cert and tls.key are required (or insecure_http = true for development)")]
+    NoServerCertificate,
+    /// `dev token --claims` is not a JSON object.
+    #[error("--claims is not a JSON object: {0}")]
+    DevClaims(#[source] serde_json::Error),
+    /// A claims file is not a JSON object.
+    #[error("{} is not a JSON object: {source}", path.display())]
+    ClaimsFile {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// The policy directory has no such environment.
+    #[error("no environment `{env}` in {}", dir.display())]
+    UnknownEnvironment {
+        /// The environment asked for.
+        env: String,
+        /// The policy directory.
+        dir: PathBuf,
+    },
+    /// An admin command without a client certificate.
+    #[error("admin commands need --cert and --key (a client certificate from the admin CA)")]
+    NoClientCertificate,
+    /// `secrets put --data-file` does not hold a JSON object (the parse error is dropped: it
+    /// could quote the secret).
+    #[error("--data-file must hold a JSON object of string fields")]
+    DataFile,
+    /// A `secrets put` field is not FIELD=VALUE.
+    #[error("fields are FIELD=VALUE")]
+    FieldSyntax,
+    /// A `leases list --claim` filter is not NAME=VALUE.
+    #[error("--claim is NAME=VALUE")]
+    ClaimFilterSyntax,
+    /// A `revoke --claim` selector is not NAME=GLOB.
+    #[error("--claim is NAME=GLOB")]
+    ClaimGlobSyntax,
+    /// A query string or form could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] serde_urlencoded::ser::Error),
+    /// The HTTPS client could not be built.
+    #[error("HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// A request got no answer (connection, TLS, timeout…).
+    #[error("cannot reach {url}: {}", error_chain(source))]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// The underlying error.
+        source: reqwest::Error,
+    },
+    /// The body of an answer could not be read.
+    #[error("reading the answer: {0}")]
+    ReadAnswer(#[source] reqwest::Error),
+    /// The broker refused to name an environment's audience.
+    #[error("cannot learn the audience of `{env}`: {answer}")]
+    Audience {
+        /// The environment.
+        env: String,
+        /// The broker's error, as [`super::https::error_text`] puts it.
+        answer: String,
+    },
+    /// The broker's environment answer has no audience.
+    #[error("the broker did not name the environment's audience")]
+    NoAudience,
+    /// The client for the GitHub Actions token endpoint could not be built.
+    #[error(transparent)]
+    TokenEndpointClient(reqwest::Error),
+    /// The GitHub Actions token endpoint could not be reached.
+    #[error("cannot reach the GitHub Actions token endpoint: {0}")]
+    TokenEndpointUnreachable(#[source] reqwest::Error),
+    /// The GitHub Actions token endpoint's answer could not be read.
+    #[error(transparent)]
+    TokenEndpointRead(reqwest::Error),
+    /// The GitHub Actions token endpoint refused.
+    #[error(
+        "the GitHub Actions token endpoint answered {0}; does the job have `permissions: id-token: write`?"
+    )]
+    TokenEndpointRefused(StatusCode),
+    /// The GitHub Actions token endpoint's answer is not JSON.
+    #[error("the GitHub Actions token endpoint did not answer JSON")]
+    TokenEndpointNotJson,
+    /// The GitHub Actions token endpoint's answer has no token.
+    #[error("the GitHub Actions token endpoint answered without a token")]
+    TokenEndpointNoToken,
+    /// `--token-env NAME` names an empty or unset variable.
+    #[error("variable {0} is empty or unset (GitLab: declare it under `id_tokens:` in the job)")]
+    TokenVariable(String),
+    /// No token given and no CI platform to ask for one.
+    #[error(
+        "no OIDC token found: on GitHub Actions give the job `permissions: id-token: write`; on GitLab CI \
+         declare an `id_tokens:` variable and pass --token-env NAME; elsewhere pass --token-file FILE"
+    )]
+    NoToken,
+    /// `--format github` outside GitHub Actions.
+    #[error("--format github needs $GITHUB_ENV (run inside GitHub Actions)")]
+    NoGithubEnv,
+    /// The request revoking a lease got no answer.
+    #[error("revocation failed: {0}")]
+    RevocationFailed(#[source] reqwest::Error),
+    /// The broker refused to revoke a lease.
+    #[error("revocation answered {0}")]
+    RevocationRefused(StatusCode),
+    /// The exchange answer holds no credential that can revoke its own lease.
+    #[error("the role grants no token or JWT to revoke the lease with; it ends at its expiry")]
+    NothingToRevokeWith,
+}

@@ -1,0 +1,151 @@
+//! `jobpass serve`: builds the broker from a configuration file (or dev mode), serves the
+//! native API (and the Vault-compatible one when configured), starts the background workers,
+//! and stops cleanly on SIGINT or SIGTERM.
+#![allow(
+    clippy::print_stdout,
+    reason = "dev mode prints its banner on standard output"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::app::{App, DevIssuer};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+
+use super::error::CliError;
+
+/// What to serve.
+#[derive(Debug, Clone)]
+pub enum ServeMode {
+    /// The configuration of this file (or only `JOBPASS_*` variables without one).
+    Config(Option<PathBuf>),
+    /// Development mode: dev root key, self-signed certificates, built-in dev issuer.
+    Dev(DevOptions),
+}
+
+/// Where dev mode keeps its files and listens.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Data directory (root key, certificates, dev issuer key, store, audit log).
+    pub data_dir: PathBuf,
+    /// Policy directory.
+    pub policies: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// Runs the broker until a shutdown signal; exchanges already queued are committed (or
+/// refused) before it returns.
+///
+/// # Errors
+/// Anything that stops the broker from starting: configuration, TLS material, root key,
+/// store, policies, listeners.
+pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let (config, dev) = match &mode {
+        ServeMode::Dev(d) => {
+            let prepared = crate::dev::prepare(&d.data_dir, &d.policies, d.listen, clock.as_ref())?;
+            (
+                prepared.config,
+                Some((d.data_dir.as_path(), prepared.issuer)),
+            )
+        }
+        ServeMode::Config(file) => (Config::load(file.as_deref())?, None),
+    };
+    let tls = if config.insecure_http {
+        // Tokens and secrets cross this connection: plain HTTP only where nothing else can
+        // listen in (a loopback address, e.g. behind a TLS-terminating sidecar).
+        if !config.listen.ip().is_loopback() {
+            return Err(CliError::InsecureListen(config.listen));
+        }
+        tracing::warn!("serving plain HTTP on loopback (insecure_http = true)");
+        None
+    } else {
+        let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+            return Err(CliError::NoServerCertificate);
+        };
+        Some(crate::tls::server_config(
+            cert,
+            key,
+            config.tls.admin_client_ca.as_deref(),
+        )?)
+    };
+    let listen = config.listen;
+    let app = App::build(
+        config,
+        clock,
+        dev.as_ref().map(|(_, issuer)| issuer.clone()),
+    )
+    .await?;
+    let running = crate::http::server::serve(app.clone(), listen, tls.clone()).await?;
+    let vault = match app.config.vault_compat_listen {
+        Some(addr) => Some(
+            crate::http::server::serve_router(
+                crate::http::vault::router(app.clone()),
+                addr,
+                tls.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    crate::policy::reload::spawn(app.clone());
+    crate::leases::sweeper::spawn(app.clone());
+    crate::leases::teardown::spawn(app.clone());
+    tracing::info!(addr = %running.addr, "jobpass listening");
+    if let Some((data_dir, issuer)) = &dev {
+        print_dev_banner(data_dir, &app.public_url, issuer);
+    }
+    let stop = running.shutdown_handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    running.wait().await;
+    if let Some(v) = vault {
+        v.shutdown().await;
+    }
+    // Exchanges already queued are committed (or refused) before the process ends.
+    app.ledger.stop().await;
+    Ok(())
+}
+
+fn print_dev_banner(data_dir: &Path, url: &str, dev: &DevIssuer) {
+    let d = data_dir.display();
+    println!(
+        "\njobpass dev server on {url} (DEV MODE: dev root key and a built-in issuer {iss} that every environment trusts)\n\
+         \nGet a dev token and exchange it:\n\
+         \n  TOKEN=$(jobpass dev token --env dev)\
+         \n  curl --cacert {d}/certs/ca.pem {url}/v1/exchange \\\
+         \n    -H 'content-type: application/json' \\\
+         \n    -d \"{{\\\"token\\\":\\\"$TOKEN\\\",\\\"environment\\\":\\\"dev\\\"}}\"\n\
+         \nAdmin client certificates: {d}/certs/{{admin,security,auditor}}.pem\n",
+        iss = dev.url
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
