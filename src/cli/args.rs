@@ -1,5 +1,5 @@
-//! The command line's argument types (clap). Their docs are the `--help` text; nothing else in
-//! the crate sees them except [`super::run`], which turns them into domain inputs.
+//! The command line's argument types (clap). Their docs are the `--help` text. Nothing else in
+//! the crate sees them but [`super::run`] and its helpers, which turn them into domain inputs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

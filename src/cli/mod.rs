@@ -9,10 +9,11 @@
 //! - [`https`]: the HTTPS client both clients share;
 //! - [`error`]: [`CliError`], what stops a command.
 //!
-//! [`run`] is the only code that sees the clap types: it turns a parsed command into domain
-//! inputs, calls the module that does the work, prints the outcome and chooses the exit
-//! status — 0 done, 1 refused (by the broker, the policy, a check), 2 for a [`CliError`]
-//! (printed as `error: …` on standard error).
+//! This module — [`run`] and its helpers — is the only code that sees the clap types: it turns
+//! a parsed command into domain inputs, calls the module that does the work, prints the
+//! outcome and chooses the exit status: 0 done, 1 refused (by the broker, the policy, a
+//! check), 2 for a [`CliError`] (printed as `error: …` on standard error); `exchange` with a
+//! command exits with the command's status.
 
 pub mod admin;
 pub mod args;

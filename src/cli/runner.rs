@@ -140,7 +140,8 @@ async fn github_token(
     if !status.is_success() {
         return Err(CliError::TokenEndpointRefused(status));
     }
-    // The parsed answer holds the token too: wiped with `text`'s copy once taken out.
+    // `v` holds a copy of the token that is not wiped (a serde_json value cannot be); it is
+    // dropped at the end of this function.
     let v: Value = serde_json::from_str(&text).map_err(|_| CliError::TokenEndpointNotJson)?;
     v["value"]
         .as_str()
