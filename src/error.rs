@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::audit::AuditError;
 use crate::crypto::CryptoError;
 use crate::exchange::ExchangeError;
+use crate::freeze::FreezeError;
 use crate::grants::{GrantError, PresentedError};
 use crate::keys::KeysError;
 use crate::leases::list::ListError;
@@ -205,6 +206,17 @@ impl From<KeysError> for ApiError {
             KeysError::Keys(k) => crypto_answer(&k),
             KeysError::Store(s) => ApiError::unavailable("the store", &s),
             KeysError::Audit(a) => ApiError::unavailable("the audit log", &a),
+        }
+    }
+}
+
+impl From<FreezeError> for ApiError {
+    fn from(e: FreezeError) -> Self {
+        match e {
+            FreezeError::UnknownEnvironment(_) => ApiError::NotFound(e.to_string()),
+            FreezeError::NoReason(_) => ApiError::InvalidRequest(e.to_string()),
+            FreezeError::Store(s) => ApiError::unavailable("the store", &s),
+            FreezeError::Audit(a) => ApiError::unavailable("the audit log", &a),
         }
     }
 }

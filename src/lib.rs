@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod dev;
 pub mod error;
 pub mod exchange;
+pub mod freeze;
 pub mod grants;
 pub mod http;
 pub mod keys;

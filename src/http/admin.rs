@@ -17,7 +17,6 @@ use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::leases::revoke::SelectorSpec;
-use crate::reason::Reason;
 use crate::store::SecretRow;
 use crate::tls::{AdminIdentity, AdminRole};
 
@@ -91,32 +90,6 @@ async fn guard(
     }
     ev.outcome = Outcome::Success;
     Ok((id, ev))
-}
-
-/// Records an authorized admin call (`ev`, from [`guard`]) as refused with `err` and returns
-/// `err`, or the audit log's failure when the record cannot be written.
-async fn refuse(app: &App, mut ev: AuditEvent, call: &str, err: ApiError) -> ApiError {
-    ev.outcome = Outcome::Denied;
-    ev.event = call.into();
-    ev.reason = Some(err.to_string());
-    match app.audit.append(ev).await {
-        Ok(_) => err,
-        Err(e) => e.into(),
-    }
-}
-
-/// The environment exists and the call says why: what freeze, unfreeze and key destruction
-/// require before they change anything.
-fn env_and_reason(app: &App, env: &str, reason: Option<String>) -> Result<Reason, ApiError> {
-    check_env(app, env)?;
-    Ok(Reason::required(reason)?)
-}
-
-fn check_env(app: &App, env: &str) -> Result<(), ApiError> {
-    if app.policies.load().environment(env).is_none() {
-        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
-    }
-    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -270,26 +243,12 @@ async fn set_frozen(
     body: ReasonBody,
 ) -> Result<Json<Value>, ApiError> {
     let call = if frozen { "freeze" } else { "unfreeze" };
-    let (id, mut ev) = guard(app, conn, &[AdminRole::Security], call, Some(env)).await?;
-    let reason = match env_and_reason(app, env, body.reason) {
-        Ok(r) => r,
-        Err(e) => return Err(refuse(app, ev, call, e).await),
-    };
-    ev.event = call.into();
-    ev.reason = Some(reason.to_string());
-    // Audit first: a freeze is a security decision that must be on record.
-    app.audit.append(ev).await?;
-    app.store
-        .set_frozen(
-            env,
-            frozen,
-            reason.as_str(),
-            &id.common_name,
-            app.clock.unix(),
-        )
+    let (id, ev) = guard(app, conn, &[AdminRole::Security], call, Some(env)).await?;
+    let state = app
+        .set_frozen(env, frozen, body.reason, &id.common_name, ev)
         .await?;
     Ok(Json(
-        json!({"environment": env, "frozen": frozen, "reason": reason.as_str()}),
+        json!({"environment": env, "frozen": state.frozen, "reason": state.reason.as_str()}),
     ))
 }
 

@@ -24,6 +24,7 @@ mod emergency;
 mod exchange;
 mod ledger;
 mod oidc;
+mod pg_roles;
 mod refusals;
 mod reload;
 mod replicas;
@@ -62,6 +63,7 @@ fn main() -> std::process::ExitCode {
         exchange::cases(),
         ledger::cases(),
         oidc::cases(),
+        pg_roles::cases(),
         refusals::cases(),
         reload::cases(),
         replicas::cases(),
