@@ -1,24 +1,27 @@
 //! Admin API (`/v1/admin/…`, SPEC §4): callers authenticate with a TLS client certificate
-//! from the configured admin CA whose subject OU names their role. Every call, refused ones
+//! from the configured admin CA whose subject OU names their role; each handler names the call
+//! it serves in its signature (`Authorized<…>`, see [`super::authorize`]), which checks the role
+//! and audits a refusal before anything else of the request is read. Every call, refused ones
 //! included, is audited with the certificate's common name and role.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::ConnInfo;
+use super::authorize::{
+    Authorized, Freeze, KeysDestroy, KeysRewrap, KeysRotate, LeasesList, Revoke, SecretsDelete,
+    SecretsGet, SecretsList, SecretsPut, Unfreeze,
+};
 use super::body::JsonBody;
 use crate::app::App;
-use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::leases::revoke::SelectorSpec;
 use crate::store::SecretRow;
-use crate::tls::{AdminIdentity, AdminRole};
 
 /// Admin routes (nested under `/v1/admin`).
 pub fn router() -> Router<Arc<App>> {
@@ -35,61 +38,6 @@ pub fn router() -> Router<Arc<App>> {
         .route("/keys/{env}/rotate", post(keys_rotate))
         .route("/keys/{env}/rewrap", post(keys_rewrap))
         .route("/keys/{env}/destroy", post(keys_destroy))
-}
-
-fn actor(id: &AdminIdentity) -> Actor {
-    Actor {
-        kind: "admin".into(),
-        subject: Some(id.common_name.clone()),
-        issuer: None,
-        role: Some(role_name(id.role).into()),
-        claims: Map::new(),
-    }
-}
-
-fn role_name(r: AdminRole) -> &'static str {
-    match r {
-        AdminRole::Admin => "admin",
-        AdminRole::Security => "security",
-        AdminRole::Auditor => "auditor",
-    }
-}
-
-/// Checks the caller's role; audits a refusal. Returns the identity and the audit event
-/// to complete.
-async fn guard(
-    app: &App,
-    conn: &ConnInfo,
-    allowed: &[AdminRole],
-    call: &str,
-    env: Option<&str>,
-) -> Result<(AdminIdentity, AuditEvent), ApiError> {
-    let mut ev = AuditEvent::new("admin_call", Outcome::Denied);
-    ev.environment = env.map(str::to_string);
-    ev.details.insert("call".into(), Value::String(call.into()));
-    let id = match &conn.admin {
-        Some(id) => id.clone(),
-        None => {
-            let err = ApiError::AccessDenied(if conn.client_cert {
-                "the client certificate carries no admin role (OU=admin|security|auditor)".into()
-            } else {
-                "an admin client certificate is required".into()
-            });
-            ev.reason = Some(err.to_string());
-            app.audit.append(ev).await?;
-            return Err(err);
-        }
-    };
-    ev.actor = actor(&id);
-    if !allowed.contains(&id.role) {
-        let err =
-            ApiError::AccessDenied(format!("role `{}` may not call {call}", role_name(id.role)));
-        ev.reason = Some(err.to_string());
-        app.audit.append(ev).await?;
-        return Err(err);
-    }
-    ev.outcome = Outcome::Success;
-    Ok((id, ev))
 }
 
 #[derive(Deserialize)]
@@ -110,12 +58,11 @@ fn secret_meta(path: &str, rows: &[SecretRow]) -> Value {
 
 async fn put_secret(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<SecretsPut>,
     Path((env, path)): Path<(String, String)>,
     JsonBody(body): JsonBody<PutSecret>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, ev) = guard(&app, &conn, &[AdminRole::Admin], "secrets.put", Some(&env)).await?;
-    let w = app.put_secret(&env, &path, body.data, ev).await?;
+    let w = app.put_secret(&env, &path, body.data, call.ev).await?;
     Ok(Json(
         json!({"path": path, "version": w.version, "fields": w.fields,
         "created_at": rfc3339(w.created_at)}),
@@ -124,35 +71,19 @@ async fn put_secret(
 
 async fn get_secret(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<SecretsGet>,
     Path((env, path)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, ev) = guard(
-        &app,
-        &conn,
-        &[AdminRole::Admin, AdminRole::Auditor],
-        "secrets.get",
-        Some(&env),
-    )
-    .await?;
-    let rows = app.secret_versions(&env, &path, ev).await?;
+    let rows = app.secret_versions(&env, &path, call.ev).await?;
     Ok(Json(secret_meta(&path, &rows)))
 }
 
 async fn list_secrets(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<SecretsList>,
     Path(env): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, ev) = guard(
-        &app,
-        &conn,
-        &[AdminRole::Admin, AdminRole::Auditor],
-        "secrets.list",
-        Some(&env),
-    )
-    .await?;
     let params: Vec<(String, String)> =
         serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or_default();
     let prefix = params
@@ -160,41 +91,25 @@ async fn list_secrets(
         .find(|(k, _)| k == "prefix")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let paths = app.secret_paths(&env, &prefix, ev).await?;
+    let paths = app.secret_paths(&env, &prefix, call.ev).await?;
     Ok(Json(json!({"environment": env, "paths": paths})))
 }
 
 async fn delete_secret(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<SecretsDelete>,
     Path((env, path)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, ev) = guard(
-        &app,
-        &conn,
-        &[AdminRole::Admin],
-        "secrets.delete",
-        Some(&env),
-    )
-    .await?;
-    let n = app.delete_secret(&env, &path, ev).await?;
+    let n = app.delete_secret(&env, &path, call.ev).await?;
     Ok(Json(json!({"path": path, "deleted_versions": n})))
 }
 
 async fn list_leases(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<LeasesList>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, ev) = guard(
-        &app,
-        &conn,
-        &[AdminRole::Admin, AdminRole::Security, AdminRole::Auditor],
-        "leases.list",
-        None,
-    )
-    .await?;
-    let page = app.list_leases(q.as_deref(), ev).await?;
+    let page = app.list_leases(q.as_deref(), call.ev).await?;
     Ok(Json(
         json!({"leases": page.leases, "next_after": page.next_after}),
     ))
@@ -212,17 +127,11 @@ struct RevokeBody {
 
 async fn revoke(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<Revoke>,
     JsonBody(body): JsonBody<RevokeBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, ev) = guard(
-        &app,
-        &conn,
-        &[AdminRole::Security],
-        "revoke",
-        body.selector.environment.as_deref(),
-    )
-    .await?;
+    let mut ev = call.ev;
+    ev.environment.clone_from(&body.selector.environment);
     let done = app.revoke_requested(body.selector, body.reason, ev).await?;
     Ok(Json(
         json!({"revoked": done.lease_ids.len(), "lease_ids": done.lease_ids, "audited": done.audited}),
@@ -235,17 +144,15 @@ struct ReasonBody {
     reason: Option<String>,
 }
 
-async fn set_frozen(
+async fn set_frozen<C>(
     app: &App,
-    conn: &ConnInfo,
+    call: Authorized<C>,
     env: &str,
     frozen: bool,
     body: ReasonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let call = if frozen { "freeze" } else { "unfreeze" };
-    let (id, ev) = guard(app, conn, &[AdminRole::Security], call, Some(env)).await?;
     let state = app
-        .set_frozen(env, frozen, body.reason, &id.common_name, ev)
+        .set_frozen(env, frozen, body.reason, &call.id.common_name, call.ev)
         .await?;
     Ok(Json(
         json!({"environment": env, "frozen": state.frozen, "reason": state.reason.as_str()}),
@@ -254,39 +161,37 @@ async fn set_frozen(
 
 async fn freeze(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<Freeze>,
     Path(env): Path<String>,
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Json<Value>, ApiError> {
-    set_frozen(&app, &conn, &env, true, body).await
+    set_frozen(&app, call, &env, true, body).await
 }
 
 async fn unfreeze(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<Unfreeze>,
     Path(env): Path<String>,
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> Result<Json<Value>, ApiError> {
-    set_frozen(&app, &conn, &env, false, body).await
+    set_frozen(&app, call, &env, false, body).await
 }
 
 async fn keys_rotate(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<KeysRotate>,
     Path(env): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.rotate", Some(&env)).await?;
-    let version = app.rotate_key(&env, ev).await?;
+    let version = app.rotate_key(&env, call.ev).await?;
     Ok(Json(json!({"environment": env, "version": version})))
 }
 
 async fn keys_rewrap(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<KeysRewrap>,
     Path(env): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.rewrap", Some(&env)).await?;
-    let done = app.rewrap_keys(&env, ev).await?;
+    let done = app.rewrap_keys(&env, call.ev).await?;
     Ok(Json(
         json!({"environment": env, "version": done.version, "rewrapped": done.records}),
     ))
@@ -304,11 +209,10 @@ struct DestroyBody {
 
 async fn keys_destroy(
     State(app): State<Arc<App>>,
-    Extension(conn): Extension<ConnInfo>,
+    call: Authorized<KeysDestroy>,
     Path(env): Path<String>,
     JsonBody(body): JsonBody<DestroyBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (id, ev) = guard(&app, &conn, &[AdminRole::Admin], "keys.destroy", Some(&env)).await?;
     // The checks (environment, reason, confirmation) and their refusals' records are the
     // shredding's own.
     let done = app
@@ -316,8 +220,8 @@ async fn keys_destroy(
             env.clone(),
             body.confirm,
             body.reason,
-            id.common_name.clone(),
-            ev,
+            call.id.common_name.clone(),
+            call.ev,
         )
         .await?;
     Ok(Json(

@@ -3,6 +3,7 @@
 //! [`crate::error::ApiError`].
 
 pub mod admin;
+pub mod authorize;
 pub mod body;
 pub mod routes;
 pub mod server;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::authorize::{BearerToken, LiveGrant};
 use super::body::{FormBody, JsonBody};
 use crate::app::App;
 use crate::error::ApiError;
@@ -172,24 +173,15 @@ async fn oauth_token(
     })))
 }
 
-/// The bearer token of a request, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<SecretString> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = token.trim();
-    (!token.is_empty()).then(|| SecretString::from(token.to_string()))
-}
-
 async fn read_secret(
     State(app): State<Arc<App>>,
+    token: Option<BearerToken>,
     Path((env, path)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    // A missing or dead token is the read's own refusal, on record like every read.
+    let token = token.map(|BearerToken(t)| t);
     let read = app
-        .read_secret(&env, &path, None, bearer(&headers), "Authorization: Bearer")
+        .read_secret(&env, &path, None, token, "Authorization: Bearer")
         .await?;
     Ok(Json(
         json!({"path": read.path, "version": read.version, "data": read.data}),
@@ -198,12 +190,8 @@ async fn read_secret(
 
 async fn revoke_self(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    LiveGrant(grant): LiveGrant,
 ) -> Result<Json<Value>, ApiError> {
-    let token = bearer(&headers).ok_or_else(|| {
-        ApiError::InvalidToken("a broker token is required (Authorization: Bearer)".into())
-    })?;
-    let grant = app.live_token_grant(&token).await?;
     let sel = Selector {
         lease_id: Some(grant.lease_id.clone()),
         ..Selector::default()
@@ -232,11 +220,11 @@ fn form_token(form: &[(String, String)]) -> Result<SecretString, ApiError> {
 async fn oauth_introspect(
     State(app): State<Arc<App>>,
     Extension(conn): Extension<super::ConnInfo>,
-    headers: HeaderMap,
+    caller: Option<BearerToken>,
     FormBody(form): FormBody,
 ) -> Result<Json<Value>, ApiError> {
     if conn.admin.is_none() {
-        let caller = bearer(&headers).ok_or_else(|| {
+        let BearerToken(caller) = caller.ok_or_else(|| {
             ApiError::InvalidToken(
                 "introspection needs a live broker token or an admin certificate".into(),
             )

@@ -50,8 +50,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::authorize::bearer;
 use super::body::{describe_json_error, read_limited};
-use super::routes::bearer;
 use crate::app::App;
 use crate::audit::{AuditEvent, Outcome};
 use crate::clock::rfc3339;

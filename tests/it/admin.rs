@@ -104,6 +104,38 @@ async fn roles_are_enforced_and_refusals_audited() {
     assert_eq!(refusals.len(), 3);
     assert_eq!(refusals[0]["actor"]["role"], "auditor");
     assert!(refusals[0]["actor"]["subject"].as_str().is_some());
+    assert_eq!(refusals[0]["environment"], "prod");
+    assert_eq!(refusals[0]["details"]["call"], "secrets.put");
+    // The role is checked before the body is read: a caller without the role gets 403 on
+    // record even for a body that would not parse, and learns nothing about its parsing.
+    for (method, path, body) in [
+        ("POST", "/v1/admin/revoke", "{not json"),
+        ("POST", "/v1/admin/keys/prod/destroy", r#"{"unknown": 1}"#),
+    ] {
+        let (s, v) = b
+            .request(
+                &b.admin(AdminRole::Auditor),
+                method,
+                path,
+                None,
+                Some(body.to_string()),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (403, Some("access_denied")),
+            "{path} {v}"
+        );
+    }
+    let refusals: Vec<Value> = b
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["event"] == "admin_call" && r["outcome"] == "denied")
+        .collect();
+    assert_eq!(refusals.len(), 5);
+    assert_eq!(refusals[3]["details"]["call"], "revoke");
+    assert_eq!(refusals[4]["details"]["call"], "keys.destroy");
+    assert_eq!(refusals[4]["environment"], "prod");
     // The auditor may read leases.
     let (s, v) = b
         .request(
