@@ -95,4 +95,14 @@ mod tests {
         let e = serde_json::from_str::<R>(r#"{"token": "SECRET"#).unwrap_err();
         assert!(!describe_json_error(&e).contains("SECRET"));
     }
+
+    #[test]
+    fn a_wrong_type_is_described_in_the_callers_terms() {
+        let e =
+            serde_json::from_str::<crate::leases::revoke::SelectorSpec>(r#""repository=acme/web""#)
+                .unwrap_err();
+        let m = describe_json_error(&e);
+        assert!(m.contains("expected a selector object"), "{m}");
+        assert!(!m.contains("SelectorSpec") && !m.contains("acme"), "{m}");
+    }
 }

@@ -256,14 +256,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_wrong_type_is_described_without_rust_type_names() {
-        let e = serde_json::from_str::<SelectorSpec>(r#""repository=acme/web""#).unwrap_err();
-        let m = crate::http::body::describe_json_error(&e);
-        assert!(m.contains("expected a selector object"), "{m}");
-        assert!(!m.contains("SelectorSpec") && !m.contains("acme"), "{m}");
-    }
-
-    #[test]
     fn parses_times_and_claims() {
         let spec = SelectorSpec {
             environment: Some("prod".into()),
