@@ -336,22 +336,31 @@ impl App {
         }
     }
 
-    /// Waits until this replica runs the background work: returns at once if it does, else
-    /// when the replica that does dies (its lock is released with its session). It holds the
+    /// Waits up to `within` until this replica runs the background work: true at once if it
+    /// does, else as soon as the replica that does dies (its lock is released with its
+    /// session); false when `within` passes first (the wait is bounded so that a connection
+    /// lost without a word cannot hold a standby forever: the caller asks again). It holds the
     /// replica's lock slot while it waits, so [`App::lead`] waits too instead of taking a
     /// second lock of its own in another session.
-    pub async fn wait_lead(&self) -> Result<(), crate::store::StoreError> {
+    pub async fn wait_lead(
+        &self,
+        within: std::time::Duration,
+    ) -> Result<bool, crate::store::StoreError> {
         let mut held = self.leader.lock().await;
         if let Some(lock) = held.as_mut() {
             if lock.alive().await {
-                return Ok(());
+                return Ok(true);
             }
             *held = None;
         }
-        let lock = self.store.wait_leader_lock().await?;
+        // On timeout the waiting connection is dropped, which ends its session's wait.
+        let Ok(lock) = tokio::time::timeout(within, self.store.wait_leader_lock()).await else {
+            return Ok(false);
+        };
+        let lock = lock?;
         tracing::info!("this replica now runs the background work");
         *held = Some(lock);
-        Ok(())
+        Ok(true)
     }
 
     /// Issuer URL of an environment's minted JWTs.

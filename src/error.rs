@@ -203,6 +203,7 @@ impl From<KeysError> for ApiError {
             }
             KeysError::Task(t) => ApiError::unavailable("crypto-shredding", &t),
             KeysError::Revoke(r) => r.into(),
+            KeysError::Freeze(f) => f.into(),
             KeysError::Keys(k) => crypto_answer(&k),
             KeysError::Store(s) => ApiError::unavailable("the store", &s),
             KeysError::Audit(a) => ApiError::unavailable("the audit log", &a),

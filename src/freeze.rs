@@ -6,7 +6,8 @@
 //!   or it is refused and changes nothing;
 //! - every call is one audit record (`freeze` / `unfreeze`), refused ones as `denied`;
 //! - the record is written before the store changes: a freeze is a security decision that is
-//!   on record whenever it takes effect, and when the audit log cannot take it nothing changes.
+//!   on record whenever it takes effect, and when the audit log cannot take it nothing changes;
+//!   when the store then fails, a second record says so (best effort).
 
 use serde_json::json;
 
@@ -69,10 +70,23 @@ impl App {
         };
         ev.reason = Some(reason.to_string());
         ev.details.insert("frozen".into(), json!(frozen));
+        let mut failed = ev.clone();
         self.audit.append(ev).await?;
-        self.store
+        if let Err(e) = self
+            .store
             .set_frozen(env, frozen, reason.as_str(), by, self.clock.unix())
-            .await?;
+            .await
+        {
+            // The log already says it was done: say that it was not (best effort; the caller
+            // gets the store's failure either way).
+            tracing::error!(error = %e, "freeze recorded but the store could not take it");
+            failed.outcome = Outcome::Failure;
+            failed.reason = Some("failed: the store could not be written".into());
+            if let Err(a) = self.audit.append(failed).await {
+                tracing::error!(error = %a, "the failed freeze could not be recorded");
+            }
+            return Err(e.into());
+        }
         Ok(FreezeState { frozen, reason })
     }
 }

@@ -174,7 +174,7 @@ pub enum Format {
 }
 
 /// `exchange`
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct ExchangeArgs {
     /// Broker URL.
     #[arg(long, env = "JOBPASS_SERVER")]
@@ -210,6 +210,25 @@ pub struct ExchangeArgs {
     /// Command to run with the credentials in its environment (after `--`).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+// By hand: the token given with --token never reaches a `Debug` output.
+impl std::fmt::Debug for ExchangeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeArgs")
+            .field("server", &self.server)
+            .field("env", &self.env)
+            .field("role", &self.role)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("token_file", &self.token_file)
+            .field("token_env", &self.token_env)
+            .field("audience", &self.audience)
+            .field("ca", &self.ca)
+            .field("format", &self.format)
+            .field("revoke_at_exit", &self.revoke_at_exit)
+            .field("command", &self.command)
+            .finish()
+    }
 }
 
 /// `policy …`

@@ -13,12 +13,21 @@ use super::error::CliError;
 
 /// An answer of the broker: its status and its body (JSON, or the raw text as a JSON string
 /// when it is not JSON).
-#[derive(Debug)]
 pub struct Answer {
     /// HTTP status.
     pub status: StatusCode,
     /// Body.
     pub body: Value,
+}
+
+// By hand: a body can hold issued credentials.
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("body", &"[REDACTED]")
+            .finish()
+    }
 }
 
 fn read(path: &Path) -> Result<String, CliError> {

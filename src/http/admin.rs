@@ -1,8 +1,10 @@
 //! Admin API (`/v1/admin/…`, SPEC §4): callers authenticate with a TLS client certificate
 //! from the configured admin CA whose subject OU names their role; each handler names the call
 //! it serves in its signature (`Authorized<…>`, see [`super::authorize`]), which checks the role
-//! and audits a refusal before anything else of the request is read. Every call, refused ones
-//! included, is audited with the certificate's common name and role.
+//! and audits a refusal before anything else of the request is read. Every authorized call and
+//! every refusal of a role is audited with the certificate's common name and role, and so are
+//! the domain's refusals (unknown environment, missing reason, bad selector or query); a body
+//! or path that does not parse is answered 400 before any domain function runs.
 
 use std::sync::Arc;
 

@@ -5,6 +5,8 @@
 //! refused before anything changed (`denied`: unknown environment, no reason, no confirmation)
 //! or failed (`failure`), under the event name of the operation (`key_rotate`, `key_rewrap`,
 //! `key_destroy`). When the audit log cannot take that record the caller gets the audit error.
+//! Rotation and re-wrapping destroy nothing and are recorded once done (with the new version);
+//! shredding records its freeze before the freeze and its intent before the destruction.
 //!
 //! Guarantees of shredding (`App::shred`):
 //! - it is refused unless the caller gives a reason and repeats the environment's name;
@@ -29,6 +31,7 @@ use crate::app::App;
 use crate::audit::{AuditError, AuditEvent, Outcome};
 use crate::crypto::CryptoError;
 use crate::crypto::keyring::Rewrapped;
+use crate::freeze::FreezeError;
 use crate::leases::revoke::RevokeError;
 use crate::reason::{NoReason, Reason};
 use crate::store::{Selector, StoreError};
@@ -57,6 +60,9 @@ pub enum KeysError {
         "the leases were revoked but the audit log cannot be written; the keys were NOT destroyed"
     )]
     NotAudited,
+    /// The freeze before shredding failed.
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
     /// The revocation before shredding failed.
     #[error(transparent)]
     Revoke(#[from] RevokeError),
@@ -94,7 +100,23 @@ impl KeysError {
 
     /// The audit log itself failed: no other record can be written about it.
     fn is_audit_failure(&self) -> bool {
-        matches!(self, KeysError::Audit(_) | KeysError::NotAudited)
+        matches!(
+            self,
+            KeysError::Audit(_) | KeysError::NotAudited | KeysError::Freeze(FreezeError::Audit(_))
+        )
+    }
+
+    /// What the record of a failure says: the refusal or the operator's next step as answered,
+    /// and for internal failures only which part failed (details go to the service log).
+    fn recorded_reason(&self) -> String {
+        match self {
+            KeysError::Revoke(_) | KeysError::Freeze(_) | KeysError::Store(_) => {
+                "failed: the store could not be written or read".into()
+            }
+            KeysError::Keys(_) => "failed: the environment's key material could not be used".into(),
+            KeysError::Task(_) => "failed: the operation's task ended abnormally".into(),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -177,7 +199,10 @@ impl App {
         } else {
             Outcome::Failure
         };
-        record.reason = Some(err.to_string());
+        if !err.is_refusal() {
+            tracing::error!(error = %err, operation = event, "key operation failed");
+        }
+        record.reason = Some(err.recorded_reason());
         if let Some(given) = reason.filter(|r| !r.trim().is_empty()) {
             record
                 .details
@@ -194,8 +219,8 @@ impl App {
         by: &str,
         mut ev: AuditEvent,
     ) -> Result<Shredded, KeysError> {
-        self.store
-            .set_frozen(env, true, reason, by, self.clock.unix())
+        // The freeze is on record before it takes effect (like any freeze).
+        self.set_frozen(env, true, Some(reason.to_string()), by, ev.clone())
             .await?;
         let sel = Selector {
             env: Some(env.to_string()),

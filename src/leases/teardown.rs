@@ -278,6 +278,9 @@ pub async fn reconcile_intents(app: &App) -> usize {
 /// a polling cadence: a standby otherwise waits on the lock itself).
 const LOCK_RETRY: Duration = Duration::from_secs(2);
 
+/// Longest single wait of a standby on the background-work lock before it asks again.
+const LEAD_WAIT: Duration = Duration::from_secs(30);
+
 /// Works through pending revocations whenever woken (after a revocation) and every second,
 /// and reconciles role intents at start and every half minute — on the replica that runs the
 /// background work; a standby waits on the lock (no polling) and takes over when it is freed.
@@ -286,10 +289,15 @@ pub fn spawn(app: Arc<App>) -> JoinHandle<()> {
         // Unix second of the last reconciliation (the broker's clock, like every cadence).
         let mut last_reconcile: Option<i64> = None;
         loop {
-            if let Err(e) = app.wait_lead().await {
-                tracing::warn!(error = %e, "cannot wait for the background-work lock; will retry");
-                tokio::time::sleep(LOCK_RETRY).await;
-                continue;
+            match app.wait_lead(LEAD_WAIT).await {
+                Ok(true) => {}
+                // Still a standby: wait again (on a fresh connection).
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot wait for the background-work lock; will retry");
+                    tokio::time::sleep(LOCK_RETRY).await;
+                    continue;
+                }
             }
             if !app.pg_targets.is_empty()
                 && last_reconcile.is_none_or(|t| app.clock.unix() - t >= RECONCILE_EVERY_SECS)

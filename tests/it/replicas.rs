@@ -119,6 +119,13 @@ async fn background_work_runs_on_one_replica_and_moves_when_it_dies() {
     let c = base.replica("c").await;
     assert!(a.app.lead().await, "the first replica to ask leads");
     assert!(!c.app.lead().await, "only one replica leads");
+    // A standby's wait is bounded: it answers "not yet" while A holds the lock.
+    assert!(
+        !c.app
+            .wait_lead(std::time::Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
     // A dies mid-flight; C keeps serving and takes over the background work.
     let token = base.github_token();
     a.kill().await;
@@ -127,8 +134,8 @@ async fn background_work_runs_on_one_replica_and_moves_when_it_dies() {
         .await;
     assert_eq!(s, 200, "{v}");
     // C waits on the lock A's session held: it is released when that session ends.
-    let led = tokio::time::timeout(std::time::Duration::from_secs(60), c.app.wait_lead()).await;
-    assert!(matches!(led, Ok(Ok(()))), "C took over when A died");
+    let led = c.app.wait_lead(std::time::Duration::from_secs(60)).await;
+    assert!(matches!(led, Ok(true)), "C took over when A died");
     assert!(c.app.lead().await);
     c.stop().await;
 }

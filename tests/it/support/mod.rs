@@ -109,8 +109,12 @@ pub struct Options {
 /// A fresh, empty PostgreSQL database for one broker when the running test runs on the
 /// PostgreSQL store; None on the SQLite store.
 pub async fn fresh_postgres_store() -> Option<String> {
-    if harness::backend() != harness::Backend::Postgres {
-        return None;
+    match harness::backend() {
+        harness::Backend::Sqlite => return None,
+        harness::Backend::Postgres => {}
+        harness::Backend::None => {
+            panic!("a test declared Once starts a broker: declare it EachStore")
+        }
     }
     let url = pg::admin_url();
     // jp_t_<pid>_<random>: this run's databases carry its process id.
