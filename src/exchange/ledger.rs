@@ -351,7 +351,7 @@ impl Writer {
                         None => {
                             let cause =
                                 ExchangeError::NotCommitted(StoreError::Unavailable(msg.clone()));
-                            let answer = ApiError::Unavailable(cause.to_string());
+                            let answer = ApiError::from(&cause);
                             aborted.push(entry.audit.record(&Verdict::Refused(&cause, &answer)));
                             out.push(Reply {
                                 result: Err(cause),
@@ -472,7 +472,7 @@ impl Writer {
             .map(|(entry, verdict)| match verdict {
                 None => entry.audit.record(&Verdict::Issued),
                 Some(cause) => {
-                    let answer = refusal_answer(cause);
+                    let answer = ApiError::from(cause);
                     entry.audit.record(&Verdict::Refused(cause, &answer))
                 }
             })
@@ -497,20 +497,6 @@ fn live<'a>(
         .iter()
         .enumerate()
         .filter(|(i, _)| verdicts.get(*i).is_some_and(Option::is_none))
-}
-
-/// The answer of a refusal decided in a batch (none of these log: they are not failures).
-fn refusal_answer(cause: &ExchangeError) -> ApiError {
-    match cause {
-        ExchangeError::Replayed => ApiError::Replayed,
-        ExchangeError::Frozen(env) => ApiError::Frozen(env.clone()),
-        ExchangeError::Keys(crate::crypto::CryptoError::Destroyed(env)) => {
-            ApiError::Unavailable(format!(
-                "the keys of environment `{env}` were destroyed; its records cannot be decrypted"
-            ))
-        }
-        other => ApiError::Unavailable(other.to_string()),
-    }
 }
 
 #[cfg(test)]
