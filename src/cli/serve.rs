@@ -57,8 +57,11 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
     let tls = if config.insecure_http {
         // Tokens and secrets cross this connection: plain HTTP only where nothing else can
         // listen in (a loopback address, e.g. behind a TLS-terminating sidecar).
-        if !config.listen.ip().is_loopback() {
-            return Err(CliError::InsecureListen(config.listen));
+        // Both listeners: the Vault-compatible one carries the same tokens and secrets.
+        for addr in std::iter::once(config.listen).chain(config.vault_compat_listen) {
+            if !addr.ip().is_loopback() {
+                return Err(CliError::InsecureListen(addr));
+            }
         }
         tracing::warn!("serving plain HTTP on loopback (insecure_http = true)");
         None

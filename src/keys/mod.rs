@@ -5,8 +5,9 @@
 //! refused before anything changed (`denied`: unknown environment, no reason, no confirmation)
 //! or failed (`failure`), under the event name of the operation (`key_rotate`, `key_rewrap`,
 //! `key_destroy`). When the audit log cannot take that record the caller gets the audit error.
-//! Rotation and re-wrapping destroy nothing and are recorded once done (with the new version);
-//! shredding records its freeze before the freeze and its intent before the destruction.
+//! Each operation records its intent (`key_rotate_begin`, `key_rewrap_begin`,
+//! `key_destroy_begin`; shredding also its freeze) before it acts and fails closed when that
+//! record cannot be written, then records its outcome.
 //!
 //! Guarantees of shredding (`App::shred`):
 //! - it is refused unless the caller gives a reason and repeats the environment's name;
@@ -126,6 +127,7 @@ impl App {
         let record = ev.clone();
         let result = async {
             self.known_environment(env)?;
+            self.intent(&ev, "key_rotate_begin").await?;
             let version = self.keyring.rotate(env).await?;
             let mut ev = ev;
             ev.event = "key_rotate".into();
@@ -142,6 +144,7 @@ impl App {
         let record = ev.clone();
         let result = async {
             self.known_environment(env)?;
+            self.intent(&ev, "key_rewrap_begin").await?;
             let done = self.keyring.rewrap(env).await?;
             let mut ev = ev;
             ev.event = "key_rewrap".into();
@@ -176,6 +179,15 @@ impl App {
         }
         .await;
         self.on_record(record, "key_destroy", given, result).await
+    }
+
+    /// Records that `ev`'s operation is about to act (`event`), before it does: when the audit
+    /// log cannot take it, nothing is done.
+    async fn intent(&self, ev: &AuditEvent, event: &str) -> Result<(), KeysError> {
+        let mut intent = ev.clone();
+        intent.event = event.into();
+        self.audit.append(intent).await?;
+        Ok(())
     }
 
     /// A key operation's outcome as it leaves: a refusal or failure gets its own record (the

@@ -111,12 +111,14 @@ impl Matcher {
                         let toml::Value::String(source) = arg else {
                             return Err(ConditionError::RegexNotString(key.to_owned()));
                         };
-                        let regex = Regex::new(&format!("^(?:{source})$")).map_err(|e| {
-                            ConditionError::Regex {
-                                key: key.to_owned(),
-                                reason: regex_reason(&e),
-                            }
-                        })?;
+                        let invalid = |e: regex::Error| ConditionError::Regex {
+                            key: key.to_owned(),
+                            reason: regex_reason(&e),
+                        };
+                        // The pattern must stand on its own: `a)|(.*` would otherwise close the
+                        // anchoring group and match anything.
+                        Regex::new(source).map_err(invalid)?;
+                        let regex = Regex::new(&format!("^(?:{source})$")).map_err(invalid)?;
                         Ok(Self::Regex {
                             source: source.clone(),
                             regex,
@@ -170,7 +172,10 @@ impl Matcher {
                 };
                 match other {
                     Self::Globs(globs) => any_glob(globs, &text),
-                    Self::Regex { regex, .. } => regex.is_match(&text),
+                    // Anchored, and checked again: the match spans the whole value.
+                    Self::Regex { regex, .. } => regex
+                        .find(&text)
+                        .is_some_and(|m| m.start() == 0 && m.end() == text.len()),
                     Self::Not(globs) => !any_glob(globs, &text),
                     Self::In(_) => false,
                 }

@@ -210,6 +210,22 @@ fn regex_is_anchored_at_both_ends() {
 }
 
 #[test]
+fn a_regex_cannot_escape_its_anchors() {
+    // `^(?:a)|(.*)$` would compile and match anything: the pattern must stand on its own.
+    for escaping in ["a)|(.*", "nothing)|(.*", "x)|(?:.*"] {
+        let errors = errors_of(&format!(
+            "[[role]]\nname = \"r\"\n[role.match]\nref = {{ regex = '{escaping}' }}\n[[role.grant]]\nname = \"g\"\nkind = \"token\"\nsecrets = [\"x/*\"]\n"
+        ));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("invalid regex")),
+            "{escaping}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn not_matches_a_present_claim_that_matches_none() {
     let env = role_matching(r#"event_name = { not = ["pull_request", "pull_request_target"] }"#);
     assert!(allows(&env, &github_claims()));

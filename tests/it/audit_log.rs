@@ -194,6 +194,24 @@ async fn exchange_fails_closed_when_the_audit_log_cannot_be_written() {
         )
         .await;
     assert_eq!(s, 503);
+    // A key operation whose intent cannot be recorded does nothing.
+    for op in ["rotate", "rewrap"] {
+        let (s, v) = b
+            .request(
+                &b.admin(jobpass::tls::AdminRole::Admin),
+                "POST",
+                &format!("/v1/admin/keys/prod/{op}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, 503, "{op} {v}");
+    }
+    assert_eq!(
+        b.app.keyring().current_version("prod").await.unwrap(),
+        1,
+        "nothing rotated"
+    );
 }
 
 crate::support::harness::cases! {

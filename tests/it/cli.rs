@@ -196,6 +196,33 @@ async fn serve_refuses_a_missing_or_group_readable_root_key() {
     assert!(err.contains("group or others"), "{err}");
 }
 
+async fn serve_refuses_plain_http_on_a_public_address_for_either_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo_policies(), &dir.path().join("policies"));
+    let cfg = dir.path().join("jobpass.toml");
+    // No root key: were the address accepted, the start would stop later on the key instead.
+    for listeners in [
+        "listen = \"0.0.0.0:0\"\n",
+        "listen = \"127.0.0.1:0\"\nvault_compat_listen = \"0.0.0.0:0\"\n",
+    ] {
+        std::fs::write(
+            &cfg,
+            format!(
+                "insecure_http = true\n{listeners}[keys]\nroot_key_file = \"root.key\"\n\
+                 [[issuer]]\nurl = \"https://token.actions.githubusercontent.com\"\n\
+                 [[issuer]]\nurl = \"https://gitlab.com\"\n"
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = run(dir.path(), &["serve", "--config", cfg.to_str().unwrap()]);
+        assert_ne!(code, 0, "{listeners}");
+        assert!(
+            err.contains("only allowed on a loopback address, not 0.0.0.0:0"),
+            "{listeners}: {err}"
+        );
+    }
+}
+
 async fn policy_check_and_test_work_offline() {
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = run(
@@ -257,6 +284,7 @@ crate::support::harness::cases! {
         dev_mode_walk_through_from_the_readme,
         serve_refuses_an_unknown_config_key_naming_it,
         serve_refuses_a_missing_or_group_readable_root_key,
+        serve_refuses_plain_http_on_a_public_address_for_either_listener,
         policy_check_and_test_work_offline,
     ],
 }
