@@ -7,7 +7,9 @@
 //!   grant's `member_of` roles. `INHERIT` is deliberate: the role's only privileges are those
 //!   of the groups the policy names, and they apply without `SET ROLE`. Each listed group must
 //!   already exist (the error names the missing one, and no role is left behind) and must not
-//!   be a superuser role (a member could `SET ROLE` to it);
+//!   be privileged: superuser, CREATEROLE, REPLICATION, BYPASSRLS, one of PostgreSQL's
+//!   built-in `pg_*` roles (`pg_execute_server_program` runs programs on the database server),
+//!   or a member, directly or not, of a superuser or `pg_*` role;
 //! - the password never reaches the server in clear: the statement carries a SCRAM-SHA-256
 //!   verifier computed here ([`scram_verifier`]), so server statement logs do not reveal it; the
 //!   admin pool has sqlx statement logging disabled so the verifier does not reach the service
@@ -170,8 +172,8 @@ impl PgTarget {
     }
 
     /// Creates `role_name` as a login role with `password`, valid until `valid_until` (Unix
-    /// seconds, UTC), member of exactly `member_of` (each must exist and must not be a
-    /// superuser role). Fails if the role already exists.
+    /// seconds, UTC), member of exactly `member_of` (each must exist and must not be
+    /// privileged, see the module's guarantees). Fails if the role already exists.
     pub async fn create_role(
         &self,
         role_name: &str,
@@ -198,13 +200,16 @@ impl PgTarget {
             .await
             .map_err(|e| self.db_error("connect", &e))?;
         if !member_of.is_empty() {
-            // A group that is, or can become, more than a plain group is refused: superuser
-            // (directly or through membership), CREATEROLE, REPLICATION or BYPASSRLS.
+            // A group that is, or can become, more than a plain group is refused: superuser,
+            // CREATEROLE, REPLICATION or BYPASSRLS, a built-in `pg_*` role (server files and
+            // programs, every table), or a member (directly or not) of a superuser or `pg_*`.
             let found: Vec<(String, bool)> = sqlx::query_as(
-                "SELECT r.rolname::text,
+                r"SELECT r.rolname::text,
                         r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls
+                        OR r.rolname LIKE 'pg\_%'
                         OR EXISTS (SELECT 1 FROM pg_roles s
-                                   WHERE s.rolsuper AND s.oid <> r.oid
+                                   WHERE (s.rolsuper OR s.rolname LIKE 'pg\_%')
+                                     AND s.oid <> r.oid
                                      AND pg_has_role(r.oid, s.oid, 'MEMBER'))
                  FROM pg_roles r WHERE r.rolname = ANY($1)",
             )
@@ -219,7 +224,7 @@ impl PgTarget {
                     }
                     Some((_, true)) => {
                         return Err(self.error(format!(
-                            "member_of role `{group}` is privileged (superuser, CREATEROLE, REPLICATION or BYPASSRLS)"
+                            "member_of role `{group}` is privileged (superuser, CREATEROLE, REPLICATION, BYPASSRLS, a built-in pg_* role, or a member of one)"
                         )));
                     }
                     Some((_, false)) => {}

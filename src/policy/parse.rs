@@ -346,7 +346,12 @@ fn grant(ctx: &mut Ctx<'_>, raw: &RawGrant, check: &dyn ServerCapabilities) -> O
         },
         "postgres" => GrantKind::Postgres {
             database: required_string(ctx, &name, "database", &raw.kind, raw.database.as_ref()),
-            member_of: required_list(ctx, &name, "member_of", &raw.kind, raw.member_of.as_ref()),
+            member_of: {
+                let groups =
+                    required_list(ctx, &name, "member_of", &raw.kind, raw.member_of.as_ref());
+                refuse_builtin_roles(ctx, &name, raw.member_of.as_ref());
+                groups
+            },
         },
         _ => GrantKind::X509 {
             common_name: required_string(
@@ -393,6 +398,28 @@ fn required_string(
             String::new()
         }
         Some(v) => v.get_ref().clone(),
+    }
+}
+
+/// PostgreSQL's built-in `pg_*` roles (`pg_execute_server_program`, `pg_write_server_files`,
+/// `pg_read_server_files`, `pg_read_all_data`, …) reach the database server's files and
+/// programs or every table: never a job's group. (Roles that belong to one are refused by the
+/// broker when it creates the login role.)
+fn refuse_builtin_roles(
+    ctx: &mut Ctx<'_>,
+    grant: &str,
+    value: Option<&Spanned<Vec<Spanned<String>>>>,
+) {
+    for item in value.map(Spanned::get_ref).into_iter().flatten() {
+        if item.get_ref().starts_with("pg_") {
+            ctx.at(
+                item,
+                format!(
+                    "grant `{grant}`: `member_of` names the built-in role `{}`; PostgreSQL's `pg_*` roles are refused",
+                    item.get_ref()
+                ),
+            );
+        }
     }
 }
 

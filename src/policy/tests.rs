@@ -210,6 +210,31 @@ fn regex_is_anchored_at_both_ends() {
 }
 
 #[test]
+fn built_in_postgres_roles_are_refused_as_groups() {
+    let errors = errors_of(
+        r#"[[role]]
+name = "r"
+[[role.grant]]
+name = "db"
+kind = "postgres"
+database = "main"
+member_of = ["app_readonly", "pg_execute_server_program"]
+"#,
+    );
+    assert!(
+        errors.iter().any(|e| e
+            .to_string()
+            .contains("built-in role `pg_execute_server_program`")),
+        "{errors:?}"
+    );
+    assert!(
+        !errors
+            .iter()
+            .any(|e| e.to_string().contains("app_readonly"))
+    );
+}
+
+#[test]
 fn a_regex_cannot_escape_its_anchors() {
     // `^(?:a)|(.*)$` would compile and match anything: the pattern must stand on its own.
     for escaping in ["a)|(.*", "nothing)|(.*", "x)|(?:.*"] {

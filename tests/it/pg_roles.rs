@@ -429,6 +429,38 @@ async fn unknown_or_superuser_group_is_refused_without_leaving_the_role() {
     with_cleanup(admin, &url, vec![role], vec![], body).await;
 }
 
+async fn built_in_pg_roles_and_their_members_are_refused_as_groups() {
+    let (target, admin, url) = server().await;
+    let s = suffix();
+    let role = format!("jp_test_pgrole_{s}");
+    let member = format!("jp_test_pgmember_{s}");
+    let a = admin.clone();
+    let (r, m) = (role.clone(), member.clone());
+    let body = async move {
+        // A group that can write the server's files, one role removed from it.
+        exec(&a, format!("CREATE ROLE {} NOLOGIN", quote_ident(&m))).await;
+        exec(
+            &a,
+            format!("GRANT pg_write_server_files TO {}", quote_ident(&m)),
+        )
+        .await;
+        let pw = new_password().unwrap();
+        for group in [
+            "pg_execute_server_program",
+            "pg_read_server_files",
+            m.as_str(),
+        ] {
+            let err = target
+                .create_role(&r, &pw, 4_102_444_800, &[group.to_string()])
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("privileged"), "{group}: {err}");
+            assert!(!target.role_exists(&r).await.unwrap(), "{group}");
+        }
+    };
+    with_cleanup(admin, &url, vec![role, member], vec![], body).await;
+}
+
 async fn roles_with_prefix_lists_exactly_the_matching_roles() {
     let (target, admin, url) = server().await;
     let prefix = format!("jp_test_pfx_{}_", suffix());
@@ -459,5 +491,6 @@ crate::support::harness::cases! {
         drop_role_drops_objects_the_role_created,
         unknown_or_superuser_group_is_refused_without_leaving_the_role,
         roles_with_prefix_lists_exactly_the_matching_roles,
+        built_in_pg_roles_and_their_members_are_refused_as_groups,
     ],
 }
