@@ -279,6 +279,16 @@ fn append_github_file(path: &Path, vars: &[(String, Zeroizing<String>)]) -> Resu
     Ok(())
 }
 
+/// Whether the broker ended the lease: sent, and answered with success.
+fn revocation_answer(resp: Result<reqwest::Response, reqwest::Error>) -> Result<(), CliError> {
+    let resp = resp.map_err(CliError::RevocationFailed)?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(CliError::RevocationRefused(resp.status()))
+    }
+}
+
 /// Revokes the lease of an exchange answer with its own credential (a broker token through
 /// `/v1/revoke/self`, else a JWT through RFC 7009).
 async fn revoke_own(
@@ -299,13 +309,8 @@ async fn revoke_own(
             .post(format!("{server}/v1/revoke/self"))
             .bearer_auth(t)
             .send()
-            .await
-            .map_err(CliError::RevocationFailed)?;
-        return if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(CliError::RevocationRefused(resp.status()))
-        };
+            .await;
+        return revocation_answer(resp);
     }
     if let Some(t) = creds
         .iter()
@@ -317,13 +322,8 @@ async fn revoke_own(
             .header("content-type", "application/x-www-form-urlencoded")
             .body(form.to_string())
             .send()
-            .await
-            .map_err(CliError::RevocationFailed)?;
-        return if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(CliError::RevocationRefused(resp.status()))
-        };
+            .await;
+        return revocation_answer(resp);
     }
     Err(CliError::NothingToRevokeWith)
 }

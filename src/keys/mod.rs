@@ -264,15 +264,12 @@ impl App {
         }
         // The intent is on record before anything irreversible happens: if the record of the
         // outcome cannot be written afterwards, the log still says destruction began.
-        let mut intent = ev.clone();
-        intent.event = "key_destroy_begin".into();
-        intent.reason = Some(reason.to_string());
-        self.audit.append(intent).await?;
+        ev.reason = Some(reason.to_string());
+        self.intent(&ev, "key_destroy_begin").await?;
         let versions = self.keyring.destroy(env).await?;
         self.signers.invalidate(env);
         self.cas.invalidate(env);
         ev.event = "key_destroy".into();
-        ev.reason = Some(reason.to_string());
         ev.details
             .insert("versions_destroyed".into(), json!(versions));
         ev.details
