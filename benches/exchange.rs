@@ -67,6 +67,7 @@ async fn main() {
     )
     .unwrap();
     let mut config = dev.config.clone();
+    config.limits = jobpass::config::LimitsConfig::without_rates();
     if let Some(url) = &pg_url {
         config.postgres.insert(
             "main".into(),

@@ -260,6 +260,7 @@ async fn run_size(size: usize, k: &Knobs) -> Row {
         config.tls.admin_client_ca.as_deref(),
     )
     .unwrap();
+    config.limits = jobpass::config::LimitsConfig::without_rates();
     let app = App::build(config, Arc::new(SystemClock), Some(dev.issuer.clone()))
         .await
         .unwrap();

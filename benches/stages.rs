@@ -416,7 +416,8 @@ impl Fixture {
 
     /// The audit record of an issued `deploy-web` exchange, filled in stage by stage.
     fn exchange_audit(&self, lease_id: &str, masked: Vec<MaskedCredential>) -> ExchangeAudit {
-        let mut audit = ExchangeAudit::new(ENV, Some(ROLE), self.policies.version());
+        let mut audit = ExchangeAudit::new(self.policies.version());
+        audit.resolved(ENV, ROLE);
         audit.token(token_actor(&self.verified), self.verified.jti.as_deref());
         audit.lease(lease_id, masked, self.clock.unix() + 900);
         audit
@@ -835,6 +836,15 @@ root_key_file = "root.key"
 [audit]
 file = "audit.log"
 
+[limits]
+# Capacity is measured here, not the limits: every rate limit is off.
+exchange_per_ip = {{ per_second = 0 }}
+exchange_per_subject = {{ per_second = 0 }}
+exchange_global = {{ per_second = 0 }}
+read_per_ip = {{ per_second = 0 }}
+read_per_subject = {{ per_second = 0 }}
+read_global = {{ per_second = 0 }}
+
 [[issuer]]
 url = "{GITHUB}"
 jwks_file = "github-jwks.json"
@@ -864,6 +874,7 @@ jwks_file = "ec-jwks.json"
             token: SecretString::from(token),
             environment: ENV.into(),
             role: Some(ROLE.into()),
+            source: None,
         }
     }
 }

@@ -133,6 +133,10 @@ pub struct App {
     pub(crate) public_url: String,
     /// Dev-mode issuer, if running with `--dev`.
     pub(crate) dev: Option<DevIssuer>,
+    /// Rate limits, connection caps and timeouts (`[limits]`).
+    pub(crate) limits: Arc<crate::limits::Limits>,
+    /// Refusals of callers without an identity, audited in aggregate.
+    pub(crate) refusals: crate::audit::RefusalTally,
 }
 
 impl std::fmt::Debug for App {
@@ -227,6 +231,61 @@ impl App {
     pub fn public_url(&self) -> &str {
         &self.public_url
     }
+
+    /// Its rate limits, connection caps and timeouts (shared by every listener).
+    #[must_use]
+    pub fn limits(&self) -> Arc<crate::limits::Limits> {
+        self.limits.clone()
+    }
+
+    /// Counts a refusal of a caller who proved no identity (written in aggregate by
+    /// [`App::flush_refusals`]).
+    pub fn note_refusal(
+        &self,
+        source: Option<std::net::IpAddr>,
+        call: &'static str,
+        answer: &crate::error::ApiError,
+    ) {
+        if let crate::error::ApiError::RateLimited(l) = answer {
+            self.metrics.rate_limited(l);
+        }
+        self.refusals
+            .note(source, call, answer.code(), self.clock.unix());
+    }
+
+    /// A call of `class` from `source`, against its source's and the global rate (a refusal
+    /// is counted).
+    ///
+    /// # Errors
+    /// 429 when over a rate.
+    pub fn check_source(
+        &self,
+        class: crate::limits::Class,
+        source: std::net::IpAddr,
+    ) -> Result<(), crate::error::ApiError> {
+        self.limits.rates.check_source(class, source).map_err(|l| {
+            let answer = crate::error::ApiError::RateLimited(l);
+            self.note_refusal(Some(source), class.name(), &answer);
+            answer
+        })
+    }
+
+    /// Writes the aggregate records of the refusals counted since the last flush.
+    ///
+    /// # Errors
+    /// The audit log's failure (the counts are lost, and logged).
+    pub async fn flush_refusals(&self) -> Result<(), crate::audit::AuditError> {
+        let records = self.refusals.take();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let n = records.len();
+        self.audit.append_all(records).await.map_err(|e| {
+            tracing::error!(error = %e, records = n, "audit log write failed for refusal counts");
+            e
+        })?;
+        Ok(())
+    }
 }
 
 impl App {
@@ -288,6 +347,11 @@ impl App {
             x509: X509Minter::new(cas.clone()),
         };
         let ledger = Ledger::start(store.clone(), audit.clone(), keyring.clone(), clock.clone());
+        let metrics = Metrics::new();
+        let limits = Arc::new(crate::limits::Limits::new(
+            &config.limits,
+            metrics.connection_counter(),
+        ));
         Ok(Arc::new(App {
             audit_key: audit_key(&root)?,
             config,
@@ -306,9 +370,11 @@ impl App {
             policies: ArcSwap::from_pointee(policies),
             audit,
             token_key,
-            metrics: Metrics::new(),
+            metrics,
             public_url,
             dev,
+            limits,
+            refusals: crate::audit::RefusalTally::new(),
         }))
     }
 

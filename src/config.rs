@@ -68,6 +68,134 @@ pub struct Config {
     /// How often the sweeper runs.
     #[serde(default = "default_sweep", with = "humantime_serde_compat")]
     pub sweep_interval: Duration,
+    /// Rate limits, connection caps and timeouts.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// A token-bucket rate: `per_second` sustained, `burst` at once (`per_second` when unset).
+/// `per_second = 0` turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests per second, sustained (0: no limit).
+    pub per_second: u32,
+    /// Requests allowed at once before the rate applies.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl Rate {
+    const fn new(per_second: u32, burst: u32) -> Rate {
+        Rate {
+            per_second,
+            burst: Some(burst),
+        }
+    }
+}
+
+/// `[limits]`: what one source, one token subject and everyone together may ask for, how many
+/// connections may be open, and how long a connection may stay silent. The defaults suit a
+/// CI fleet behind one NAT address on a small host; raise the global rates on a larger one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Exchanges per source address (IPv6: per /64).
+    pub exchange_per_ip: Rate,
+    /// Exchanges per verified token subject (issuer and `sub`).
+    pub exchange_per_subject: Rate,
+    /// Exchanges of all callers together.
+    pub exchange_global: Rate,
+    /// Secret reads per source address.
+    pub read_per_ip: Rate,
+    /// Secret reads per broker token subject.
+    pub read_per_subject: Rate,
+    /// Secret reads of all callers together.
+    pub read_global: Rate,
+    /// Admin calls per source address.
+    pub admin_per_ip: Rate,
+    /// Admin calls per client certificate.
+    pub admin_per_subject: Rate,
+    /// Admin calls of all callers together.
+    pub admin_global: Rate,
+    /// Open connections, all listeners together; further ones wait in the kernel's queue.
+    pub max_connections: usize,
+    /// Open connections per source address (IPv6: per /64); further ones are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Time allowed for the TLS handshake.
+    #[serde(with = "humantime_serde_compat")]
+    pub handshake_timeout: Duration,
+    /// Time allowed between the handshake and a request's first byte.
+    #[serde(with = "humantime_serde_compat")]
+    pub first_byte_timeout: Duration,
+    /// Time allowed to send a request's headers (HTTP/1.1).
+    #[serde(with = "humantime_serde_compat")]
+    pub header_timeout: Duration,
+    /// A connection with no request in flight and no bytes received for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// Time allowed for one request, body included.
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keep-alive pings.
+    #[serde(with = "humantime_serde_compat")]
+    pub http2_keep_alive_interval: Duration,
+    /// An HTTP/2 connection whose ping is not answered within this is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub http2_keep_alive_timeout: Duration,
+    /// Refusals of callers who proved no identity are audited as one record per source,
+    /// call and reason per interval, with a count.
+    #[serde(with = "humantime_serde_compat")]
+    pub refusal_audit_interval: Duration,
+}
+
+impl LimitsConfig {
+    /// The defaults with every rate limit off (benchmarks measure capacity, not limits).
+    #[must_use]
+    pub fn without_rates() -> LimitsConfig {
+        const OFF: Rate = Rate::new(0, 0);
+        LimitsConfig {
+            exchange_per_ip: OFF,
+            exchange_per_subject: OFF,
+            exchange_global: OFF,
+            read_per_ip: OFF,
+            read_per_subject: OFF,
+            read_global: OFF,
+            admin_per_ip: OFF,
+            admin_per_subject: OFF,
+            admin_global: OFF,
+            ..LimitsConfig::default()
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            exchange_per_ip: Rate::new(200, 1_000),
+            exchange_per_subject: Rate::new(50, 500),
+            exchange_global: Rate::new(3_000, 6_000),
+            read_per_ip: Rate::new(1_000, 4_000),
+            read_per_subject: Rate::new(200, 1_000),
+            read_global: Rate::new(30_000, 60_000),
+            admin_per_ip: Rate::new(20, 100),
+            admin_per_subject: Rate::new(20, 100),
+            admin_global: Rate::new(100, 200),
+            max_connections: 4_096,
+            max_connections_per_ip: 512,
+            handshake_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            http2_max_concurrent_streams: 128,
+            http2_keep_alive_interval: Duration::from_secs(30),
+            http2_keep_alive_timeout: Duration::from_secs(10),
+            refusal_audit_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[tls]`
@@ -161,6 +289,7 @@ impl std::fmt::Debug for Config {
             .field("audit", &self.audit)
             .field("issuer", &self.issuer)
             .field("postgres", &self.postgres)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -330,6 +459,78 @@ mod tests {
             url: "postgres://u:pw-secret@h/db".into(),
         };
         assert!(!format!("{t:?}").contains("pw-secret"));
+    }
+
+    #[test]
+    fn the_example_file_loads_and_shows_the_default_limits() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobpass.example.toml");
+        let cfg = Config::load_with_env(Some(&example), vec![]).unwrap();
+        let d = LimitsConfig::default();
+        let l = &cfg.limits;
+        assert_eq!(
+            [l.exchange_per_ip, l.exchange_per_subject, l.exchange_global],
+            [d.exchange_per_ip, d.exchange_per_subject, d.exchange_global]
+        );
+        assert_eq!(
+            [l.read_per_ip, l.read_per_subject, l.read_global],
+            [d.read_per_ip, d.read_per_subject, d.read_global]
+        );
+        assert_eq!(
+            [l.admin_per_ip, l.admin_per_subject, l.admin_global],
+            [d.admin_per_ip, d.admin_per_subject, d.admin_global]
+        );
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip),
+            (d.max_connections, d.max_connections_per_ip)
+        );
+        assert_eq!(
+            [
+                l.handshake_timeout,
+                l.first_byte_timeout,
+                l.header_timeout,
+                l.idle_timeout,
+                l.request_timeout,
+                l.http2_keep_alive_interval,
+                l.http2_keep_alive_timeout,
+                l.refusal_audit_interval
+            ],
+            [
+                d.handshake_timeout,
+                d.first_byte_timeout,
+                d.header_timeout,
+                d.idle_timeout,
+                d.request_timeout,
+                d.http2_keep_alive_interval,
+                d.http2_keep_alive_timeout,
+                d.refusal_audit_interval
+            ]
+        );
+        assert_eq!(
+            l.http2_max_concurrent_streams,
+            d.http2_max_concurrent_streams
+        );
+    }
+
+    #[test]
+    fn a_partial_limits_table_keeps_the_other_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "[limits]\nexchange_per_ip = { per_second = 5 }\nidle_timeout = \"5s\"\n",
+        );
+        let cfg = Config::load_with_env(
+            Some(&p),
+            vec![("JOBPASS_LIMITS__READ_GLOBAL__PER_SECOND".into(), "0".into())],
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.exchange_per_ip.per_second, 5);
+        assert_eq!(cfg.limits.exchange_per_ip.burst, None);
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.limits.read_global.per_second, 0);
+        assert_eq!(
+            cfg.limits.max_connections,
+            LimitsConfig::default().max_connections
+        );
     }
 
     #[test]

@@ -148,6 +148,7 @@ pub fn prepare(
             .collect(),
         postgres: Default::default(),
         vault_compat_listen: None,
+        limits: crate::config::LimitsConfig::default(),
         lease_retention: std::time::Duration::from_secs(24 * 3600),
         sweep_interval: std::time::Duration::from_secs(60),
     };

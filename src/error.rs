@@ -15,6 +15,7 @@ use crate::grants::{GrantError, PresentedError};
 use crate::keys::KeysError;
 use crate::leases::list::ListError;
 use crate::leases::revoke::RevokeError;
+use crate::limits::Limited;
 use crate::mint::MintError;
 use crate::oidc::OidcError;
 use crate::reason::NoReason;
@@ -45,9 +46,9 @@ pub enum ApiError {
     /// 409 `token_replayed`.
     #[error("this token was already exchanged")]
     Replayed,
-    /// 429 `rate_limited`.
-    #[error("too many requests; retry later")]
-    RateLimited,
+    /// 429 `rate_limited`, with `Retry-After`.
+    #[error("{0}")]
+    RateLimited(Limited),
     /// 503 `unavailable`: the store, the audit log or an issuer failed; nothing was minted.
     #[error("{0}")]
     Unavailable(String),
@@ -64,7 +65,7 @@ impl ApiError {
             ApiError::Frozen(_) => (StatusCode::FORBIDDEN, "environment_frozen"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Replayed => (StatusCode::CONFLICT, "token_replayed"),
-            ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
@@ -89,6 +90,12 @@ impl IntoResponse for ApiError {
             axum::Json(json!({"error": code, "message": self.to_string()})),
         )
             .into_response();
+        if let ApiError::RateLimited(limited) = &self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(limited.retry_after_secs),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -104,7 +111,9 @@ impl From<&ExchangeError> for ApiError {
     /// exchange) and answered with a generic 503.
     fn from(e: &ExchangeError) -> Self {
         match e {
-            ExchangeError::UnknownEnvironment(_)
+            ExchangeError::RateLimited(l) => ApiError::RateLimited(*l),
+            ExchangeError::InvalidName(_)
+            | ExchangeError::UnknownEnvironment(_)
             | ExchangeError::NoRole
             | ExchangeError::UnknownRole { .. } => ApiError::InvalidRequest(e.to_string()),
             ExchangeError::Token(oidc) => {
@@ -125,6 +134,12 @@ impl From<&ExchangeError> for ApiError {
             ExchangeError::Abandoned => ApiError::Unavailable(e.to_string()),
             ExchangeError::Internal(why) => ApiError::unavailable("the exchange", why),
         }
+    }
+}
+
+impl From<Limited> for ApiError {
+    fn from(l: Limited) -> Self {
+        ApiError::RateLimited(l)
     }
 }
 
@@ -159,9 +174,10 @@ impl From<&SecretError> for ApiError {
     /// Server-side causes are logged here, once, and answered with a generic 503.
     fn from(e: &SecretError) -> Self {
         match e {
-            SecretError::InvalidPath | SecretError::InvalidData => {
-                ApiError::InvalidRequest(e.to_string())
-            }
+            SecretError::InvalidPath
+            | SecretError::InvalidData
+            | SecretError::InvalidEnvironmentName => ApiError::InvalidRequest(e.to_string()),
+            SecretError::RateLimited(l) => ApiError::RateLimited(*l),
             SecretError::UnknownEnvironment(_)
             | SecretError::NotFound(_)
             | SecretError::NoVersion { .. } => ApiError::NotFound(e.to_string()),

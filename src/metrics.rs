@@ -12,12 +12,27 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
+/// Connections closed by the broker on its own, by reason (a handle to the registered metric).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionCounter(Family<Labels, Counter>);
+
+impl ConnectionCounter {
+    /// Counts one (`per_ip_cap`, `handshake`, `silent`).
+    pub fn inc(&self, reason: &str) {
+        self.0
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc();
+    }
+}
+
 /// The broker's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
     exchanges: Family<Labels, Counter>,
     denials: Family<Labels, Counter>,
     secret_reads: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
+    connections_refused: Family<Labels, Counter>,
     latency: Histogram,
 }
 
@@ -34,6 +49,8 @@ impl Metrics {
         let exchanges = Family::<Labels, Counter>::default();
         let denials = Family::<Labels, Counter>::default();
         let secret_reads = Family::<Labels, Counter>::default();
+        let rate_limited = Family::<Labels, Counter>::default();
+        let connections_refused = Family::<Labels, Counter>::default();
         let latency = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ]);
@@ -49,6 +66,16 @@ impl Metrics {
             secret_reads.clone(),
         );
         registry.register(
+            "rate_limited",
+            "Calls refused with 429, by class of call and the limit that refused them",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the broker closed on its own, by reason",
+            connections_refused.clone(),
+        );
+        registry.register(
             "exchange_duration_seconds",
             "Time to answer an exchange",
             latency.clone(),
@@ -58,6 +85,8 @@ impl Metrics {
             exchanges,
             denials,
             secret_reads,
+            rate_limited,
+            connections_refused,
             latency,
         }
     }
@@ -67,6 +96,22 @@ impl Metrics {
         self.exchanges
             .get_or_create(&vec![("outcome".into(), outcome.into())])
             .inc();
+    }
+
+    /// Counts a call refused by a rate limit.
+    pub fn rate_limited(&self, limited: &crate::limits::Limited) {
+        self.rate_limited
+            .get_or_create(&vec![
+                ("class".into(), limited.class.name().into()),
+                ("scope".into(), limited.scope.name().into()),
+            ])
+            .inc();
+    }
+
+    /// The counter of connections the accept loop closes on its own, for the listeners.
+    #[must_use]
+    pub fn connection_counter(&self) -> ConnectionCounter {
+        ConnectionCounter(self.connections_refused.clone())
     }
 
     /// Counts a policy denial by claim name.

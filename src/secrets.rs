@@ -62,6 +62,12 @@ pub enum SecretError {
     /// The path is not a [`SecretPath`].
     #[error("a secret path is segments of letters, digits and -_.@+= separated by single slashes")]
     InvalidPath,
+    /// The environment asked for is not a name (never echoed).
+    #[error("an environment name is {rule}", rule = crate::names::NAME_RULE)]
+    InvalidEnvironmentName,
+    /// The caller is over a rate limit.
+    #[error("{0}")]
+    RateLimited(crate::limits::Limited),
     /// A write's data is not a non-empty object of string fields.
     #[error("`data` must be a non-empty object of string fields")]
     InvalidData,
@@ -140,15 +146,30 @@ impl App {
         version: Option<i64>,
         token: Option<SecretString>,
         token_header: &str,
+        source: Option<std::net::IpAddr>,
     ) -> Result<SecretRead, ApiError> {
+        // Names first: nothing longer than a short identifier or a bounded path is recorded.
+        let path = match (crate::names::is_name(env), SecretPath::parse(path)) {
+            (true, Ok(path)) => path,
+            (false, _) => {
+                return Err(self.refused_read(source, &SecretError::InvalidEnvironmentName));
+            }
+            (true, Err(e)) => return Err(self.refused_read(source, &e)),
+        };
         let mut ev = AuditEvent::new("secret_read", Outcome::Denied);
         ev.environment = Some(env.to_string());
         ev.details
-            .insert("path".into(), Value::String(path.to_string()));
+            .insert("path".into(), Value::String(path.as_str().to_string()));
         let result = self
-            .read_secret_with(env, path, version, token, token_header, &mut ev)
-            .await
-            .map_err(|e| ApiError::from(&e));
+            .read_secret_with(env, &path, version, token, token_header, &mut ev)
+            .await;
+        // A read by no live token, or over a rate, is counted, not written line by line.
+        if let Err(e) = &result
+            && (ev.lease_id.is_none() || matches!(e, SecretError::RateLimited(_)))
+        {
+            return Err(self.refused_read(source, e));
+        }
+        let result = result.map_err(|e| ApiError::from(&e));
         match &result {
             Ok(_) => {
                 ev.outcome = Outcome::Success;
@@ -163,10 +184,19 @@ impl App {
         result
     }
 
+    /// The answer to a read refused before (or without) a live token: counted into the
+    /// aggregate refusal records.
+    fn refused_read(&self, source: Option<std::net::IpAddr>, e: &SecretError) -> ApiError {
+        let answer = ApiError::from(e);
+        self.metrics.secret_read(answer.code());
+        self.note_refusal(source, "secret_read", &answer);
+        answer
+    }
+
     async fn read_secret_with(
         &self,
         env: &str,
-        path: &str,
+        path: &SecretPath,
         version: Option<i64>,
         token: Option<SecretString>,
         token_header: &str,
@@ -180,12 +210,21 @@ impl App {
             token.expose_secret(),
         ));
         let digest = token_digest(&self.token_key, token.expose_secret());
-        let found = self.store.token_secret(&digest, env, path, version).await?;
+        let found = self
+            .store
+            .token_secret(&digest, env, path.as_str(), version)
+            .await?;
         let (grant, secret) = self.check_live(found)?;
         ev.actor = grant_actor(&grant);
-        let path = SecretPath::parse(path)?;
         ev.role = Some(grant.role.clone());
         ev.lease_id = Some(grant.lease_id.clone());
+        self.limits
+            .rates
+            .check_subject(
+                crate::limits::Class::Read,
+                &format!("{}\u{0}{}", grant.issuer, grant.subject),
+            )
+            .map_err(SecretError::RateLimited)?;
         if grant.env != env || !grant.scope.iter().any(|g| glob_match(g, path.as_str())) {
             return Err(SecretError::OutOfScope {
                 env: env.to_string(),

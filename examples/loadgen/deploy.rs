@@ -137,6 +137,15 @@ root_key_file = {root}
 [audit]
 file = {audit}
 
+[limits]
+# Capacity is measured here, not the limits: every rate limit is off.
+exchange_per_ip = {{ per_second = 0 }}
+exchange_per_subject = {{ per_second = 0 }}
+exchange_global = {{ per_second = 0 }}
+read_per_ip = {{ per_second = 0 }}
+read_per_subject = {{ per_second = 0 }}
+read_global = {{ per_second = 0 }}
+
 [[issuer]]
 url = {issuer}
 allow_http = true

@@ -43,6 +43,7 @@ mod chain;
 mod event;
 mod log;
 mod mask;
+pub mod refusals;
 mod verify;
 
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub use chain::genesis;
 pub use event::{Actor, AuditEvent, Outcome};
 pub use log::AuditLog;
 pub use mask::{AuditKey, FINGERPRINT_PREFIX, MaskedCredential, fingerprint, mask};
+pub use refusals::RefusalTally;
 pub use verify::{VerifyReport, find, verify};
 
 /// Errors of the audit log. None of them carries a secret value.

@@ -89,6 +89,7 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
                 crate::http::vault::router(app.clone()),
                 addr,
                 tls.clone(),
+                app.limits(),
             )
             .await?,
         ),
@@ -97,6 +98,7 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
     crate::policy::reload::spawn(app.clone());
     crate::leases::sweeper::spawn(app.clone());
     crate::leases::teardown::spawn(app.clone());
+    crate::limits::upkeep::spawn(app.clone());
     tracing::info!(addr = %running.addr, "jobpass listening");
     if let Some((data_dir, issuer)) = &dev {
         print_dev_banner(data_dir, &app.public_url, issuer);
@@ -111,6 +113,8 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
     if let Some(v) = vault {
         v.shutdown().await;
     }
+    // The refusals counted since the last interval are on record before the process ends.
+    drop(app.flush_refusals().await);
     // Exchanges already queued are committed (or refused) before the process ends.
     app.ledger.stop().await;
     Ok(())

@@ -25,6 +25,7 @@ pub struct ExchangeAudit {
     base: AuditEvent,
     jti: Option<String>,
     lease: Option<LeaseFacts>,
+    verified: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -35,22 +36,22 @@ struct LeaseFacts {
 }
 
 impl ExchangeAudit {
-    /// The record of an exchange asked for `environment` / `role` under `policy_version`.
+    /// The record of an exchange decided under `policy_version`.
     #[must_use]
-    pub fn new(environment: &str, role: Option<&str>, policy_version: &str) -> Self {
+    pub fn new(policy_version: &str) -> Self {
         let mut base = AuditEvent::new("exchange", Outcome::Denied);
-        base.environment = Some(environment.to_string());
-        base.role = role.map(str::to_string);
         base.policy_version = Some(policy_version.to_string());
         Self {
             base,
             jti: None,
             lease: None,
+            verified: false,
         }
     }
 
-    /// The role resolved (the default role when none was asked for).
-    pub fn role(&mut self, role: &str) {
+    /// The environment and role resolved (the default role when none was asked for).
+    pub fn resolved(&mut self, environment: &str, role: &str) {
+        self.base.environment = Some(environment.to_string());
         self.base.role = Some(role.to_string());
     }
 
@@ -58,6 +59,13 @@ impl ExchangeAudit {
     pub fn token(&mut self, actor: crate::audit::Actor, jti: Option<&str>) {
         self.base.actor = actor;
         self.jti = jti.map(str::to_string);
+        self.verified = true;
+    }
+
+    /// Whether the source token was verified (the caller proved an identity).
+    #[must_use]
+    pub fn verified(&self) -> bool {
+        self.verified
     }
 
     /// The lease about to be committed, with its credentials masked.

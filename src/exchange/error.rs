@@ -12,6 +12,12 @@ use crate::store::StoreError;
 /// Why an exchange issued nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
+    /// resolve: the environment or role asked for is not a name (never echoed).
+    #[error("`{0}` must be {rule}", rule = crate::names::NAME_RULE)]
+    InvalidName(&'static str),
+    /// verify: the caller's source address or token subject is over its rate.
+    #[error("{0}")]
+    RateLimited(crate::limits::Limited),
     /// resolve: the environment does not exist.
     #[error("unknown environment `{0}`")]
     UnknownEnvironment(String),

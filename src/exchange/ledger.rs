@@ -566,7 +566,8 @@ mod tests {
     /// An exchange of `env` whose token has single-use key `token`, minting one credential.
     fn entry(env: &str, n: u8, token: u8) -> Entry {
         let lease_id = format!("lse_{n:04}");
-        let mut audit = ExchangeAudit::new(env, Some("ci"), "pv1");
+        let mut audit = ExchangeAudit::new("pv1");
+        audit.resolved(env, "ci");
         let key = AuditKey::from_bytes([7; 32]);
         audit.lease(
             &lease_id,

@@ -46,6 +46,8 @@ pub struct ExchangeRequest {
     pub environment: String,
     /// Role asked for (None: the environment's default role).
     pub role: Option<String>,
+    /// The caller's address (the TCP peer), for rate limits and refusal counts.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// A successful exchange.
@@ -207,11 +209,20 @@ impl From<ExchangeError> for Refusal {
     }
 }
 
-/// resolve: the environment and role asked for.
+/// resolve: the environment and role asked for. Names are checked first, so that nothing
+/// longer than a short identifier is ever echoed or recorded.
 fn resolve<'p>(
     policies: &'p PolicySet,
     req: &ExchangeRequest,
 ) -> Result<(&'p Environment, String), ExchangeError> {
+    if !crate::names::is_name(&req.environment) {
+        return Err(ExchangeError::InvalidName("environment"));
+    }
+    if let Some(role) = req.role.as_deref().filter(|r| !r.is_empty())
+        && !crate::names::is_name(role)
+    {
+        return Err(ExchangeError::InvalidName("role"));
+    }
     let env = policies
         .environment(&req.environment)
         .ok_or_else(|| ExchangeError::UnknownEnvironment(req.environment.clone()))?;
@@ -242,12 +253,13 @@ impl App {
             .map_err(|e| crate::error::ApiError::unavailable("the exchange task", &e))?
     }
 
-    /// Runs one exchange end to end: every outcome is audited exactly once.
+    /// Runs one exchange end to end: every outcome is audited exactly once — on its own line
+    /// once the token is verified, else counted into the aggregate refusal records
+    /// ([`App::note_refusal`]), as is every rate-limited exchange.
     pub async fn exchange(&self, req: ExchangeRequest) -> Result<Issued, crate::error::ApiError> {
         let started = tokio::time::Instant::now();
         let policies = self.policies.load_full();
-        let mut audit =
-            ExchangeAudit::new(&req.environment, req.role.as_deref(), policies.version());
+        let mut audit = ExchangeAudit::new(policies.version());
         let outcome = self.pipeline(&req, &policies, &mut audit).await;
         let result = match outcome {
             Ok(issued) => {
@@ -262,7 +274,9 @@ impl App {
                 }
                 let answer = crate::error::ApiError::from(&error);
                 self.metrics.exchange(answer.code());
-                if !recorded {
+                if !audit.verified() || matches!(error, ExchangeError::RateLimited(_)) {
+                    self.note_refusal(req.source, "exchange", &answer);
+                } else if !recorded {
                     let record = audit.record(&Verdict::Refused(&error, &answer));
                     if let Err(e) = self.audit.append(record).await {
                         tracing::error!(error = %e, "audit log write failed for a refused exchange");
@@ -287,11 +301,18 @@ impl App {
     ) -> Result<Issued, Refusal> {
         // resolve (before verifying, so unknown roles cost nothing)
         let (env, role_name) = resolve(policies, req)?;
-        audit.role(&role_name);
+        audit.resolved(&env.name, &role_name);
 
         // verify
         let verified = self.verify(env, &req.token).await?;
         audit.token(token_actor(&verified), verified.jti.as_deref());
+        self.limits
+            .rates
+            .check_subject(
+                crate::limits::Class::Exchange,
+                &format!("{}\u{0}{}", verified.issuer, verified.subject),
+            )
+            .map_err(ExchangeError::RateLimited)?;
         let replay = replay_key(&verified, req.token.expose_secret());
 
         // decide: a refused token still learns first whether it was replayed or the

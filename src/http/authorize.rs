@@ -8,9 +8,14 @@
 //!   certificate (from the admin CA) carries one of `C::ROLES`;
 //! - the check runs before the path, query or body of the request is read, so a caller
 //!   without the role learns nothing from how its input would have been parsed;
-//! - every refusal is one audit record (`admin_call`, `denied`, with the call's name and, when
-//!   the route names one, its environment); when that record cannot be written the caller gets
-//!   503 instead of 403;
+//! - a caller with an admin identity whose role may not make the call is refused with one audit
+//!   record (`admin_call`, `denied`, with the call's name and, when the route names a valid
+//!   environment, that environment); when that record cannot be written the caller gets 503
+//!   instead of 403;
+//! - a caller without an admin identity, or over its certificate's admin rate
+//!   (`[limits] admin_per_subject`), is counted into the aggregate `refusals` records (one per
+//!   source, call and answer per interval): anyone can send such requests, so they never
+//!   cost a line each;
 //! - an authorized call carries its audit record ([`Authorized::ev`], actor filled in) for the
 //!   domain function to complete and write.
 
@@ -92,21 +97,11 @@ impl<C: AdminCall> FromRequestParts<Arc<App>> for Authorized<C> {
         let conn = parts.extensions.get::<ConnInfo>().cloned();
         // The environment of the route, for the record (a refusal included). Read as text
         // only: nothing else of the request is looked at before the role check.
-        let env = RawPathParams::from_request_parts(parts, app)
-            .await
-            .ok()
-            .and_then(|p| {
-                p.iter()
-                    .find(|(name, _)| *name == "env")
-                    .map(|(_, v)| v.to_string())
-            });
-        let mut ev = AuditEvent::new("admin_call", Outcome::Denied);
-        ev.environment = env;
-        ev.details
-            .insert("call".into(), Value::String(C::NAME.into()));
+        let source = conn.as_ref().map(|c| c.peer.ip());
         let id = match conn.as_ref().and_then(|c| c.admin.clone()) {
             Some(id) => id,
             None => {
+                // No identity proved: counted into the aggregate refusal records.
                 let with_cert = conn.as_ref().is_some_and(|c| c.client_cert);
                 let err = ApiError::AccessDenied(if with_cert {
                     "the client certificate carries no admin role (OU=admin|security|auditor)"
@@ -114,9 +109,35 @@ impl<C: AdminCall> FromRequestParts<Arc<App>> for Authorized<C> {
                 } else {
                     "an admin client certificate is required".into()
                 });
-                return Err(refused(app, ev, err).await);
+                app.note_refusal(source, C::NAME, &err);
+                return Err(err);
             }
         };
+        if let Err(limited) = app
+            .limits
+            .rates
+            .check_subject(crate::limits::Class::Admin, &id.common_name)
+        {
+            let err = ApiError::RateLimited(limited);
+            app.note_refusal(source, C::NAME, &err);
+            return Err(err);
+        }
+        // The environment of the route, for the record (a refusal included). Read as text
+        // only, and only if it is a name: nothing else of the request is looked at before
+        // the role check.
+        let env = RawPathParams::from_request_parts(parts, app)
+            .await
+            .ok()
+            .and_then(|p| {
+                p.iter()
+                    .find(|(name, _)| *name == "env")
+                    .map(|(_, v)| v.to_string())
+            })
+            .filter(|env| crate::names::is_name(env));
+        let mut ev = AuditEvent::new("admin_call", Outcome::Denied);
+        ev.environment = env;
+        ev.details
+            .insert("call".into(), Value::String(C::NAME.into()));
         ev.actor = actor(&id);
         if !C::ROLES.contains(&id.role) {
             let err = ApiError::AccessDenied(format!(

@@ -5,6 +5,8 @@
 pub mod admin;
 pub mod authorize;
 pub mod body;
+pub mod conn;
+pub mod limit;
 pub mod routes;
 pub mod server;
 pub mod vault;

@@ -18,16 +18,19 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::exchange::ExchangeRequest;
 use crate::grants::grant_actor;
+use crate::limits::Class;
 use crate::store::Selector;
 
 /// The whole router (public, admin and, in dev mode, the dev issuer).
 pub fn router(app: Arc<App>) -> Router {
-    let mut r = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let by_source =
+        |class| axum::middleware::from_fn_with_state((app.clone(), class), super::limit::by_source);
+    let exchanges = Router::new()
         .route("/v1/exchange", post(exchange))
         .route("/v1/oauth/token", post(oauth_token))
+        .route_layer(by_source(Class::Exchange));
+    let admin = super::admin::router().route_layer(by_source(Class::Admin));
+    let reads = Router::new()
         .route("/v1/secrets/{env}/{*path}", get(read_secret))
         .route("/v1/revoke/self", post(revoke_self))
         .route("/v1/envs/{env}", get(env_info))
@@ -41,7 +44,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/envs/{env}/crl.pem", get(env_crl))
         .route("/v1/oauth/revoke", post(oauth_revoke))
         .route("/v1/oauth/introspect", post(oauth_introspect))
-        .nest("/v1/admin", super::admin::router());
+        .route_layer(by_source(Class::Read));
+    let mut r = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(exchanges)
+        .merge(reads)
+        .nest("/v1/admin", admin);
     if app.dev.is_some() {
         r = r
             .route(
@@ -101,6 +111,7 @@ struct ExchangeBody {
 
 async fn exchange(
     State(app): State<Arc<App>>,
+    Extension(conn): Extension<super::ConnInfo>,
     JsonBody(body): JsonBody<ExchangeBody>,
 ) -> Result<Json<Value>, ApiError> {
     let issued = app
@@ -108,6 +119,7 @@ async fn exchange(
             token: body.token,
             environment: body.environment,
             role: body.role,
+            source: Some(conn.peer.ip()),
         })
         .await?;
     Ok(Json(issued.to_json()))
@@ -126,6 +138,7 @@ fn form_get<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
 /// `token` credential.
 async fn oauth_token(
     State(app): State<Arc<App>>,
+    Extension(conn): Extension<super::ConnInfo>,
     FormBody(form): FormBody,
 ) -> Result<Json<Value>, ApiError> {
     if form_get(&form, "grant_type") != Some(TOKEN_EXCHANGE) {
@@ -150,6 +163,7 @@ async fn oauth_token(
             token: SecretString::from(token.to_string()),
             environment: env.to_string(),
             role: form_get(&form, "scope").map(str::to_string),
+            source: Some(conn.peer.ip()),
         })
         .await?;
     let now = app.clock.unix();
@@ -175,13 +189,21 @@ async fn oauth_token(
 
 async fn read_secret(
     State(app): State<Arc<App>>,
+    Extension(conn): Extension<super::ConnInfo>,
     token: Option<BearerToken>,
     Path((env, path)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    // A missing or dead token is the read's own refusal, on record like every read.
+    // A missing or dead token is the read's own refusal, counted like every refused read.
     let token = token.map(|BearerToken(t)| t);
     let read = app
-        .read_secret(&env, &path, None, token, "Authorization: Bearer")
+        .read_secret(
+            &env,
+            &path,
+            None,
+            token,
+            "Authorization: Bearer",
+            Some(conn.peer.ip()),
+        )
         .await?;
     Ok(Json(
         json!({"path": read.path, "version": read.version, "data": read.data}),
@@ -251,9 +273,7 @@ async fn env_revoked(
     State(app): State<Arc<App>>,
     Path(env): Path<String>,
 ) -> Result<Response, ApiError> {
-    if app.policies.load().environment(&env).is_none() {
-        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
-    }
+    known_env(&app, &env)?;
     // Listed until they expire plus the leeway verifiers commonly allow.
     let leeway = i64::try_from(app.config.leeway.as_secs()).unwrap_or(0);
     let list = app
@@ -271,6 +291,21 @@ async fn env_revoked(
         .into_response())
 }
 
+/// An environment of the policies in force; a name that is not one is refused without being
+/// echoed.
+fn known_env(app: &App, env: &str) -> Result<(), ApiError> {
+    if !crate::names::is_name(env) {
+        return Err(ApiError::InvalidRequest(format!(
+            "an environment name is {}",
+            crate::names::NAME_RULE
+        )));
+    }
+    if app.policies.load().environment(env).is_none() {
+        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
+    }
+    Ok(())
+}
+
 fn pem(body: String) -> Response {
     (
         [
@@ -284,9 +319,7 @@ fn pem(body: String) -> Response {
 
 /// The CA of a known environment (created on first use).
 async fn known_env_ca(app: &App, env: &str) -> Result<Arc<crate::mint::x509::EnvCa>, ApiError> {
-    if app.policies.load().environment(env).is_none() {
-        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
-    }
+    known_env(app, env)?;
     app.keyring.prepare(env).await?;
     Ok(app.cas.for_env(env).await?)
 }
@@ -324,6 +357,7 @@ async fn env_info(
     State(app): State<Arc<App>>,
     Path(env): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    known_env(&app, &env)?;
     let policies = app.policies.load();
     let e = policies
         .environment(&env)
@@ -340,9 +374,7 @@ async fn env_discovery(
     State(app): State<Arc<App>>,
     Path(env): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if app.policies.load().environment(&env).is_none() {
-        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
-    }
+    known_env(&app, &env)?;
     let iss = app.env_issuer(&env);
     Ok(Json(json!({
         "issuer": iss,
@@ -358,9 +390,7 @@ async fn env_jwks(
     State(app): State<Arc<App>>,
     Path(env): Path<String>,
 ) -> Result<Response, ApiError> {
-    if app.policies.load().environment(&env).is_none() {
-        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
-    }
+    known_env(&app, &env)?;
     let signer = app.signers.for_env(&env).await?;
     Ok((
         [(header::CACHE_CONTROL, "public, max-age=300")],

@@ -29,8 +29,9 @@
 //! globs).
 //!
 //! A successful login is audited as the ordinary `exchange` record (the same one as
-//! `POST /v1/exchange`); a login refused because its role has no `token` grant is audited as a
-//! denied `exchange` with `details.api = "vault"`.
+//! `POST /v1/exchange`); a login refused because its role has no `token` grant is refused
+//! before its token is verified, so it is counted into the aggregate `refusals` records like
+//! every refusal of a caller who proved no identity.
 //!
 //! Errors are Vault's shape, `{"errors": ["…"]}` with `Content-Type: application/json`, and
 //! keep the native statuses, except: a missing, unknown, expired or revoked token answers 403
@@ -42,7 +43,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -53,11 +54,11 @@ use serde_json::{Value, json};
 use super::authorize::bearer;
 use super::body::{describe_json_error, read_limited};
 use crate::app::App;
-use crate::audit::{AuditEvent, Outcome};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::exchange::ExchangeRequest;
 use crate::grants::grant_actor;
+use crate::limits::Class;
 use crate::store::{Selector, TokenGrant};
 
 /// The header Vault clients send their token in.
@@ -65,9 +66,13 @@ const VAULT_TOKEN: &str = "x-vault-token";
 
 /// The Vault-compatible routes.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/sys/health", get(health))
+    let by_source = |class| {
+        axum::middleware::from_fn_with_state((app.clone(), class), super::limit::by_source_vault)
+    };
+    let logins = Router::new()
         .route("/v1/auth/{mount}/login", post(login).put(login))
+        .route_layer(by_source(Class::Exchange));
+    let reads = Router::new()
         .route(
             "/v1/auth/token/lookup-self",
             get(lookup_self).post(lookup_self),
@@ -77,6 +82,11 @@ pub fn router(app: Arc<App>) -> Router {
             post(revoke_self).put(revoke_self),
         )
         .route("/v1/{mount}/{*path}", get(kv_read))
+        .route_layer(by_source(Class::Read));
+    Router::new()
+        .route("/v1/sys/health", get(health))
+        .merge(logins)
+        .merge(reads)
         .fallback(not_found)
         .method_not_allowed_fallback(unsupported_operation)
         .layer(axum::middleware::map_response(no_store))
@@ -88,6 +98,7 @@ pub fn router(app: Arc<App>) -> Router {
 pub struct VaultError {
     status: StatusCode,
     errors: Vec<String>,
+    retry_after: Option<u64>,
 }
 
 impl VaultError {
@@ -95,6 +106,7 @@ impl VaultError {
         Self {
             status,
             errors: vec![message.into()],
+            retry_after: None,
         }
     }
 
@@ -103,6 +115,7 @@ impl VaultError {
         Self {
             status: StatusCode::FORBIDDEN,
             errors: vec!["permission denied".into(), reason],
+            retry_after: None,
         }
     }
 
@@ -124,6 +137,13 @@ impl From<ApiError> for VaultError {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::InvalidToken(m) | ApiError::AccessDenied(m) => Self::permission_denied(m),
+            ApiError::RateLimited(l) => Self {
+                retry_after: Some(l.retry_after_secs),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ApiError::RateLimited(l).to_string(),
+                )
+            },
             other => {
                 let (status, _) = other.status_and_code();
                 Self::new(status, other.to_string())
@@ -134,7 +154,12 @@ impl From<ApiError> for VaultError {
 
 impl IntoResponse for VaultError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"errors": self.errors}))).into_response()
+        let mut resp = (self.status, axum::Json(json!({"errors": self.errors}))).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -259,6 +284,10 @@ async fn login(
 ) -> Result<Response, VaultError> {
     // The body is JSON whatever the Content-Type says; headers (a stale X-Vault-Token, an
     // empty X-Vault-Namespace) play no part in a login.
+    let source = req
+        .extensions()
+        .get::<super::ConnInfo>()
+        .map(|c| c.peer.ip());
     let bytes = read_limited(req, app.config.max_body_bytes).await?;
     let body: LoginBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         LoginBody::default()
@@ -271,13 +300,14 @@ async fn login(
         .filter(|j| !j.expose_secret().trim().is_empty())
         .ok_or_else(|| VaultError::new(StatusCode::BAD_REQUEST, "missing jwt"))?;
     let role = body.role.filter(|r| !r.trim().is_empty());
-    refuse_role_without_token(&app, &mount, role.as_deref()).await?;
+    refuse_role_without_token(&app, &mount, role.as_deref(), source)?;
 
     let issued = app
         .exchange_detached(ExchangeRequest {
             token: jwt,
             environment: mount.clone(),
             role,
+            source,
         })
         .await
         .map_err(VaultError::from_login)?;
@@ -327,12 +357,13 @@ fn no_token_grant(role: &str) -> VaultError {
 }
 
 /// Refuses, before anything is minted or the source token is spent, a login whose role has no
-/// `token` grant (audited as a denied exchange). Unknown environments and roles are left to
-/// the exchange, which refuses and audits them.
-async fn refuse_role_without_token(
+/// `token` grant. The caller has proved nothing yet, so the refusal is counted into the
+/// aggregate refusal records. Unknown environments and roles are left to the exchange.
+fn refuse_role_without_token(
     app: &App,
     env: &str,
     role: Option<&str>,
+    source: Option<std::net::IpAddr>,
 ) -> Result<(), VaultError> {
     let policies = app.policies.load_full();
     let Some(environment) = policies.environment(env) else {
@@ -348,17 +379,8 @@ async fn refuse_role_without_token(
         return Ok(());
     }
     let err = no_token_grant(name);
-    let mut ev = AuditEvent::new("exchange", Outcome::Denied);
-    ev.environment = Some(env.to_string());
-    ev.role = Some(name.to_string());
-    ev.policy_version = Some(policies.version().to_string());
-    ev.reason = err.errors.first().cloned();
-    ev.details
-        .insert("error".into(), Value::String("invalid_request".into()));
-    ev.details
-        .insert("api".into(), Value::String("vault".into()));
     app.metrics.exchange("invalid_request");
-    app.audit.append(ev).await.map_err(ApiError::from)?;
+    app.note_refusal(source, "exchange", &ApiError::InvalidRequest(String::new()));
     Err(err)
 }
 
@@ -432,7 +454,9 @@ async fn kv_read(
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    Extension(conn): Extension<super::ConnInfo>,
 ) -> Result<Response, VaultError> {
+    let source = Some(conn.peer.ip());
     let Path((env, rest)) =
         path.map_err(|_| VaultError::new(StatusCode::BAD_REQUEST, "invalid path encoding"))?;
     if env == "sys" || env == "auth" {
@@ -460,7 +484,7 @@ async fn kv_read(
                 }
             };
             let read = app
-                .read_secret(&env, path, version, token, "X-Vault-Token")
+                .read_secret(&env, path, version, token, "X-Vault-Token", source)
                 .await?;
             let data = json!({
                 "data": read.data,
@@ -476,7 +500,7 @@ async fn kv_read(
         }
         None => {
             let read = app
-                .read_secret(&env, &rest, None, token, "X-Vault-Token")
+                .read_secret(&env, &rest, None, token, "X-Vault-Token", source)
                 .await?;
             Ok(json_ok(envelope(read.data, Value::Null, "kv")?))
         }

@@ -146,7 +146,10 @@ fn environment(
     if !valid_name(name) {
         ctx.at(
             &env.name,
-            format!("environment name `{name}` must be made of A-Z a-z 0-9 . _ -"),
+            format!(
+                "environment name `{name}` must be {}",
+                crate::names::NAME_RULE
+            ),
         );
     } else if name != stem {
         ctx.at(
@@ -223,7 +226,7 @@ fn role(
     if !valid_name(&name) {
         ctx.at(
             &raw.name,
-            format!("role name `{name}` must be made of A-Z a-z 0-9 . _ -"),
+            format!("role name `{name}` must be {}", crate::names::NAME_RULE),
         );
     }
 
@@ -281,7 +284,7 @@ fn grant(ctx: &mut Ctx<'_>, raw: &RawGrant, check: &dyn ServerCapabilities) -> O
     if !valid_name(&name) {
         ctx.at(
             &raw.name,
-            format!("grant name `{name}` must be made of A-Z a-z 0-9 . _ -"),
+            format!("grant name `{name}` must be {}", crate::names::NAME_RULE),
         );
     }
 
@@ -550,10 +553,7 @@ fn duration(ctx: &mut Ctx<'_>, field: &str, text: &Spanned<String>) -> Option<Du
     }
 }
 
-/// Environment, role and grant names: `[A-Za-z0-9._-]+`.
+/// Environment, role and grant names ([`crate::names`]).
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    crate::names::is_name(name)
 }

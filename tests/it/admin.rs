@@ -96,12 +96,23 @@ async fn roles_are_enforced_and_refusals_audited() {
         )
         .await;
     assert_eq!(s, 403, "{v}");
+    // Certificate holders are refused on their own records; a caller without a certificate
+    // proved no identity and is counted into an aggregate record.
     let refusals: Vec<Value> = b
         .audit_records()
         .into_iter()
         .filter(|r| r["event"] == "admin_call" && r["outcome"] == "denied")
         .collect();
-    assert_eq!(refusals.len(), 3);
+    assert_eq!(refusals.len(), 2);
+    b.app.flush_refusals().await.unwrap();
+    let counted = b
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event"] == "refusals")
+        .expect("the refusal without a certificate, counted");
+    assert_eq!(counted["details"]["call"], "secrets.put", "{counted}");
+    assert_eq!(counted["details"]["answer"], "access_denied", "{counted}");
+    assert_eq!(counted["details"]["count"], 1, "{counted}");
     assert_eq!(refusals[0]["actor"]["role"], "auditor");
     assert!(refusals[0]["actor"]["subject"].as_str().is_some());
     assert_eq!(refusals[0]["environment"], "prod");
@@ -132,10 +143,10 @@ async fn roles_are_enforced_and_refusals_audited() {
         .into_iter()
         .filter(|r| r["event"] == "admin_call" && r["outcome"] == "denied")
         .collect();
-    assert_eq!(refusals.len(), 5);
-    assert_eq!(refusals[3]["details"]["call"], "revoke");
-    assert_eq!(refusals[4]["details"]["call"], "keys.destroy");
-    assert_eq!(refusals[4]["environment"], "prod");
+    assert_eq!(refusals.len(), 4);
+    assert_eq!(refusals[2]["details"]["call"], "revoke");
+    assert_eq!(refusals[3]["details"]["call"], "keys.destroy");
+    assert_eq!(refusals[3]["environment"], "prod");
     // The auditor may read leases.
     let (s, v) = b
         .request(

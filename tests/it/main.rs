@@ -23,6 +23,7 @@ mod dynamic;
 mod emergency;
 mod exchange;
 mod ledger;
+mod limits;
 mod oidc;
 mod pg_roles;
 mod refusals;
@@ -62,6 +63,7 @@ fn main() -> std::process::ExitCode {
         emergency::cases(),
         exchange::cases(),
         ledger::cases(),
+        limits::cases(),
         oidc::cases(),
         pg_roles::cases(),
         refusals::cases(),

@@ -12,6 +12,8 @@ async fn refused(b: &Broker, got: (u16, Value), status: u16, code: &str) {
     assert_eq!(v["error"], code, "{v}");
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     assert_eq!(b.lease_count().await, 0, "nothing stored");
+    // Refusals of callers without a verified token are counted, then written in aggregate.
+    b.app.flush_refusals().await.unwrap();
     let last = b.audit_records().pop().expect("an audit record");
     assert_eq!(last["outcome"], "denied", "{last}");
 }

@@ -82,9 +82,22 @@ async fn broker_token_reads_exactly_what_its_globs_allow() {
         .into_iter()
         .filter(|r| r["event"] == "secret_read")
         .collect();
-    assert_eq!(reads.len(), 7);
+    assert_eq!(
+        reads.len(),
+        5,
+        "reads without a live token are counted, not written"
+    );
     assert_eq!(reads[0]["outcome"], "success");
     assert_eq!(reads[2]["outcome"], "denied");
+    b.app.flush_refusals().await.unwrap();
+    let counted = b
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event"] == "refusals")
+        .expect("the reads without a live token, counted");
+    assert_eq!(counted["details"]["call"], "secret_read", "{counted}");
+    assert_eq!(counted["details"]["answer"], "invalid_token", "{counted}");
+    assert_eq!(counted["details"]["count"], 2, "{counted}");
 }
 
 async fn new_secret_version_is_read_and_old_values_stay_encrypted() {

@@ -317,7 +317,7 @@ async fn login_refusals_are_vault_shaped_errors() {
     assert_eq!(b.lease_count().await, 1);
 
     // A role without a `token` grant is refused before anything is minted or the source token
-    // is spent, and the refusal is audited.
+    // is spent; its caller has proved nothing yet, so the refusal is counted.
     let token = b.github_token();
     let a = post_login(&b, "pki", json!({"role": "mtls", "jwt": token})).await;
     assert_eq!(a.status, 400, "{}", a.text);
@@ -325,11 +325,14 @@ async fn login_refusals_are_vault_shaped_errors() {
     assert_eq!(b.lease_count().await, 1);
     let (s, v) = b.exchange(&token, "pki", Some("mtls")).await;
     assert_eq!(s, 200, "the source token was not spent: {v}");
+    b.app.flush_refusals().await.unwrap();
     let recs = b.audit_records();
-    assert!(recs.iter().any(|r| r["event"] == "exchange"
-        && r["outcome"] == "denied"
-        && r["environment"] == "pki"
-        && r["details"]["api"] == "vault"));
+    assert!(
+        recs.iter().any(|r| r["event"] == "refusals"
+            && r["details"]["call"] == "exchange"
+            && r["details"]["answer"] == "invalid_request"),
+        "{recs:?}"
+    );
 }
 
 async fn kv_reads_v2_and_v1_are_checked_and_audited_like_native_reads() {

@@ -104,6 +104,8 @@ pub struct Options {
     pub no_background: bool,
     /// Also serve the Vault-compatible router on its own TLS listener (`Broker.vault_url`).
     pub vault: bool,
+    /// More configuration, appended to the file (e.g. a `[limits]` table).
+    pub extra_config: String,
 }
 
 /// A fresh, empty PostgreSQL database for one broker when the running test runs on the
@@ -407,7 +409,9 @@ allow_http = true
 url = "{gl}"
 allow_http = true
 {postgres}
+{extra}
 "#,
+        extra = opts.extra_config,
         store = opts
             .store
             .clone()
@@ -499,6 +503,7 @@ impl Broker {
                 jobpass::http::vault::router(self.app.clone()),
                 "127.0.0.1:0".parse().unwrap(),
                 Some(tls.clone()),
+                self.app.limits(),
             )
             .await
             .unwrap();

@@ -1,0 +1,38 @@
+//! The names callers send: environment, role and grant names are short identifiers
+//! (`[A-Za-z0-9._-]`, 1 to [`MAX_NAME_LEN`] characters). Requests are checked against this
+//! before anything is audited or echoed, so a name can never carry more than a short,
+//! printable string into a record or an answer.
+
+/// Longest environment, role or grant name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// What a name must look like, for error messages.
+pub const NAME_RULE: &str = "1 to 64 characters of A-Z a-z 0-9 . _ -";
+
+/// Whether `name` is a valid environment, role or grant name.
+#[must_use]
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_short_identifiers() {
+        assert!(is_name("prod"));
+        assert!(is_name("deploy-web_2.x"));
+        assert!(is_name(&"a".repeat(MAX_NAME_LEN)));
+        assert!(!is_name(&"a".repeat(MAX_NAME_LEN + 1)));
+        assert!(!is_name(""));
+        assert!(!is_name("prod\n"));
+        assert!(!is_name("a b"));
+        assert!(!is_name("ünï"));
+        assert!(!is_name("a/b"));
+    }
+}
