@@ -184,7 +184,7 @@ async fn read_secret(
         .read_secret(&env, &path, None, token, "Authorization: Bearer")
         .await?;
     Ok(Json(
-        json!({"path": read.path, "version": read.version, "data": read.data}),
+        json!({"path": read.path, "version": read.version, "data": read.data.exposed()}),
     ))
 }
 
