@@ -77,7 +77,7 @@ async fn main() {
     let tls = jobpass::tls::server_config(
         config.tls.cert.as_ref().unwrap(),
         config.tls.key.as_ref().unwrap(),
-        config.tls.admin_client_ca.as_deref(),
+        jobpass::tls::AdminClientAuth::from_config(&config.tls, &SystemClock).unwrap(),
     )
     .unwrap();
     // JOBPASS_BENCH_STORE=postgres://… runs on a fresh PostgreSQL database instead of SQLite;

@@ -257,7 +257,7 @@ async fn run_size(size: usize, k: &Knobs) -> Row {
     let tls = jobpass::tls::server_config(
         config.tls.cert.as_ref().unwrap(),
         config.tls.key.as_ref().unwrap(),
-        config.tls.admin_client_ca.as_deref(),
+        jobpass::tls::AdminClientAuth::from_config(&config.tls, &SystemClock).unwrap(),
     )
     .unwrap();
     config.limits = jobpass::config::LimitsConfig::without_rates();

@@ -116,6 +116,8 @@ pub struct App {
     pub(crate) leader: tokio::sync::Mutex<Option<crate::store::LeaderLock>>,
     /// Source-token verifier.
     pub(crate) verifier: Verifier,
+    /// Verifier of admin client certificates (`tls.admin_client_ca`, `tls.crl`).
+    pub(crate) admin_client_auth: Option<Arc<crate::tls::AdminClientAuth>>,
     /// Current policy set (swapped atomically on reload).
     pub(crate) policies: ArcSwap<PolicySet>,
     /// The version of the policies in force, published after every reload that changed them
@@ -220,6 +222,13 @@ impl App {
         self.policy_version.subscribe()
     }
 
+    /// The verifier of admin client certificates, for the TLS server configuration (None
+    /// without `tls.admin_client_ca`).
+    #[must_use]
+    pub fn admin_client_auth(&self) -> Option<Arc<crate::tls::AdminClientAuth>> {
+        self.admin_client_auth.clone()
+    }
+
     /// A `[postgres.<name>]` target.
     #[must_use]
     pub fn pg_target(&self, name: &str) -> Option<&PgTarget> {
@@ -298,6 +307,9 @@ impl App {
     ) -> Result<Arc<App>, StartError> {
         let root = load_root_key(&config)?;
         let policies = load_policies(&config)?;
+        let admin_client_auth = crate::tls::AdminClientAuth::from_config(&config.tls, &*clock)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let admin_crl = admin_client_auth.as_ref().and_then(|a| a.crl_info());
         let store = Store::open(&config.store).await?;
         let keyring = Arc::new(Keyring::new(
             root.derive(Purpose::Wrap)?,
@@ -347,7 +359,7 @@ impl App {
             x509: X509Minter::new(cas.clone()),
         };
         let ledger = Ledger::start(store.clone(), audit.clone(), keyring.clone(), clock.clone());
-        let metrics = Metrics::new();
+        let metrics = Metrics::new().with_admin_crl(admin_crl);
         let limits = Arc::new(crate::limits::Limits::new(
             &config.limits,
             metrics.connection_counter(),
@@ -366,6 +378,7 @@ impl App {
             revocations: tokio::sync::Notify::new(),
             leader: tokio::sync::Mutex::new(None),
             verifier,
+            admin_client_auth,
             policy_version: tokio::sync::watch::Sender::new(policies.version().to_string()),
             policies: ArcSwap::from_pointee(policies),
             audit,

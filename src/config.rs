@@ -208,6 +208,8 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// CA whose client certificates may use `/v1/admin/`.
     pub admin_client_ca: Option<PathBuf>,
+    /// CRLs (PEM) of `admin_client_ca`: revoked admin client certificates fail the handshake.
+    pub crl: Option<PathBuf>,
 }
 
 /// `[keys]`
@@ -389,6 +391,7 @@ impl Config {
             &mut self.tls.cert,
             &mut self.tls.key,
             &mut self.tls.admin_client_ca,
+            &mut self.tls.crl,
             &mut self.keys.root_key_file,
         ]
         .into_iter()

@@ -127,6 +127,7 @@ pub fn prepare(
             cert: Some(certs.join("server.pem")),
             key: Some(certs.join("server-key.pem")),
             admin_client_ca: Some(certs.join("ca.pem")),
+            crl: None,
         },
         keys: crate::config::KeysConfig {
             root_key_file: Some(root),

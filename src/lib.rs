@@ -8,6 +8,7 @@
 //! answers in one place, [`error`]. The command line — the server, offline tools, the admin
 //! client and the runner-side client — is [`cli`].
 
+pub mod admin_crl;
 pub mod app;
 pub mod audit;
 pub mod cli;

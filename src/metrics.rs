@@ -1,5 +1,6 @@
 //! Prometheus metrics (`GET /metrics`): exchanges by outcome, denials by failing claim,
-//! exchange latency, secret reads by outcome. An explicit registry, no global recorder.
+//! exchange latency, secret reads by outcome, admin CRL reloads by outcome and the admin CRL's
+//! `nextUpdate`. An explicit registry, no global recorder.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -7,8 +8,11 @@ use std::time::Duration;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::tls::CrlInfo;
 
 type Labels = Vec<(String, String)>;
 
@@ -34,6 +38,8 @@ pub struct Metrics {
     rate_limited: Family<Labels, Counter>,
     connections_refused: Family<Labels, Counter>,
     latency: Histogram,
+    admin_crl_reloads: Family<Labels, Counter>,
+    admin_crl_next_update: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,6 +86,18 @@ impl Metrics {
             "Time to answer an exchange",
             latency.clone(),
         );
+        let admin_crl_reloads = Family::<Labels, Counter>::default();
+        let admin_crl_next_update = Gauge::default();
+        registry.register(
+            "admin_crl_reloads",
+            "Reloads of the admin client CRL (tls.crl) by outcome; a failure keeps the last good CRL",
+            admin_crl_reloads.clone(),
+        );
+        registry.register(
+            "admin_crl_next_update_seconds",
+            "Earliest nextUpdate (Unix seconds) of the admin client CRLs in force; 0 without tls.crl",
+            admin_crl_next_update.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             exchanges,
@@ -88,7 +106,29 @@ impl Metrics {
             rate_limited,
             connections_refused,
             latency,
+            admin_crl_reloads,
+            admin_crl_next_update,
         }
+    }
+
+    /// The same, with the admin CRL read at start.
+    #[must_use]
+    pub fn with_admin_crl(self, crl: Option<CrlInfo>) -> Self {
+        self.admin_crl_loaded(crl);
+        self
+    }
+
+    /// Records the admin CRLs now in force.
+    pub fn admin_crl_loaded(&self, crl: Option<CrlInfo>) {
+        self.admin_crl_next_update
+            .set(crl.and_then(|c| c.next_update).unwrap_or(0));
+    }
+
+    /// Counts an admin CRL reload (`success` or `failure`).
+    pub fn admin_crl_reload(&self, outcome: &str) {
+        self.admin_crl_reloads
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
     }
 
     /// Counts an exchange outcome (`success` or an error code).

@@ -7,9 +7,15 @@
 //!   to another path or version does not open;
 //! - every read with a broker token, allowed or denied, is one `secret_read` audit record, and
 //!   a read or write whose record cannot be written is refused (fail closed);
-//! - a write's audit record is written before its transaction commits.
+//! - a write's audit record is written before its transaction commits;
+//! - a decrypted version is held as [`SecretFields`]: each value a [`SecretString`], zeroized
+//!   on drop, `Debug` printing field names only; the values leave it only through
+//!   [`SecretFields::exposed`], when the HTTP answer is serialised.
+
+use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::app::App;
@@ -107,10 +113,80 @@ pub enum SecretError {
     Audit(#[from] AuditError),
     /// A decrypted version is not the JSON it was written as.
     #[error("a stored secret does not decode: {0}")]
-    Decode(#[source] serde_json::Error),
+    Decode(#[source] FieldsDecodeError),
+}
+
+/// A decrypted version is not a JSON object of string fields. Only the position is kept:
+/// the parser's own message can quote the value it stumbled on.
+#[derive(Debug, thiserror::Error)]
+#[error("not a JSON object of string fields (line {line}, column {column})")]
+pub struct FieldsDecodeError {
+    /// Line of the error in the decrypted text.
+    pub line: usize,
+    /// Column of the error.
+    pub column: usize,
+}
+
+/// The fields of a decrypted secret version: names in the clear (they are stored in the clear
+/// too), values as [`SecretString`]s, zeroized when this is dropped. `Debug` prints the field
+/// names only. The values leave this type only through [`SecretFields::exposed`], which the
+/// routes serialise into their answer.
+///
+/// Decoding parses the decrypted text straight into the secret values; the parser copies a
+/// value containing JSON escapes through a scratch buffer of its own, which it does not zero.
+pub struct SecretFields(BTreeMap<String, SecretString>);
+
+impl SecretFields {
+    /// Decodes a decrypted version: a JSON object of string fields.
+    pub fn from_json(plain: &[u8]) -> Result<SecretFields, FieldsDecodeError> {
+        serde_json::from_slice(plain)
+            .map(SecretFields)
+            .map_err(|e| FieldsDecodeError {
+                line: e.line(),
+                column: e.column(),
+            })
+    }
+
+    /// The field names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// One field's value.
+    pub fn get(&self, name: &str) -> Option<&SecretString> {
+        self.0.get(name)
+    }
+
+    /// The fields with their values, to serialise into an answer (a JSON object of strings).
+    /// It has no `Debug`: it is for a serializer only.
+    pub fn exposed(&self) -> ExposedFields<'_> {
+        ExposedFields(self)
+    }
+}
+
+impl std::fmt::Debug for SecretFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SecretFields")
+            .field(&self.names().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// [`SecretFields`] exposed for serialisation: serialises as `{"field": "value", …}`.
+pub struct ExposedFields<'a>(&'a SecretFields);
+
+impl Serialize for ExposedFields<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.0.len()))?;
+        for (name, value) in &self.0.0 {
+            map.serialize_entry(name, value.expose_secret())?;
+        }
+        map.end()
+    }
 }
 
 /// A secret version read with a broker token.
+#[derive(Debug)]
 pub struct SecretRead {
     /// Path in the environment.
     pub path: String,
@@ -119,7 +195,7 @@ pub struct SecretRead {
     /// Unix seconds when this version was written.
     pub created_at: i64,
     /// The secret's fields.
-    pub data: Value,
+    pub data: SecretFields,
 }
 
 /// A version written.
@@ -248,7 +324,7 @@ impl App {
                 &row.sealed,
             )
             .await?;
-        let data: Value = serde_json::from_slice(&plain).map_err(SecretError::Decode)?;
+        let data = SecretFields::from_json(&plain).map_err(SecretError::Decode)?;
         ev.details.insert("version".into(), json!(row.version));
         Ok(SecretRead {
             path: path.as_str().to_string(),
@@ -366,7 +442,9 @@ impl App {
 
 #[cfg(test)]
 mod tests {
-    use super::SecretPath;
+    use secrecy::ExposeSecret;
+
+    use super::{SecretFields, SecretPath, SecretRead};
 
     #[test]
     fn paths_are_plain_segments() {
@@ -381,5 +459,49 @@ mod tests {
         assert!(SecretPath::parse(&"a".repeat(513)).is_err());
         let p = SecretPath::parse("app/db").unwrap();
         assert_eq!(p.record_id(3), "app/db#3");
+    }
+
+    #[test]
+    fn decrypted_fields_print_their_names_only() {
+        let plain = br#"{"password": "hunter2-\u0041", "user": "app-user-7"}"#;
+        let fields = SecretFields::from_json(plain).unwrap();
+        let read = SecretRead {
+            path: "app/db".into(),
+            version: 3,
+            created_at: 0,
+            data: fields,
+        };
+        let dbg = format!("{read:?} {read:#?}");
+        for value in ["hunter2", "app-user-7"] {
+            assert!(!dbg.contains(value), "{dbg}");
+        }
+        assert!(
+            dbg.contains(r#"SecretFields(["password", "user"])"#),
+            "{dbg}"
+        );
+        // What a read answers: the values, exposed only to the serializer.
+        assert_eq!(
+            serde_json::to_value(read.data.exposed()).unwrap(),
+            serde_json::json!({"password": "hunter2-A", "user": "app-user-7"})
+        );
+        assert_eq!(
+            read.data.get("user").map(ExposeSecret::expose_secret),
+            Some("app-user-7")
+        );
+    }
+
+    #[test]
+    fn undecodable_fields_are_not_quoted() {
+        for plain in [
+            &br#"{"pin": 9876543210}"#[..],
+            br#"["secret-in-array"]"#,
+            br#"{"a": "unterminated-secret"#,
+        ] {
+            let e = SecretFields::from_json(plain).unwrap_err().to_string();
+            assert!(e.starts_with("not a JSON object of string fields"), "{e}");
+            for value in ["9876543210", "secret-in-array", "unterminated-secret"] {
+                assert!(!e.contains(value), "{e}");
+            }
+        }
     }
 }

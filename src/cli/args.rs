@@ -406,16 +406,19 @@ pub struct SecretsArgs {
 /// Secret operations.
 #[derive(Subcommand, Debug)]
 pub enum SecretsOp {
-    /// Store a new version. Fields as FIELD=VALUE, or a JSON object with --data-file (`-` = stdin).
+    /// Store a new version. Values are read from files or standard input, never taken from the
+    /// command line (other users see it in `ps`, the shell keeps it in its history).
     Put {
         /// Environment.
         env: String,
         /// Secret path, e.g. deploy/web/api.
         path: String,
-        /// FIELD=VALUE pairs.
+        /// FIELD=@FILE (the value is the file's text) or FIELD=@- (standard input); one
+        /// trailing newline is dropped. FIELD=VALUE is refused.
+        #[arg(value_name = "FIELD=@FILE|FIELD=@-")]
         fields: Vec<String>,
-        /// JSON object of string fields (`-` reads standard input).
-        #[arg(long)]
+        /// JSON object of string fields (`-` reads standard input); FIELD=@… items override it.
+        #[arg(long, value_name = "FILE|-")]
         data_file: Option<PathBuf>,
     },
     /// Show metadata (versions, field names); never values.

@@ -95,9 +95,20 @@ pub enum CliError {
     /// could quote the secret).
     #[error("--data-file must hold a JSON object of string fields")]
     DataFile,
-    /// A `secrets put` field is not FIELD=VALUE.
-    #[error("fields are FIELD=VALUE")]
+    /// A `secrets put` field is not `FIELD=@FILE` or `FIELD=@-`.
+    #[error("fields are FIELD=@FILE or FIELD=@- (standard input)")]
     FieldSyntax,
+    /// A `secrets put` field gave its value on the command line (the field is named, the
+    /// value never repeated).
+    #[error(
+        "refusing the value of `{0}` on the command line (other users see it in `ps`, the shell \
+         keeps it in its history): give {0}=@FILE, {0}=@- (standard input) or --data-file FILE|- \
+         (a JSON object)"
+    )]
+    SecretOnCommandLine(String),
+    /// Two `secrets put` inputs both asked for standard input.
+    #[error("standard input can be read once: give at most one FIELD=@- or --data-file -")]
+    StdinTwice,
     /// A `leases list --claim` filter is not NAME=VALUE.
     #[error("--claim is NAME=VALUE")]
     ClaimFilterSyntax,

@@ -291,7 +291,13 @@ async fn secrets(conn: &AdminConn, op: SecretsOp) -> Result<i32, CliError> {
             fields,
             data_file,
         } => {
-            let data = parse::secret_data(data_file.as_deref(), fields)?;
+            let stdin = std::io::stdin();
+            if std::io::IsTerminal::is_terminal(&stdin)
+                && let Some(field) = parse::reads_stdin(&fields).next()
+            {
+                eprintln!("value of `{field}` (shown as you type; end with Ctrl-D):");
+            }
+            let data = parse::secret_data(data_file.as_deref(), fields, &mut stdin.lock())?;
             admin_client(conn)?.put_secret(&env, &path, data).await?
         }
         SecretsOp::Get { env, path } => admin_client(conn)?.secret_meta(&env, &path).await?,

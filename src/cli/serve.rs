@@ -54,7 +54,7 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
         }
         ServeMode::Config(file) => (Config::load(file.as_deref())?, None),
     };
-    let tls = if config.insecure_http {
+    let tls_files = if config.insecure_http {
         // Tokens and secrets cross this connection: plain HTTP only where nothing else can
         // listen in (a loopback address, e.g. behind a TLS-terminating sidecar).
         // Both listeners: the Vault-compatible one carries the same tokens and secrets.
@@ -69,11 +69,7 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
         let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
             return Err(CliError::NoServerCertificate);
         };
-        Some(crate::tls::server_config(
-            cert,
-            key,
-            config.tls.admin_client_ca.as_deref(),
-        )?)
+        Some((cert.clone(), key.clone()))
     };
     let listen = config.listen;
     let app = App::build(
@@ -82,6 +78,15 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
         dev.as_ref().map(|(_, issuer)| issuer.clone()),
     )
     .await?;
+    // The admin client verifier is the broker's: a CRL reload reaches every listener.
+    let tls = match tls_files {
+        Some((cert, key)) => Some(crate::tls::server_config(
+            &cert,
+            &key,
+            app.admin_client_auth(),
+        )?),
+        None => None,
+    };
     let running = crate::http::server::serve(app.clone(), listen, tls.clone()).await?;
     let vault = match app.config.vault_compat_listen {
         Some(addr) => Some(
@@ -96,6 +101,7 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
         None => None,
     };
     crate::policy::reload::spawn(app.clone());
+    crate::admin_crl::spawn(app.clone());
     crate::leases::sweeper::spawn(app.clone());
     crate::leases::teardown::spawn(app.clone());
     crate::limits::upkeep::spawn(app.clone());

@@ -206,7 +206,7 @@ async fn read_secret(
         )
         .await?;
     Ok(Json(
-        json!({"path": read.path, "version": read.version, "data": read.data}),
+        json!({"path": read.path, "version": read.version, "data": read.data.exposed()}),
     ))
 }
 

@@ -487,7 +487,7 @@ async fn kv_read(
                 .read_secret(&env, path, version, token, "X-Vault-Token", source)
                 .await?;
             let data = json!({
-                "data": read.data,
+                "data": read.data.exposed(),
                 "metadata": {
                     "created_time": rfc3339(read.created_at),
                     "custom_metadata": null,
@@ -502,7 +502,8 @@ async fn kv_read(
             let read = app
                 .read_secret(&env, &rest, None, token, "X-Vault-Token", source)
                 .await?;
-            Ok(json_ok(envelope(read.data, Value::Null, "kv")?))
+            let data = json!(read.data.exposed());
+            Ok(json_ok(envelope(data, Value::Null, "kv")?))
         }
     }
 }

@@ -12,11 +12,13 @@
 //!   presented must chain to that CA and carry the clientAuth usage, or the handshake fails.
 //!   [`accept`] hands back the verified leaf; [`admin_identity`] turns it into the actor
 //!   (subject CN) and role (subject OU). Requiring a certificate on `/v1/admin/` is the HTTP
-//!   layer's job.
+//!   layer's job. With `tls.crl`, a revoked admin certificate fails the handshake
+//!   ([`AdminClientAuth`]: what is checked, when the CRLs are reloaded, expired CRLs).
 //! - **Handshakes are bounded** by a timeout ([`accept`]).
 //! - **Keys stay secret.** Private key PEM read from disk is zeroized after parsing; errors
 //!   name files and never echo PEM contents; [`DevPki`]'s `Debug` hides its keys.
 
+mod admin_crl;
 mod identity;
 mod pki;
 
@@ -29,13 +31,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
+pub use admin_crl::{AdminClientAuth, CrlInfo};
 pub use identity::{AdminIdentity, AdminRole, admin_identity};
 pub use pki::{
     BACKDATE, CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE, ClientCert, DevPki, SERVER_CERT_FILE,
@@ -79,6 +81,27 @@ pub enum TlsError {
     /// The admin client CA could not be turned into a client certificate verifier.
     #[error("admin client CA: {0}")]
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+    /// The admin CRL file (`tls.crl`) could not be read.
+    #[error("tls.crl: cannot read {}: {source}", path.display())]
+    CrlRead {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The admin CRL file (`tls.crl`) failed a check.
+    #[error("tls.crl: {}: {reason}", path.display())]
+    CrlInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `tls.crl` without `tls.admin_client_ca`.
+    #[error(
+        "tls.crl is set but tls.admin_client_ca is not: there is no admin CA to revoke certificates of"
+    )]
+    CrlWithoutCa,
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
     CertGen(#[from] rcgen::Error),
@@ -105,25 +128,22 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Server configuration from PEM files: `cert_pem` holds the certificate chain (leaf first),
-/// `key_pem` its private key, `admin_client_ca` the CA for admin client certificates.
+/// `key_pem` its private key; `admin` verifies admin client certificates (the broker's, from
+/// `App::admin_client_auth`, so that a CRL reload reaches this configuration).
 ///
-/// When `admin_client_ca` is `Some`, client certificates are optional at the handshake; one
-/// that is presented must chain to that CA (with the clientAuth usage) or the handshake fails.
-/// ALPN `h2` and `http/1.1`; TLS 1.3 and 1.2.
+/// With `admin`, client certificates are optional at the handshake; one that is presented must
+/// chain to the admin CA (with the clientAuth usage) and not be revoked, or the handshake
+/// fails. ALPN `h2` and `http/1.1`; TLS 1.3 and 1.2.
 pub fn server_config(
     cert_pem: &Path,
     key_pem: &Path,
-    admin_client_ca: Option<&Path>,
+    admin: Option<Arc<AdminClientAuth>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = parse_certs(&read_text(cert_pem)?, &cert_pem.display().to_string())?;
     warn_if_key_file_is_shared(key_pem);
     let key_text = Zeroizing::new(read_text(key_pem)?);
     let key = parse_key(&key_text, &key_pem.display().to_string())?;
-    let roots = match admin_client_ca {
-        Some(path) => Some(root_store(&read_text(path)?, &path.display().to_string())?),
-        None => None,
-    };
-    build_server_config(chain, key, roots)
+    build_server_config(chain, key, admin)
 }
 
 /// Same as [`server_config`] from in-memory PEM text (dev mode, tests).
@@ -134,27 +154,25 @@ pub fn server_config_from_pem(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = parse_certs(cert_pem, "server certificate PEM")?;
     let key = parse_key(key_pem, "server key PEM")?;
-    let roots = match admin_client_ca_pem {
-        Some(pem) => Some(root_store(pem, "admin client CA PEM")?),
+    let admin = match admin_client_ca_pem {
+        Some(pem) => Some(Arc::new(AdminClientAuth::from_pem(
+            pem,
+            "admin client CA PEM",
+        )?)),
         None => None,
     };
-    build_server_config(chain, key, roots)
+    build_server_config(chain, key, admin)
 }
 
 fn build_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    admin_roots: Option<RootCertStore>,
+    admin: Option<Arc<AdminClientAuth>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)?;
-    let builder = match admin_roots {
-        Some(roots) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .allow_unauthenticated()
-                .build()?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let builder = match admin {
+        Some(admin) => builder.with_client_cert_verifier(admin),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(chain, key)?;

@@ -591,7 +591,9 @@ fn certs_init_writes_every_file_with_private_keys_0600() {
     let config = server_config(
         &dir.join("server.pem"),
         &dir.join("server-key.pem"),
-        Some(&dir.join("ca.pem")),
+        Some(Arc::new(
+            AdminClientAuth::load(&dir.join("ca.pem"), None, &SystemClock).unwrap(),
+        )),
     )
     .unwrap();
     let ca = fs::read_to_string(dir.join("ca.pem")).unwrap();

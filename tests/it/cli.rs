@@ -26,6 +26,31 @@ fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs the binary with `stdin` as its standard input.
+fn run_with_stdin(dir: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(binary())
+        .current_dir(dir)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -80,14 +105,13 @@ async fn dev_mode_walk_through_from_the_readme() {
     let certs = dir.path().join(".jobpass-dev/certs");
     let cert = certs.join("admin.pem");
     let key = certs.join("admin-key.pem");
-    let (code, _, err) = run(
-        dir.path(),
-        &[
+    let put = |field: &str| {
+        [
             "secrets",
             "put",
             "dev",
             "dev/app/db",
-            "password=dev-password-123",
+            field,
             "--server",
             &url,
             "--ca",
@@ -96,9 +120,39 @@ async fn dev_mode_walk_through_from_the_readme() {
             cert.to_str().unwrap(),
             "--key",
             key.to_str().unwrap(),
-        ],
+        ]
+        .map(str::to_string)
+    };
+    // A value on the command line is refused, without echoing it, and nothing is stored.
+    let (code, out, err) = run(
+        dir.path(),
+        &put("password=dev-password-123")
+            .each_ref()
+            .map(String::as_str),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("password=@FILE")
+            && err.contains("password=@-")
+            && err.contains("--data-file"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("dev-password-123") && !out.contains("dev-password-123"),
+        "{err}"
+    );
+    // The value from standard input (as `echo … |` gives it: the newline is not part of it).
+    let (code, out, err) = run_with_stdin(
+        dir.path(),
+        &put("password=@-").each_ref().map(String::as_str),
+        "dev-password-123\n",
     );
     assert_eq!(code, 0, "{err}");
+    let put_answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        put_answer["version"], 1,
+        "the refused put stored nothing: {out}"
+    );
     let c = client_with(Some(&std::fs::read_to_string(&ca_path).unwrap()), None);
     let r = c
         .get(format!("{url}/v1/secrets/dev/dev/app/db"))

@@ -16,6 +16,7 @@
 )]
 
 mod admin;
+mod admin_crl;
 mod audit_log;
 mod ci;
 mod cli;
@@ -56,6 +57,7 @@ fn main() -> std::process::ExitCode {
     }
     let cases = [
         admin::cases(),
+        admin_crl::cases(),
         audit_log::cases(),
         ci::cases(),
         cli::cases(),

@@ -106,6 +106,11 @@ pub struct Options {
     pub vault: bool,
     /// More configuration, appended to the file (e.g. a `[limits]` table).
     pub extra_config: String,
+    /// An admin client CA of the test's own (PEM) instead of the broker's PKI CA, written to
+    /// `certs/admin-ca.pem`.
+    pub admin_ca_pem: Option<String>,
+    /// `tls.crl`: these CRLs (PEM), written to `certs/admin-crl.pem`.
+    pub admin_crl_pem: Option<String>,
 }
 
 /// A fresh, empty PostgreSQL database for one broker when the running test runs on the
@@ -382,6 +387,17 @@ fn write_config(dir: &Path, gh: &TestIssuer, gl: &TestIssuer, opts: &Options) ->
         .audit_file
         .clone()
         .unwrap_or_else(|| dir.join("audit.log"));
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let mut admin_tls = String::from("admin_client_ca = \"certs/ca.pem\"\n");
+    if let Some(pem) = &opts.admin_ca_pem {
+        std::fs::write(certs.join("admin-ca.pem"), pem).unwrap();
+        admin_tls = "admin_client_ca = \"certs/admin-ca.pem\"\n".into();
+    }
+    if let Some(pem) = &opts.admin_crl_pem {
+        std::fs::write(certs.join("admin-crl.pem"), pem).unwrap();
+        admin_tls.push_str("crl = \"certs/admin-crl.pem\"\n");
+    }
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
@@ -393,8 +409,7 @@ leeway = "30s"
 [tls]
 cert = "certs/server.pem"
 key = "certs/server-key.pem"
-admin_client_ca = "certs/ca.pem"
-
+{admin_tls}
 [keys]
 root_key_file = "root.key"
 
@@ -495,7 +510,7 @@ impl Broker {
         let tls = jobpass::tls::server_config(
             c.tls.cert.as_ref().unwrap(),
             c.tls.key.as_ref().unwrap(),
-            c.tls.admin_client_ca.as_deref(),
+            self.app.admin_client_auth(),
         )
         .unwrap();
         if self.vault {
@@ -538,7 +553,7 @@ impl Broker {
         let tls = jobpass::tls::server_config(
             c.tls.cert.as_ref().unwrap(),
             c.tls.key.as_ref().unwrap(),
-            c.tls.admin_client_ca.as_deref(),
+            app.admin_client_auth(),
         )
         .unwrap();
         let running = serve(app.clone(), "127.0.0.1:0".parse().unwrap(), Some(tls))
