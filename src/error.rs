@@ -252,7 +252,8 @@ impl From<RevokeError> for ApiError {
             RevokeError::EmptySelector
             | RevokeError::AllWithOthers
             | RevokeError::NoReason(_)
-            | RevokeError::InvalidTime(_) => ApiError::InvalidRequest(e.to_string()),
+            | RevokeError::InvalidTime(_)
+            | RevokeError::ClaimNameTooLong => ApiError::InvalidRequest(e.to_string()),
         }
     }
 }
@@ -263,7 +264,8 @@ impl From<ListError> for ApiError {
             ListError::MalformedQuery
             | ListError::InvalidActive
             | ListError::InvalidLimit
-            | ListError::UnknownParameter(_) => ApiError::InvalidRequest(e.to_string()),
+            | ListError::UnknownParameter(_)
+            | ListError::ClaimNameTooLong => ApiError::InvalidRequest(e.to_string()),
             ListError::Store(s) => ApiError::unavailable("the store", &s),
             ListError::Audit(a) => ApiError::unavailable("the audit log", &a),
         }

@@ -119,8 +119,10 @@ pub const ACTOR_CLAIMS: &[&str] = &[
     "build_number",
 ];
 
-/// Largest claim value kept in the searchable index.
-const MAX_INDEXED_VALUE: usize = 512;
+/// Longest claim name kept in the searchable index (selectors refuse longer names, so no
+/// lookup is ever silently short). Values are indexed whatever their length (the token is at
+/// most 16 KiB).
+pub const MAX_INDEXED_NAME: usize = 128;
 
 fn scalar_text(v: &Value) -> Option<String> {
     match v {
@@ -153,7 +155,7 @@ fn indexed_claims(t: &VerifiedToken) -> Vec<(String, String)> {
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "exp" | "iat" | "nbf" | "aud"))
         .filter_map(|(k, v)| scalar_text(v).map(|s| (k.clone(), s)))
-        .filter(|(k, v)| k.len() <= 128 && v.len() <= MAX_INDEXED_VALUE)
+        .filter(|(k, _)| k.len() <= MAX_INDEXED_NAME)
         // No database keeps a NUL byte in text (PostgreSQL refuses the row).
         .filter(|(k, v)| !k.contains('\0') && !v.contains('\0'))
         .collect()

@@ -39,6 +39,12 @@ pub enum ListError {
     /// A parameter the listing does not know (the argument names it).
     #[error("unknown query parameter `{0}`")]
     UnknownParameter(String),
+    /// A claim name longer than any indexed claim name: it could never match.
+    #[error(
+        "claim names are at most {} bytes; longer claims are not kept searchable",
+        crate::exchange::MAX_INDEXED_NAME
+    )]
+    ClaimNameTooLong,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -142,6 +148,9 @@ pub fn lease_filter(
                     .ok_or(ListError::InvalidLimit)?;
             }
             other => match other.strip_prefix("claim.") {
+                Some(name) if name.len() > crate::exchange::MAX_INDEXED_NAME => {
+                    return Err(ListError::ClaimNameTooLong);
+                }
                 Some(name) if !name.is_empty() => f.claims.push((name.to_string(), v)),
                 _ => return Err(ListError::UnknownParameter(other.to_string())),
             },

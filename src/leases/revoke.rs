@@ -35,6 +35,12 @@ pub enum RevokeError {
     /// A time of the selector is not RFC 3339 (the argument names its key).
     #[error("`{0}` must be an RFC 3339 time")]
     InvalidTime(&'static str),
+    /// A claim name longer than any indexed claim name: it could never match.
+    #[error(
+        "claim names are at most {} bytes; longer claims are not kept searchable",
+        crate::exchange::MAX_INDEXED_NAME
+    )]
+    ClaimNameTooLong,
     /// The store failed: nothing was revoked.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -85,6 +91,13 @@ fn parse_time(field: &'static str, v: Option<String>) -> Result<Option<i64>, Rev
 impl SelectorSpec {
     /// The selector, its times parsed. Whether it restricts anything is not checked here.
     pub fn parse(self) -> Result<Selector, RevokeError> {
+        if self
+            .claims
+            .keys()
+            .any(|name| name.len() > crate::exchange::MAX_INDEXED_NAME)
+        {
+            return Err(RevokeError::ClaimNameTooLong);
+        }
         Ok(Selector {
             lease_id: self.lease_id,
             env: self.environment,

@@ -771,5 +771,56 @@ crate::support::harness::cases! {
         rotation_keeps_old_records_readable_and_rewrap_moves_them,
         shredding_prod_leaves_staging_readable_and_says_so_clearly,
         expired_credentials_are_refused_before_the_sweeper_and_swept_after,
+        long_claim_values_are_found_by_revocation_and_listing,
     ],
+}
+
+/// Issue 11 item 8: a claim value over 512 bytes is indexed like any other, so revocation
+/// and listing by claim find its lease (they used to be silently short).
+async fn long_claim_values_are_found_by_revocation_and_listing() {
+    let b = Broker::start().await;
+    let long = format!("refs/heads/{}", "l".repeat(3000));
+    let mint = |value: &str| {
+        let mut c = github_claims(&b.gh.issuer_url());
+        c["custom_note"] = json!(value);
+        b.gh.sign(c)
+    };
+    let (s, v) = b.exchange(&mint(&long), "prod", Some("deploy-web")).await;
+    assert_eq!(s, 200, "{v}");
+    let long_lease = v["lease_id"].as_str().unwrap().to_string();
+    let (s, v) = b.exchange(&mint("short"), "prod", Some("deploy-web")).await;
+    assert_eq!(s, 200, "{v}");
+    // Listing by the exact long value finds that lease only.
+    let (s, v) = b
+        .request(
+            &b.admin(AdminRole::Auditor),
+            "GET",
+            &format!("/v1/admin/leases?claim.custom_note={long}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ids: Vec<&str> = v["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["lease_id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![long_lease.as_str()], "{v}");
+    // A claim name longer than any indexed name is refused, not silently unmatched.
+    let (s, v) = revoke(&b, json!({"claims": {"x".repeat(200): "*"}})).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    // A glob over the long value revokes it, and only it.
+    let (s, v) = revoke(&b, json!({"claims": {"custom_note": "refs/heads/l*"}})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["revoked"], 1, "{v}");
+    assert_eq!(v["lease_ids"][0], long_lease.as_str());
+    let (s, v) = revoke(&b, json!({"claims": {"custom_note": long}})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["revoked"], 0, "already revoked: {v}");
 }

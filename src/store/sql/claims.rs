@@ -76,6 +76,12 @@ pub(super) fn delete_claims_of(condition: &str) -> String {
     )
 }
 
+/// PostgreSQL: values up to this many bytes are in the (name, value) index; longer ones (an
+/// index entry is limited to about 2.7 kB) in a partial index by name only, where a lookup
+/// compares them one by one. Both partial indexes cover every row (migration 0007), so a
+/// lookup that names the right length class finds every lease.
+pub(super) const PG_SHORT_VALUE: usize = 512;
+
 /// Appends ` AND EXISTS (…)`: lease `l` carries claim `name` with exactly `value` (a probe
 /// per lease: for listing newest first, where a common claim must not load every match).
 pub(super) fn push_has_claim<Db>(q: &mut QueryBuilder<Db>, backlog: bool, name: &str, value: &str)
@@ -87,7 +93,16 @@ where
         .push_bind(name.to_string())
         .push(" AND c.value = ")
         .push_bind(value.to_string())
-        .push(" AND c.lease_id = l.id)");
+        .push(" AND c.lease_id = l.id");
+    if !backlog {
+        // An equal value has the same length: the predicate picks the partial index.
+        q.push(if value.len() <= PG_SHORT_VALUE {
+            " AND octet_length(c.value) <= 512"
+        } else {
+            " AND octet_length(c.value) > 512"
+        });
+    }
+    q.push(")");
     if backlog {
         q.push(
             " OR EXISTS (SELECT 1 FROM lease_claims_backlog b, json_each(l.claims) j
@@ -117,6 +132,15 @@ pub(super) fn push_lease_with_claim_like<Db>(
         .push(" AND value LIKE ")
         .push_bind(pattern.to_string())
         .push(" ESCAPE '\\'");
+    if !backlog {
+        // PostgreSQL: the short values by the (name, value) index, the long ones by name.
+        q.push(" AND octet_length(value) <= 512")
+            .push(" UNION ALL SELECT lease_id FROM lease_claims WHERE name = ")
+            .push_bind(name.to_string())
+            .push(" AND octet_length(value) > 512 AND value LIKE ")
+            .push_bind(pattern.to_string())
+            .push(" ESCAPE '\\'");
+    }
     if backlog {
         q.push(
             " UNION ALL SELECT b.lease_id FROM lease_claims_backlog b
