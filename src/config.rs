@@ -152,6 +152,53 @@ pub struct LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// Refuses values that would make the broker unusable or spin: a zero or huge timeout, a
+    /// burst below its rate, no connection or stream at all. The message names the key.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("limits.{key}: {why}")));
+        let rates = [
+            ("exchange_per_ip", self.exchange_per_ip),
+            ("exchange_per_subject", self.exchange_per_subject),
+            ("exchange_global", self.exchange_global),
+            ("read_per_ip", self.read_per_ip),
+            ("read_per_subject", self.read_per_subject),
+            ("read_global", self.read_global),
+            ("admin_per_ip", self.admin_per_ip),
+            ("admin_per_subject", self.admin_per_subject),
+            ("admin_global", self.admin_global),
+        ];
+        for (key, rate) in rates {
+            if rate.per_second > 0
+                && let Some(burst) = rate.burst
+                && burst < rate.per_second
+            {
+                return bad(key, "burst must be at least per_second");
+            }
+        }
+        let durations = [
+            ("handshake_timeout", self.handshake_timeout),
+            ("first_byte_timeout", self.first_byte_timeout),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("request_timeout", self.request_timeout),
+            ("http2_keep_alive_interval", self.http2_keep_alive_interval),
+            ("http2_keep_alive_timeout", self.http2_keep_alive_timeout),
+            ("refusal_audit_interval", self.refusal_audit_interval),
+        ];
+        for (key, d) in durations {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(86_400) {
+                return bad(key, "must be between 100ms and 24h");
+            }
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return bad("http2_max_concurrent_streams", "must be at least 1");
+        }
+        Ok(())
+    }
+
     /// The defaults with every rate limit off (benchmarks measure capacity, not limits).
     #[must_use]
     pub fn without_rates() -> LimitsConfig {
@@ -376,6 +423,7 @@ impl Config {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         cfg.resolve_paths(&base);
+        cfg.limits.check()?;
         Ok(cfg)
     }
 
@@ -534,6 +582,34 @@ mod tests {
             cfg.limits.max_connections,
             LimitsConfig::default().max_connections
         );
+    }
+
+    #[test]
+    fn limits_that_would_stop_or_spin_the_broker_are_refused_naming_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            ("idle_timeout = \"0s\"", "limits.idle_timeout"),
+            (
+                "http2_keep_alive_interval = \"0s\"",
+                "limits.http2_keep_alive_interval",
+            ),
+            ("request_timeout = \"400days\"", "limits.request_timeout"),
+            ("max_connections = 0", "limits.max_connections"),
+            (
+                "http2_max_concurrent_streams = 0",
+                "limits.http2_max_concurrent_streams",
+            ),
+            (
+                "read_global = { per_second = 10, burst = 2 }",
+                "limits.read_global",
+            ),
+        ] {
+            let p = write(d.path(), &format!("[limits]\n{text}\n"));
+            let e = Config::load_with_env(Some(&p), vec![])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

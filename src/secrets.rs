@@ -239,11 +239,18 @@ impl App {
         let result = self
             .read_secret_with(env, &path, version, token, token_header, &mut ev)
             .await;
-        // A read by no live token, or over a rate, is counted, not written line by line.
-        if let Err(e) = &result
-            && (ev.lease_id.is_none() || matches!(e, SecretError::RateLimited(_)))
-        {
-            return Err(self.refused_read(source, e));
+        // A refusal is its own line when the token is known (live, or revoked or expired:
+        // a stolen token used after an incident is worth a line) and within its lease's
+        // record budget; otherwise, or over a rate, it is counted.
+        if let Err(e) = &result {
+            let own_line = !matches!(e, SecretError::RateLimited(_))
+                && ev
+                    .lease_id
+                    .as_deref()
+                    .is_some_and(|lease| self.limits.rates.own_record(lease));
+            if !own_line {
+                return Err(self.refused_read(source, e));
+            }
         }
         let result = result.map_err(|e| ApiError::from(&e));
         match &result {
@@ -290,10 +297,13 @@ impl App {
             .store
             .token_secret(&digest, env, path.as_str(), version)
             .await?;
+        // A known token is on record with its lease, live or not.
+        if let Some((grant, _)) = &found {
+            ev.actor = grant_actor(grant);
+            ev.role = Some(grant.role.clone());
+            ev.lease_id = Some(grant.lease_id.clone());
+        }
         let (grant, secret) = self.check_live(found)?;
-        ev.actor = grant_actor(&grant);
-        ev.role = Some(grant.role.clone());
-        ev.lease_id = Some(grant.lease_id.clone());
         self.limits
             .rates
             .check_subject(

@@ -31,6 +31,15 @@ pub enum CliError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The file of a `FIELD=@FILE` value could not be read (its name is not echoed: a value
+    /// typed by mistake after `@` must not reach the terminal or a log).
+    #[error("cannot read the file given for field `{field}` (FIELD=@FILE): {source}")]
+    FieldFile {
+        /// The field.
+        field: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// A file could not be opened for appending or written.
     #[error("cannot write {}: {source}", path.display())]
     Write {

@@ -68,7 +68,12 @@ pub(super) fn secret_data(
         let mut text = if source == "-" {
             read_stdin(stdin)?
         } else {
-            read_file(Path::new(source))?
+            std::fs::read_to_string(source)
+                .map(Zeroizing::new)
+                .map_err(|e| CliError::FieldFile {
+                    field: k.to_string(),
+                    source: e,
+                })?
         };
         if text.ends_with('\n') {
             text.pop();
@@ -217,16 +222,15 @@ mod tests {
             "fields are FIELD=@FILE or FIELD=@- (standard input)"
         );
         let missing = dir.path().join("missing.json");
-        for (file, fields) in [
-            (Some(missing.as_path()), Vec::new()),
-            (None, vec![format!("password=@{}", missing.display())]),
-        ] {
-            let e = secret_data(file, fields, &mut NoStdin).unwrap_err();
-            assert!(
-                e.to_string()
-                    .starts_with(&format!("cannot read {}: ", missing.display())),
-                "{e}"
-            );
-        }
+        let e = secret_data(Some(missing.as_path()), Vec::new(), &mut NoStdin).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot read {}: ", missing.display())),
+            "{e}"
+        );
+        // A value typed after `@` by mistake is not echoed as a file name.
+        let e = secret_data(None, vec!["password=@hunter2".into()], &mut NoStdin).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("`password`"), "{e}");
     }
 }

@@ -68,6 +68,16 @@ impl ExchangeAudit {
         self.verified
     }
 
+    /// The verified caller (issuer and subject), the key of its own-line record budget.
+    #[must_use]
+    pub fn caller(&self) -> Option<String> {
+        let actor = &self.base.actor;
+        match (self.verified, &actor.issuer, &actor.subject) {
+            (true, Some(iss), Some(sub)) => Some(format!("{iss}\u{0}{sub}")),
+            _ => None,
+        }
+    }
+
     /// The lease about to be committed, with its credentials masked.
     pub fn lease(&mut self, id: &str, credentials: Vec<MaskedCredential>, expires_at: i64) {
         self.lease = Some(LeaseFacts {

@@ -276,7 +276,13 @@ impl App {
                 }
                 let answer = crate::error::ApiError::from(&error);
                 self.metrics.exchange(answer.code());
-                if !audit.verified() || matches!(error, ExchangeError::RateLimited(_)) {
+                // Its own line for a verified caller within its record budget; counted
+                // otherwise (no identity, a rate limit, or a caller over its budget).
+                let own_line = !matches!(error, ExchangeError::RateLimited(_))
+                    && audit
+                        .caller()
+                        .is_some_and(|c| recorded || self.limits.rates.own_record(&c));
+                if !own_line {
                     self.note_refusal(req.source, "exchange", &answer);
                 } else if !recorded {
                     let record = audit.record(&Verdict::Refused(&error, &answer));

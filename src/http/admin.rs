@@ -4,10 +4,12 @@
 //! and audits a refusal before anything else of the request is read. Every authorized call and
 //! every refusal of a role is audited with the certificate's common name and role, and so are
 //! the domain's refusals (unknown environment, missing reason, bad selector or query); a body
-//! or path that does not parse is answered 400 before any domain function runs.
+//! or path that does not parse is answered 400 before any domain function runs, and recorded
+//! as the authorized caller's refused call.
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,6 +26,23 @@ use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::leases::revoke::SelectorSpec;
 use crate::store::SecretRow;
+
+/// The parsed input of an authorized call, or its refusal on the caller's record.
+async fn input<C, T>(
+    app: &App,
+    call: &Authorized<C>,
+    parsed: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(e) => Err(call.refuse(app, e).await),
+    }
+}
+
+/// A path segment that does not decode.
+fn path_error(_: PathRejection) -> ApiError {
+    ApiError::InvalidRequest("the path does not decode as UTF-8".into())
+}
 
 /// Admin routes (nested under `/v1/admin`).
 pub fn router() -> Router<Arc<App>> {
@@ -61,9 +80,11 @@ fn secret_meta(path: &str, rows: &[SecretRow]) -> Value {
 async fn put_secret(
     State(app): State<Arc<App>>,
     call: Authorized<SecretsPut>,
-    Path((env, path)): Path<(String, String)>,
-    JsonBody(body): JsonBody<PutSecret>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<JsonBody<PutSecret>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path((env, path)) = input(&app, &call, path.map_err(path_error)).await?;
+    let JsonBody(body) = input(&app, &call, body).await?;
     let w = app.put_secret(&env, &path, body.data, call.ev).await?;
     Ok(Json(
         json!({"path": path, "version": w.version, "fields": w.fields,
@@ -130,8 +151,9 @@ struct RevokeBody {
 async fn revoke(
     State(app): State<Arc<App>>,
     call: Authorized<Revoke>,
-    JsonBody(body): JsonBody<RevokeBody>,
+    body: Result<JsonBody<RevokeBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
+    let JsonBody(body) = input(&app, &call, body).await?;
     let mut ev = call.ev;
     ev.environment.clone_from(&body.selector.environment);
     let done = app.revoke_requested(body.selector, body.reason, ev).await?;
@@ -164,18 +186,22 @@ async fn set_frozen<C>(
 async fn freeze(
     State(app): State<Arc<App>>,
     call: Authorized<Freeze>,
-    Path(env): Path<String>,
-    JsonBody(body): JsonBody<ReasonBody>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<JsonBody<ReasonBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path(env) = input(&app, &call, path.map_err(path_error)).await?;
+    let JsonBody(body) = input(&app, &call, body).await?;
     set_frozen(&app, call, &env, true, body).await
 }
 
 async fn unfreeze(
     State(app): State<Arc<App>>,
     call: Authorized<Unfreeze>,
-    Path(env): Path<String>,
-    JsonBody(body): JsonBody<ReasonBody>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<JsonBody<ReasonBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path(env) = input(&app, &call, path.map_err(path_error)).await?;
+    let JsonBody(body) = input(&app, &call, body).await?;
     set_frozen(&app, call, &env, false, body).await
 }
 
@@ -212,9 +238,11 @@ struct DestroyBody {
 async fn keys_destroy(
     State(app): State<Arc<App>>,
     call: Authorized<KeysDestroy>,
-    Path(env): Path<String>,
-    JsonBody(body): JsonBody<DestroyBody>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<JsonBody<DestroyBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path(env) = input(&app, &call, path.map_err(path_error)).await?;
+    let JsonBody(body) = input(&app, &call, body).await?;
     // The checks (environment, reason, confirmation) and their refusals' records are the
     // shredding's own.
     let done = app

@@ -122,6 +122,21 @@ impl<C: AdminCall> FromRequestParts<Arc<App>> for Authorized<C> {
             app.note_refusal(source, C::NAME, &err);
             return Err(err);
         }
+        // The chain is checked again on every call: a resumed TLS session skips the verifier,
+        // and a connection outlives a CRL reload or the certificate's expiry.
+        if let Some(auth) = app.admin_client_auth.as_ref() {
+            let chain = conn.as_ref().and_then(|c| c.client_chain.clone());
+            if !chain.is_some_and(|c| auth.still_valid(&c, app.clock.unix())) {
+                let mut ev = AuditEvent::new("admin_call", Outcome::Denied);
+                ev.actor = actor(&id);
+                ev.details
+                    .insert("call".into(), Value::String(C::NAME.into()));
+                let err = ApiError::AccessDenied(
+                    "the client certificate is revoked or expired; connect with a valid one".into(),
+                );
+                return Err(refused(app, ev, err).await);
+            }
+        }
         // The environment of the route, for the record (a refusal included). Read as text
         // only, and only if it is a name: nothing else of the request is looked at before
         // the role check.
@@ -153,6 +168,16 @@ impl<C: AdminCall> FromRequestParts<Arc<App>> for Authorized<C> {
             ev,
             call: PhantomData,
         })
+    }
+}
+
+impl<C> Authorized<C> {
+    /// Refuses the authorized call for its input (a body or path that does not parse), on
+    /// the caller's record like every other refusal of a caller with an identity.
+    pub async fn refuse(&self, app: &App, err: ApiError) -> ApiError {
+        let mut ev = self.ev.clone();
+        ev.outcome = Outcome::Denied;
+        refused(app, ev, err).await
     }
 }
 

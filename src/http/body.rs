@@ -16,6 +16,9 @@ pub async fn read_limited(req: Request, limit: usize) -> Result<axum::body::Byte
         .map_err(|_| ApiError::TooLarge(limit))
 }
 
+/// Longest part of an error message taken from the request.
+const MAX_ECHO: usize = 200;
+
 /// Describes a JSON error without quoting the input.
 pub fn describe_json_error(e: &serde_json::Error) -> String {
     let msg = e.to_string();
@@ -29,6 +32,11 @@ pub fn describe_json_error(e: &serde_json::Error) -> String {
         serde_json::error::Category::Data => {
             if msg.starts_with("missing field") || msg.starts_with("unknown field") {
                 let head = msg.split(" at line").next().unwrap_or(&msg);
+                // The field name comes from the request: never echo a long one whole.
+                let head = match head.char_indices().nth(MAX_ECHO) {
+                    Some((cut, _)) => format!("{}…", &head[..cut]),
+                    None => head.to_string(),
+                };
                 format!("invalid request body: {head}")
             } else if let Some(exp) = msg.split(", expected ").nth(1) {
                 let exp = exp.split(" at line").next().unwrap_or(exp);

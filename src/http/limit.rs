@@ -1,7 +1,8 @@
 //! The rate limit of a source address, applied to a group of routes before anything else of
 //! the request is read: one check of the source's bucket and the global bucket of the
 //! group's [`Class`]; over either, `429 rate_limited` with `Retry-After`, counted into the
-//! aggregate refusal records, never a line each.
+//! aggregate refusal records, never a line each. Admin calls over a connection with a verified
+//! admin certificate skip these two buckets and spend their certificate's own.
 
 use std::sync::Arc;
 
@@ -38,6 +39,10 @@ pub async fn by_source_vault(
 
 fn check(app: &App, class: Class, req: &Request) -> Result<(), crate::error::ApiError> {
     match req.extensions().get::<ConnInfo>() {
+        // A caller whose admin certificate was verified at the handshake is limited by its
+        // own bucket (per certificate) only: anonymous traffic spending the source and global
+        // admin buckets cannot lock the security on-call out of a revocation.
+        Some(conn) if class == Class::Admin && conn.admin.is_some() => Ok(()),
         Some(conn) => app.check_source(class, conn.peer.ip()),
         None => Ok(()),
     }

@@ -22,6 +22,9 @@ pub struct ConnInfo {
     pub admin: Option<AdminIdentity>,
     /// Whether the client presented a verified certificate at all.
     pub client_cert: bool,
+    /// The client's certificate chain as verified at the handshake (checked again on every
+    /// admin call: [`crate::tls::AdminClientAuth::still_valid`]).
+    pub client_chain: Option<std::sync::Arc<[rustls_pki_types::CertificateDer<'static>]>>,
     /// Remote address.
     pub peer: SocketAddr,
 }

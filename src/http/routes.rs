@@ -31,6 +31,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route_layer(by_source(Class::Exchange));
     let admin = super::admin::router().route_layer(by_source(Class::Admin));
     let reads = Router::new()
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/secrets/{env}/{*path}", get(read_secret))
         .route("/v1/revoke/self", post(revoke_self))
         .route("/v1/envs/{env}", get(env_info))
@@ -47,8 +49,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route_layer(by_source(Class::Read));
     let mut r = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .merge(exchanges)
         .merge(reads)
         .nest("/v1/admin", admin);

@@ -124,7 +124,6 @@ pub async fn serve_router(
             let timeouts = limits.timeouts;
             let closed = limits.closed.clone();
             tokio::spawn(async move {
-                let activity = Activity::new();
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
                     .http1()
@@ -147,9 +146,15 @@ pub async fn serve_router(
                                     return;
                                 }
                             };
+                        let client_chain = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
                         let info = ConnInfo {
                             admin: leaf.as_deref().and_then(tls::admin_identity),
                             client_cert: leaf.is_some(),
+                            client_chain,
                             peer,
                         };
                         (info, Io::Tls(Box::new(stream)))
@@ -158,11 +163,14 @@ pub async fn serve_router(
                         ConnInfo {
                             admin: None,
                             client_cert: false,
+                            client_chain: None,
                             peer,
                         },
                         Io::Plain(tcp),
                     ),
                 };
+                // Silence is counted from the end of the handshake.
+                let activity = Activity::new();
                 let svc = service(router, info, activity.clone());
                 let io = TokioIo::new(Lingering::new(io, permit));
                 let conn = watcher.watch(builder.serve_connection(io, svc).into_owned());

@@ -73,6 +73,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/auth/{mount}/login", post(login).put(login))
         .route_layer(by_source(Class::Exchange));
     let reads = Router::new()
+        .route("/v1/sys/health", get(health))
         .route(
             "/v1/auth/token/lookup-self",
             get(lookup_self).post(lookup_self),
@@ -84,7 +85,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/{mount}/{*path}", get(kv_read))
         .route_layer(by_source(Class::Read));
     Router::new()
-        .route("/v1/sys/health", get(health))
         .merge(logins)
         .merge(reads)
         .fallback(not_found)

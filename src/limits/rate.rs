@@ -117,10 +117,18 @@ pub struct RateLimits {
     exchange: ClassLimits,
     read: ClassLimits,
     admin: ClassLimits,
+    /// Refusals of identified callers written on their own line, per caller (beyond it they
+    /// are counted into the aggregate records).
+    records: DefaultKeyedRateLimiter<u64>,
     /// Subjects are kept as keyed 64-bit hashes (bounded size, not guessable from memory).
     hasher: RandomState,
     clock: DefaultClock,
 }
+
+/// Refusals of one identified caller written on their own line per second, sustained.
+pub const RECORDS_PER_SECOND: NonZeroU32 = NonZeroU32::MIN.saturating_add(0);
+/// ... and at once.
+pub const RECORDS_BURST: NonZeroU32 = NonZeroU32::MIN.saturating_add(19);
 
 fn wait_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -147,9 +155,20 @@ impl RateLimits {
                 config.admin_per_subject,
                 config.admin_global,
             ),
+            records: RateLimiter::keyed(
+                Quota::per_second(RECORDS_PER_SECOND).allow_burst(RECORDS_BURST),
+            ),
             hasher: RandomState::new(),
             clock: DefaultClock::default(),
         }
+    }
+
+    /// Whether a refusal of the identified caller `key` (a token subject, a lease) is written
+    /// on its own line: up to [`RECORDS_BURST`] at once and [`RECORDS_PER_SECOND`] a second
+    /// per caller; beyond that the caller's refusals are counted into the aggregate records,
+    /// so that even a caller with a valid identity cannot buy audit lines without bound.
+    pub fn own_record(&self, key: &str) -> bool {
+        self.records.check_key(&self.hasher.hash_one(key)).is_ok()
     }
 
     fn class(&self, class: Class) -> &ClassLimits {
@@ -206,7 +225,9 @@ impl RateLimits {
     /// Drops the buckets that are full again (their callers have been quiet long enough);
     /// returns how many keyed buckets remain.
     pub fn retain_recent(&self) -> usize {
-        let mut left = 0;
+        self.records.retain_recent();
+        self.records.shrink_to_fit();
+        let mut left = self.records.len();
         for c in [&self.exchange, &self.read, &self.admin] {
             if let Some(l) = &c.per_ip {
                 l.retain_recent();

@@ -151,6 +151,25 @@ impl AdminClientAuth {
         self.live.load().info
     }
 
+    /// Whether a client chain accepted at an earlier handshake still passes now (Unix
+    /// seconds), under the CRLs in force now: a resumed TLS session skips the verifier, and a
+    /// connection opened before a CRL reload or before the certificate expired outlives both,
+    /// so every admin call checks its connection's chain again.
+    #[must_use]
+    pub fn still_valid(&self, chain: &[CertificateDer<'static>], now: i64) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(now).unwrap_or(0),
+        ));
+        self.live
+            .load()
+            .verifier
+            .verify_client_cert(leaf, intermediates, now)
+            .is_ok()
+    }
+
     /// Reads the CRL file again; when it passes every check, new handshakes use it. On error
     /// the CRLs in force stay. Ok(None) when no CRL file is configured.
     ///

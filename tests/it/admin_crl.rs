@@ -141,6 +141,11 @@ async fn revoked_admin_certificate_fails_the_handshake_and_a_reload_revokes_anot
         "the stale CRL's nextUpdate (2001-01-01) is published: {m}"
     );
 
+    // Bob keeps a connection open (and could resume his TLS session) across the reload.
+    let bobs = client_with(Some(&b.pki.ca_pem), Some((&bob.pem, &bob.key_pem)));
+    let url = format!("{}/v1/admin/secrets/prod", b.url);
+    assert_eq!(bobs.get(&url).send().await.unwrap().status().as_u16(), 200);
+
     // The file is replaced by a CRL revoking bob; the SIGHUP reload puts it in force.
     let crl_path = b.app.config().tls.crl.clone().unwrap();
     std::fs::write(&crl_path, crl(&ca, &[&bob], 2, 2100)).unwrap();
@@ -149,6 +154,14 @@ async fn revoked_admin_certificate_fails_the_handshake_and_a_reload_revokes_anot
         other => panic!("expected the new CRL in force, got {other:?}"),
     }
     assert_revoked(&b, &bob, "bob").await;
+    // His open connection is refused too: every admin call checks the chain again.
+    let r = bobs.get(&url).send().await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "bob's kept connection still works"
+    );
+    assert!(r.text().await.unwrap().contains("revoked or expired"));
     assert_eq!(
         admin_call(&b, &alice).await,
         Ok(200),

@@ -25,6 +25,9 @@ crate::support::harness::cases! {
         an_oversized_body_gets_its_413_before_the_connection_closes,
         an_oversized_http2_body_gets_its_answer_before_the_stream_is_reset,
         http2_connections_carry_a_stream_limit_and_pings,
+        anonymous_traffic_cannot_spend_the_admin_budget_of_certificate_holders,
+        refusals_of_a_verified_caller_are_lines_up_to_a_budget_then_counted,
+        a_revoked_token_used_again_is_on_record_with_its_lease,
     ],
 }
 
@@ -493,4 +496,89 @@ async fn http2_connections_carry_a_stream_limit_and_pings() {
     })
     .await;
     assert!(pinged.is_ok(), "no HTTP/2 PING from the server");
+}
+
+async fn anonymous_traffic_cannot_spend_the_admin_budget_of_certificate_holders() {
+    let b = with_limits(
+        "admin_per_ip = { per_second = 1, burst = 1 }\nadmin_global = { per_second = 1, burst = 1 }",
+    )
+    .await;
+    // Without a certificate the source and global admin buckets run dry...
+    let anonymous = b.client();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (s, _) = b
+            .request(&anonymous, "GET", "/v1/admin/leases", None, None)
+            .await;
+        statuses.push(s);
+    }
+    assert_eq!(statuses, vec![403, 429, 429]);
+    // ...and the security on-call still revokes.
+    let (s, v) = b
+        .request(
+            &b.admin(jobpass::tls::AdminRole::Security),
+            "POST",
+            "/v1/admin/revoke",
+            None,
+            Some(json!({"selector": {"environment": "prod"}, "reason": "INC-1"}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+async fn refusals_of_a_verified_caller_are_lines_up_to_a_budget_then_counted() {
+    let b = Broker::start().await;
+    // A real token of a trusted issuer, denied by policy (wrong branch), sent again and again.
+    let mut denied = github_claims(&b.gh.issuer_url());
+    denied["ref"] = json!("refs/heads/feature");
+    let token = b.gh.sign(denied);
+    for _ in 0..40 {
+        let (s, _) = b.exchange(&token, "prod", Some("deploy-web")).await;
+        assert_eq!(s, 403);
+    }
+    let lines = b
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["event"] == "exchange" && r["outcome"] == "denied")
+        .count();
+    let budget = jobpass::limits::rate::RECORDS_BURST.get() as usize;
+    assert!(
+        (budget..budget + 5).contains(&lines),
+        "{lines} lines for 40 denials (budget {budget})"
+    );
+    b.app.flush_refusals().await.unwrap();
+    let counted = refusal_records(&b)
+        .into_iter()
+        .find(|r| r["details"]["call"] == "exchange" && r["details"]["answer"] == "access_denied")
+        .expect("the denials over the budget, counted");
+    assert_eq!(
+        counted["details"]["count"].as_u64().unwrap() as usize + lines,
+        40,
+        "{counted}"
+    );
+}
+
+async fn a_revoked_token_used_again_is_on_record_with_its_lease() {
+    let b = Broker::start().await;
+    b.put_secret("prod", "deploy/web/api", json!({"key": "v"}))
+        .await;
+    let (s, v) = b
+        .exchange(&b.github_token(), "prod", Some("deploy-web"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let lease = v["lease_id"].as_str().unwrap().to_string();
+    let token = v["credentials"][0]["token"].as_str().unwrap().to_string();
+    let (s, _) = b
+        .request(&b.client(), "POST", "/v1/revoke/self", Some(&token), None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = b.get("/v1/secrets/prod/deploy/web/api", Some(&token)).await;
+    assert_eq!(s, 401);
+    let last = b
+        .audit_records()
+        .into_iter()
+        .rfind(|r| r["event"] == "secret_read")
+        .expect("the read with the revoked token, on its own line");
+    assert_eq!(last["lease_id"], lease.as_str(), "{last}");
+    assert_eq!(last["outcome"], "denied", "{last}");
 }
