@@ -450,6 +450,11 @@ allow_http = true
 [[issuer]]
 url = "{gl}"
 allow_http = true
+
+# Never asked (no token of it is ever presented): lets a policy trust GitHub's real,
+# multi-tenant issuer, which the policy lint warns about.
+[[issuer]]
+url = "https://token.actions.githubusercontent.com"
 {postgres}
 {extra}
 "#,
