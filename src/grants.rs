@@ -3,20 +3,35 @@
 //! OAuth endpoints — a broker token or a JWT minted here — resolves to its lease for RFC 7662
 //! introspection and RFC 7009 revocation.
 //!
+//! What RFC 7009 revocation ends depends on what was presented (least privilege: a holder ends
+//! what it holds, no more):
+//! - a **JWT** ends only itself. A job hands its JWTs to downstream services; any of them may
+//!   revoke the JWT it received, but must not be able to end the job: the lease, its broker
+//!   token, database roles and certificates stay live. The JWT's id is then listed at
+//!   `/v1/envs/<env>/revoked` and introspects as inactive;
+//! - a **broker token** (`jpt_…`) ends its whole lease, as `POST /v1/revoke/self` does. It is
+//!   the job's own handle on the broker, sent to nobody else, and its holder is the job: ending
+//!   the lease is how a job says it is done;
+//! - database roles and certificates cannot be presented (the form's `token` is a broker token
+//!   or a JWT), so a service they were handed to cannot end anything with them.
+//!
 //! Guarantees:
 //! - a token is looked up by its keyed digest (`crypto::token_digest`), never by its value;
 //! - a revoked or expired grant is refused like an unknown token (401), with a message that
 //!   says which and never quotes the token;
 //! - a JWT is believed only once its signature verifies under its environment's signing key,
-//!   and its lease's state is read from the store on every call (nothing revocable is cached);
+//!   and its own and its lease's state are read from the store on every call (nothing
+//!   revocable is cached);
 //! - a presented credential that is unknown, unverifiable, revoked or expired is introspected
-//!   as `{"active": false}` alone, and its revocation is a no-op: neither says which.
+//!   as `{"active": false}` alone, and its revocation is a no-op: neither says which;
+//! - a JWT revoked on its own is on record (`credential_revoke`, the JWT masked, the actor the
+//!   lease's subject) once, however many times or replicas it is presented to.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::audit::Actor;
+use crate::audit::{Actor, MaskedCredential};
 use crate::crypto::token_digest;
 use crate::leases::revoke::RevokeError;
 use crate::mint::MintError;
@@ -60,12 +75,40 @@ pub enum PresentedError {
 /// A credential presented to the OAuth endpoints, resolved to its lease.
 #[derive(Debug)]
 struct Presented {
+    /// What it is.
+    kind: PresentedKind,
     /// Its lease.
     lease_id: String,
     /// Neither revoked nor expired.
     active: bool,
     /// Its RFC 7662 introspection answer.
     body: Value,
+}
+
+/// The kinds of credential the OAuth endpoints accept.
+#[derive(Debug)]
+enum PresentedKind {
+    /// A broker token: the job's own handle, whose revocation ends the lease.
+    BrokerToken,
+    /// A JWT minted here, whose revocation ends only itself.
+    Jwt(JwtRef),
+}
+
+/// What the audit record of a JWT revoked on its own names.
+#[derive(Debug)]
+struct JwtRef {
+    /// Credential id (the JWT's `jti`).
+    id: String,
+    /// Grant name.
+    name: String,
+    /// Environment.
+    env: String,
+    /// Role of the lease.
+    role: String,
+    /// Subject of the lease's source token.
+    subject: String,
+    /// Issuer of the lease's source token.
+    issuer: String,
 }
 
 impl App {
@@ -103,6 +146,7 @@ impl App {
             };
             let active = g.revoked_at.is_none() && g.expires_at > now;
             return Ok(Some(Presented {
+                kind: PresentedKind::BrokerToken,
                 lease_id: g.lease_id.clone(),
                 active,
                 body: json!({"active": active, "token_type": "Bearer", "exp": g.expires_at,
@@ -128,6 +172,9 @@ impl App {
         let Some(state) = self.store.credential_state(jti).await? else {
             return Ok(None);
         };
+        if state.credential.kind != crate::mint::Kind::Jwt || state.credential.env != env {
+            return Ok(None);
+        }
         let active = state.revoked_at.is_none() && state.credential.expires_at > now;
         let scope = claims["scope"]
             .as_str()
@@ -139,6 +186,14 @@ impl App {
                 "sub": state.subject, "scope": scope, "jti": jti, "aud": claims["aud"],
                 "iss": claims["iss"], "env": env, "role": state.role,
                 "lease_id": state.credential.lease_id}),
+            kind: PresentedKind::Jwt(JwtRef {
+                id: state.credential.id,
+                name: state.credential.name,
+                env,
+                role: state.role,
+                subject: state.subject,
+                issuer: state.issuer,
+            }),
         }))
     }
 
@@ -152,23 +207,50 @@ impl App {
         Ok(answer)
     }
 
-    /// RFC 7009 revocation: possession of a live credential is the authority to end its lease.
+    /// RFC 7009 revocation: possession of a live credential is the authority to revoke it —
+    /// a JWT alone, a broker token with its whole lease (see the module documentation).
     /// Anything else is left alone, without saying so.
     pub async fn revoke_presented(&self, token: &SecretString) -> Result<(), PresentedError> {
-        if let Some(p) = self.resolve_credential(token.expose_secret()).await?
-            && p.active
-        {
-            let actor = Actor {
-                kind: "token".into(),
-                subject: p.body["sub"].as_str().map(str::to_string),
-                ..Actor::default()
-            };
-            let sel = Selector {
-                lease_id: Some(p.lease_id),
-                ..Selector::default()
-            };
-            self.revoke(&sel, "revoked by its holder (RFC 7009)", actor)
+        let Some(p) = self.resolve_credential(token.expose_secret()).await? else {
+            return Ok(());
+        };
+        if !p.active {
+            return Ok(());
+        }
+        match p.kind {
+            PresentedKind::BrokerToken => {
+                let actor = Actor {
+                    kind: "token".into(),
+                    subject: p.body["sub"].as_str().map(str::to_string),
+                    ..Actor::default()
+                };
+                let sel = Selector {
+                    lease_id: Some(p.lease_id),
+                    ..Selector::default()
+                };
+                self.revoke(&sel, "revoked by its holder (RFC 7009)", actor)
+                    .await?;
+            }
+            PresentedKind::Jwt(jwt) => {
+                let masked = MaskedCredential::new(
+                    &self.audit_key,
+                    &jwt.name,
+                    crate::mint::Kind::Jwt.name(),
+                    token.expose_secret(),
+                );
+                self.revoke_jwt(
+                    crate::leases::revoke::RevokedJwt {
+                        id: &jwt.id,
+                        lease_id: &p.lease_id,
+                        env: &jwt.env,
+                        role: &jwt.role,
+                        masked,
+                    },
+                    "revoked by its holder (RFC 7009)",
+                    Actor::token(Some(&jwt.subject), Some(&jwt.issuer)),
+                )
                 .await?;
+            }
         }
         Ok(())
     }

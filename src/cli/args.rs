@@ -235,12 +235,19 @@ impl std::fmt::Debug for ExchangeArgs {
 #[derive(Subcommand, Debug)]
 pub enum PolicyCmd {
     /// Validate a policy directory; exit 1 with file:line: reason lines when invalid.
+    ///
+    /// Valid but risky policies get file:line: warning: lines on standard error (a role
+    /// trusting GitHub, GitLab.com or Buildkite without pinning an organization or group)
+    /// and still exit 0, unless --strict.
     Check {
         /// Directory of `<env>.toml` files.
         dir: PathBuf,
         /// Also check issuers and grant kinds against this server configuration.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Exit 1 on any warning too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Say whether claims would be allowed, and which condition failed.
     ///

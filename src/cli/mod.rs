@@ -177,24 +177,41 @@ fn exchange_request(a: ExchangeArgs) -> ExchangeRequest {
 )]
 fn policy(c: PolicyCmd) -> Result<i32, CliError> {
     match c {
-        PolicyCmd::Check { dir, config } => {
-            match offline::check_policies(&dir, config.as_deref())? {
-                PolicyCheck::Valid(set) => {
-                    let envs: Vec<&str> = set.environments().map(|e| e.name.as_str()).collect();
-                    println!(
-                        "OK: {} environments ({}), version {}",
-                        envs.len(),
-                        envs.join(", "),
-                        set.version()
+        PolicyCmd::Check {
+            dir,
+            config,
+            strict,
+        } => match offline::check_policies(&dir, config.as_deref())? {
+            PolicyCheck::Valid(set) => {
+                let warnings = crate::policy::lint::warnings(&set);
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
+                if strict && !warnings.is_empty() {
+                    eprintln!(
+                        "refused: {} warning(s), and --strict refuses any",
+                        warnings.len()
                     );
-                    Ok(0)
+                    return Ok(1);
                 }
-                PolicyCheck::Invalid(errors) => {
-                    eprintln!("{errors}");
-                    Ok(1)
-                }
+                let envs: Vec<&str> = set.environments().map(|e| e.name.as_str()).collect();
+                let warned = match warnings.len() {
+                    0 => String::new(),
+                    n => format!(", {n} warning(s)"),
+                };
+                println!(
+                    "OK: {} environments ({}), version {}{warned}",
+                    envs.len(),
+                    envs.join(", "),
+                    set.version()
+                );
+                Ok(0)
             }
-        }
+            PolicyCheck::Invalid(errors) => {
+                eprintln!("{errors}");
+                Ok(1)
+            }
+        },
         PolicyCmd::Test {
             dir,
             env,

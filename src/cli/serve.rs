@@ -87,6 +87,8 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
         )?),
         None => None,
     };
+    // Valid but risky policies: logged, never refused (`policy check --strict` refuses them).
+    crate::policy::lint::log_warnings(&app.policies.load());
     let running = crate::http::server::serve(app.clone(), listen, tls.clone()).await?;
     let vault = match app.config.vault_compat_listen {
         Some(addr) => Some(

@@ -257,8 +257,8 @@ async fn oauth_introspect(
     Ok(Json(app.introspect(&token).await?))
 }
 
-/// RFC 7009 revocation: possession of the credential is the authority to end its lease. Unknown
-/// tokens are answered 200 too, as the RFC requires.
+/// RFC 7009 revocation: possession of the credential is the authority to revoke it (a JWT
+/// alone, a broker token with its lease). Unknown tokens are answered 200 too, as the RFC requires.
 async fn oauth_revoke(
     State(app): State<Arc<App>>,
     FormBody(form): FormBody,
@@ -268,7 +268,7 @@ async fn oauth_revoke(
     Ok(Json(json!({})))
 }
 
-/// Unexpired JWT ids of revoked leases, for services that verify JWTs offline.
+/// Unexpired ids of revoked JWTs (alone or with their lease), for services that verify JWTs offline.
 async fn env_revoked(
     State(app): State<Arc<App>>,
     Path(env): Path<String>,

@@ -7,8 +7,12 @@
 //! - of a lease's sealed record only the source claims and the masked credentials are shown,
 //!   never what revocation needs (database role names); a record that cannot be opened (keys
 //!   destroyed) is listed without them;
+//! - a credential revoked on its own (a JWT revoked by its holder) carries its `revoked_at`;
+//!   its lease stays `active`;
 //! - every listing is one audit record with its count, and a listing whose record cannot be
 //!   written is refused (fail closed).
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -105,7 +109,8 @@ pub struct ListedLease {
     pub revocation: Option<&'static str>,
     /// Where it stands now.
     pub status: LeaseStatus,
-    /// Its credentials, masked; None when its record cannot be opened.
+    /// Its credentials, masked (with `revoked_at` on one revoked on its own); None when its
+    /// record cannot be opened.
     pub credentials: Option<Value>,
     /// The source token's claims; None when its record cannot be opened.
     pub claims: Option<Value>,
@@ -182,10 +187,17 @@ impl App {
         };
         ev.environment = f.env.clone();
         let rows = self.store.leases(&f).await?;
+        let ids: Vec<String> = rows.iter().map(|l| l.id.clone()).collect();
+        let revoked_alone: HashMap<String, i64> = self
+            .store
+            .credentials_revoked_alone(&ids)
+            .await?
+            .into_iter()
+            .collect();
         let now = self.clock.unix();
         let mut leases = Vec::with_capacity(rows.len());
         for l in &rows {
-            let details: Option<Value> = match self
+            let mut details: Option<Value> = match self
                 .keyring
                 .open(&l.env, "leases", &l.id, l.key_version, &l.sealed)
                 .await
@@ -193,6 +205,9 @@ impl App {
                 Ok(p) => serde_json::from_slice(&p).ok(),
                 Err(_) => None,
             };
+            if let Some(Value::Array(creds)) = details.as_mut().map(|d| &mut d["credentials"]) {
+                mark_revoked_alone(creds, &revoked_alone);
+            }
             leases.push(ListedLease {
                 lease_id: l.id.clone(),
                 environment: l.env.clone(),
@@ -221,9 +236,33 @@ impl App {
     }
 }
 
+/// Adds `revoked_at` to each listed credential revoked on its own.
+fn mark_revoked_alone(creds: &mut [Value], revoked_alone: &HashMap<String, i64>) {
+    for c in creds {
+        let at = c["id"].as_str().and_then(|id| revoked_alone.get(id));
+        if let (Some(&at), Value::Object(m)) = (at, c) {
+            m.insert("revoked_at".into(), Value::String(rfc3339(at)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marks_only_the_credentials_revoked_on_their_own() {
+        let mut creds = vec![
+            json!({"id": "crd_a", "name": "api", "kind": "token"}),
+            json!({"id": "crd_b", "name": "deploy", "kind": "jwt"}),
+            json!({"name": "no-id"}),
+        ];
+        let revoked = HashMap::from([("crd_b".to_string(), 0)]);
+        mark_revoked_alone(&mut creds, &revoked);
+        assert!(creds[0].get("revoked_at").is_none());
+        assert_eq!(creds[1]["revoked_at"], "1970-01-01T00:00:00Z");
+        assert!(creds[2].get("revoked_at").is_none());
+    }
 
     fn params(q: &[(&str, &str)]) -> Vec<(String, String)> {
         q.iter()

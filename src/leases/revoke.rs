@@ -1,6 +1,8 @@
 //! Revocation (SPEC §4): one call revokes every live lease a selector matches, on every kind of
 //! credential those leases hold. Bearer tokens and JWT introspection read the lease state on
-//! every request (nothing revocable is cached), so a revocation takes effect at once.
+//! every request (nothing revocable is cached), so a revocation takes effect at once. A single
+//! JWT can also be revoked on its own ([`App::revoke_jwt`], RFC 7009 by its holder): its lease
+//! and the lease's other credentials stay live.
 //!
 //! Guarantees:
 //! - a selector that restricts nothing is refused unless it says `all`, and `all` is refused
@@ -16,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::audit::{Actor, AuditError, AuditEvent, Outcome};
+use crate::audit::{Actor, AuditError, AuditEvent, MaskedCredential, Outcome};
 use crate::reason::{NoReason, Reason};
 use crate::store::{Selector, StoreError};
 
@@ -261,6 +263,51 @@ impl App {
             lease_ids: ids,
             audited,
         })
+    }
+}
+
+/// One JWT to revoke on its own, as its audit record names it.
+#[derive(Debug)]
+pub struct RevokedJwt<'a> {
+    /// Credential id (the JWT's `jti`).
+    pub id: &'a str,
+    /// Its lease.
+    pub lease_id: &'a str,
+    /// Environment.
+    pub env: &'a str,
+    /// Role of the lease.
+    pub role: &'a str,
+    /// The JWT, masked.
+    pub masked: MaskedCredential,
+}
+
+impl App {
+    /// Revokes one JWT, and nothing else: its lease and the lease's other credentials stay
+    /// live. Committed first, then audited (`credential_revoke`), like [`App::revoke`]. True
+    /// when this call revoked it; false (and no record) when it already was.
+    pub async fn revoke_jwt(
+        &self,
+        jwt: RevokedJwt<'_>,
+        reason: &str,
+        actor: Actor,
+    ) -> Result<bool, RevokeError> {
+        let reason = Reason::required(Some(reason.to_owned()))?;
+        if !self.store.revoke_jwt(jwt.id, self.clock.unix()).await? {
+            return Ok(false);
+        }
+        let ev = AuditEvent::new("credential_revoke", Outcome::Success)
+            .with_actor(actor)
+            .with_environment(jwt.env)
+            .with_role(jwt.role)
+            .with_lease_id(jwt.lease_id)
+            .with_reason(reason.as_str())
+            .with_credential(jwt.masked)
+            .with_detail("credential_id", json!(jwt.id));
+        if let Err(e) = self.audit.append(ev).await {
+            tracing::error!(error = %e, "a JWT was revoked but its audit record could not be written");
+        }
+        tracing::info!(lease_id = jwt.lease_id, "one JWT revoked on its own");
+        Ok(true)
     }
 }
 

@@ -14,10 +14,12 @@
 //!   [`Denial`] whose [`public_message`](Denial::public_message) names the claim but never
 //!   the expected pattern.
 //!
-//! Claim matching rules live in [`conditions`], the glob dialect in [`glob`].
+//! Claim matching rules live in [`conditions`], the glob dialect in [`glob`]; warnings about
+//! valid but risky policies (a multi-tenant issuer without a tenant pinned) in [`lint`].
 
 pub mod conditions;
 pub mod glob;
+pub mod lint;
 mod parse;
 pub mod reload;
 
@@ -403,6 +405,8 @@ impl fmt::Display for Denial {
 pub struct Role {
     /// Name, unique in the environment, `[A-Za-z0-9._-]+`.
     pub name: String,
+    /// Line of its `name` in the policy file.
+    pub line: usize,
     /// Lifetime of the credentials: non-zero and at most the environment's `max_ttl`
     /// (defaults to `max_ttl` when the role names none).
     pub ttl: Duration,

@@ -270,6 +270,7 @@ fn role(
     }
 
     Role {
+        line: ctx.line(raw.name.span().start),
         name,
         ttl,
         conditions,

@@ -1,6 +1,8 @@
 //! Policy hot reload (SPEC §1): on a change in the policy directory (debounced) or SIGHUP the
 //! whole set is loaded and validated again; a valid set replaces the old one atomically, an
-//! invalid one is refused and the last good set stays. Both outcomes are audited.
+//! invalid one is refused and the last good set stays. Both outcomes are audited. A new set's
+//! lint warnings ([`super::lint`]) are logged and kept in its audit record; they never refuse
+//! it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +34,14 @@ pub async fn reload(app: &App, trigger: &str) -> Reload {
         Err(e) => Err(format!("reload task failed: {e}")),
     };
     let old = app.policies.load().version().to_string();
+    let mut warnings = Vec::new();
     let (outcome, result) = match loaded {
         Ok(set) => {
             let new = set.version().to_string();
             if new == old {
                 return Reload::Unchanged;
             }
+            warnings = super::lint::log_warnings(&set);
             app.policies.store(Arc::new(set));
             app.policy_version.send_replace(new.clone());
             tracing::info!(old = %old, new = %new, trigger, "policies reloaded");
@@ -57,6 +61,9 @@ pub async fn reload(app: &App, trigger: &str) -> Reload {
     match &result {
         Reload::Changed(v) => {
             ev.policy_version = Some(v.clone());
+            if !warnings.is_empty() {
+                ev.details.insert("warnings".into(), json!(warnings));
+            }
         }
         Reload::Rejected(e) => {
             ev.reason = Some("invalid policy set; the last good set stays live".into());

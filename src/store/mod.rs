@@ -302,9 +302,11 @@ pub struct CredentialState {
     pub credential: CredentialRow,
     /// Role of the lease.
     pub role: String,
-    /// Subject of the lease.
+    /// Subject of the lease's source token.
     pub subject: String,
-    /// Unix seconds, when the lease was revoked.
+    /// Issuer of the lease's source token.
+    pub issuer: String,
+    /// Unix seconds, when the credential was revoked on its own, else when its lease was.
     pub revoked_at: Option<i64>,
 }
 

@@ -333,6 +333,108 @@ async fn policy_check_and_test_work_offline() {
     assert!(out.starts_with("allow"), "{out}");
 }
 
+/// A policy directory whose `open.toml` trusts GitHub's multi-tenant issuer with one role
+/// matching `conditions`.
+fn open_policy(dir: &Path, conditions: &str) -> PathBuf {
+    let policies = dir.join("open-policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("open.toml"),
+        format!(
+            "[environment]\nname = \"open\"\n\
+             issuers = [\"https://token.actions.githubusercontent.com\"]\n\
+             audience = \"https://jobpass.example.com\"\nmax_ttl = \"10m\"\n\n\
+             [[role]]\nname = \"deploy\"\n[role.match]\n{conditions}\n\n\
+             [[role.grant]]\nname = \"api\"\nkind = \"token\"\nsecrets = [\"x/*\"]\n"
+        ),
+    )
+    .unwrap();
+    policies
+}
+
+async fn policy_check_warns_about_an_unpinned_multi_tenant_role_and_strict_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = open_policy(
+        dir.path(),
+        "repository = \"*/web\"\nref = \"refs/heads/main\"",
+    );
+    let open = open.to_str().unwrap();
+    let (code, out, err) = run(dir.path(), &["policy", "check", open]);
+    assert_eq!(code, 0, "a warning alone passes: {out}{err}");
+    assert!(
+        out.starts_with("OK: 1 environments (open)") && out.contains("1 warning(s)"),
+        "{out}"
+    );
+    let warning = err.lines().next().unwrap();
+    assert!(
+        warning.starts_with(
+            "open.toml:8: warning: environment `open`, role `deploy`: issuer \
+             `https://token.actions.githubusercontent.com` (GitHub Actions)"
+        ) && warning.contains("add `repository_owner_id = \"<id>\"`")
+            && warning.ends_with("(`repository` does not fix the owner)"),
+        "{err}"
+    );
+    let (code, out, err) = run(dir.path(), &["policy", "check", "--strict", open]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("open.toml:8: warning:") && err.contains("--strict"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+
+    // Pinned to one owner: nothing to say, even with --strict.
+    let pinned = open_policy(
+        dir.path(),
+        "repository = \"acme/*\"\nref = \"refs/heads/main\"",
+    );
+    let (code, out, err) = run(
+        dir.path(),
+        &["policy", "check", "--strict", pinned.to_str().unwrap()],
+    );
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    // The shipped policies pin their tenants.
+    let (code, out, err) = run(
+        dir.path(),
+        &[
+            "policy",
+            "check",
+            "--strict",
+            repo_policies().to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+}
+
+async fn serve_logs_policy_warnings_at_start_and_serves_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = open_policy(dir.path(), "ref = \"refs/heads/main\"");
+    std::fs::rename(&policies, dir.path().join("policies")).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = DevServer::start(dir.path(), &listen).await;
+    let log = server.kill();
+    let warning = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["level"] == "WARN" && l["fields"]["role"] == "deploy")
+        .unwrap_or_else(|| panic!("no warning logged:\n{log}"));
+    let f = &warning["fields"];
+    assert_eq!(
+        (
+            f["file"].as_str(),
+            f["environment"].as_str(),
+            f["issuer"].as_str(),
+            f["claim"].as_str()
+        ),
+        (
+            Some("open.toml"),
+            Some("open"),
+            Some("https://token.actions.githubusercontent.com"),
+            Some("repository_owner_id")
+        ),
+        "{warning}"
+    );
+}
+
 crate::support::harness::cases! {
     Once: [
         dev_mode_walk_through_from_the_readme,
@@ -340,5 +442,7 @@ crate::support::harness::cases! {
         serve_refuses_a_missing_or_group_readable_root_key,
         serve_refuses_plain_http_on_a_public_address_for_either_listener,
         policy_check_and_test_work_offline,
+        policy_check_warns_about_an_unpinned_multi_tenant_role_and_strict_refuses_it,
+        serve_logs_policy_warnings_at_start_and_serves_anyway,
     ],
 }

@@ -294,6 +294,31 @@ fn parse_cert(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// The serial of a PEM certificate, lowercase hex.
+fn cert_serial(pem: &str) -> String {
+    let der = parse_cert(pem);
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    x.raw_serial_as_string().replace(':', "").to_lowercase()
+}
+
+/// The serials of `env`'s CRL, its signature checked against the environment's CA.
+async fn crl_serials(b: &Broker, env: &str) -> Vec<String> {
+    use rustls_pki_types::pem::PemObject;
+    let (_, ca) = b.get(&format!("/v1/envs/{env}/ca.pem"), None).await;
+    let (_, crl) = b.get(&format!("/v1/envs/{env}/crl.pem"), None).await;
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(
+        crl.as_str().unwrap().as_bytes(),
+    )
+    .unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(der.as_ref()).unwrap();
+    let ca_der = parse_cert(ca.as_str().unwrap());
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    crl.verify_signature(ca_cert.public_key()).unwrap();
+    crl.iter_revoked_certificates()
+        .map(|r| r.raw_serial_as_string().replace(':', "").to_lowercase())
+        .collect()
+}
+
 /// A TLS server requiring client certificates from `client_ca`; returns whether a client
 /// presenting `cert`/`key` completes the handshake.
 async fn mtls_handshake(b: &Broker, client_ca: &str, cert: &str, key: &str) -> bool {
@@ -390,28 +415,65 @@ async fn x509_certificate_verifies_against_the_environment_ca_and_lands_in_the_c
         .collect();
     assert_eq!(uris, vec![format!("jobpass://pki/mtls/{lease}")]);
     assert!(x.extended_key_usage().unwrap().unwrap().value.client_auth);
-    let serial = x.raw_serial_as_string().replace(':', "").to_lowercase();
+    let serial = cert_serial(cert);
 
-    let crl_serials = |pem: String| {
-        use rustls_pki_types::pem::PemObject;
-        let der =
-            rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let (_, crl) = x509_parser::parse_x509_crl(der.as_ref()).unwrap();
-        let ca_der = parse_cert(&ca);
-        let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
-        crl.verify_signature(ca_cert.public_key()).unwrap();
-        crl.iter_revoked_certificates()
-            .map(|r| r.raw_serial_as_string().replace(':', "").to_lowercase())
-            .collect::<Vec<_>>()
-    };
-    let (_, crl) = b.get("/v1/envs/pki/crl.pem", None).await;
-    assert!(!crl_serials(crl.as_str().unwrap().to_string()).contains(&serial));
+    assert!(!crl_serials(&b, "pki").await.contains(&serial));
     revoke_lease(&b, &lease).await;
-    let (_, crl) = b.get("/v1/envs/pki/crl.pem", None).await;
-    assert_eq!(crl_serials(crl.as_str().unwrap().to_string()), vec![serial]);
+    assert_eq!(crl_serials(&b, "pki").await, vec![serial]);
     // The private key never reaches the audit log.
     let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(!b.audit_text().contains(&key_body[..40]));
+}
+
+async fn revoking_one_jwt_leaves_the_leases_database_role_and_certificate_alive() {
+    let admin = pg::admin_url();
+    let b = pg_broker(&admin, None).await;
+    b.put_secret("data", "data/app", json!({"k": "v"})).await;
+    let (s, v) = b
+        .exchange(&b.github_token_for("data"), "data", Some("every-kind"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let lease = v["lease_id"].as_str().unwrap().to_string();
+    let cred = |name: &str| {
+        v["credentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let token = cred("api")["token"].as_str().unwrap().to_string();
+    let jwt = cred("deploy")["token"].as_str().unwrap().to_string();
+    let user = cred("db")["username"].as_str().unwrap().to_string();
+    let serial = cert_serial(cred("mtls")["certificate_pem"].as_str().unwrap());
+
+    // A downstream service revokes the JWT it was sent: only the JWT dies.
+    assert_eq!(b.oauth_revoke(&jwt).await, 200);
+    let l = run_worker(&b, &lease).await;
+    assert_eq!((l.revoked_at, l.revocation), (None, None));
+    assert!(
+        pg::role_exists(&admin, &user).await,
+        "the database role lives"
+    );
+    assert!(pg::connect_as(&admin, &user).await.is_ok());
+    assert!(
+        crl_serials(&b, "data").await.is_empty(),
+        "the certificate is not revoked"
+    );
+    assert_eq!(
+        b.get("/v1/secrets/data/data/app", Some(&token)).await.0,
+        200,
+        "the broker token still reads"
+    );
+
+    // The broker token ends the whole lease: role dropped, certificate in the CRL.
+    assert_eq!(b.oauth_revoke(&token).await, 200);
+    let l = run_worker(&b, &lease).await;
+    assert!(l.revoked_at.is_some());
+    assert_eq!(l.revocation, Some(ExternalRevocation::Done));
+    assert!(!pg::role_exists(&admin, &user).await);
+    assert_eq!(crl_serials(&b, "data").await, vec![serial]);
 }
 
 async fn a_policy_naming_an_unconfigured_database_is_refused() {
@@ -485,6 +547,7 @@ crate::support::harness::cases! {
     ],
     EachStoreWithPostgres: [
         postgres_credential_logs_in_with_exactly_its_groups_rights_and_dies_at_revocation,
+        revoking_one_jwt_leaves_the_leases_database_role_and_certificate_alive,
         database_down_during_revocation_is_pending_then_done_when_it_returns,
         a_crash_between_role_creation_and_lease_commit_leaves_no_orphan,
         an_expired_database_credential_is_dropped_by_the_broker,

@@ -282,6 +282,148 @@ async fn rfc7009_revocation_ends_the_lease_of_the_presented_token() {
     assert_eq!(r.status().as_u16(), 401);
 }
 
+/// `POST /v1/oauth/introspect` of `token`, the caller authenticated by the broker token
+/// `caller` (as a downstream service holding one would).
+async fn introspect_with(b: &Broker, caller: &str, token: &str) -> (u16, Value) {
+    let form = serde_urlencoded::to_string([("token", token)]).unwrap();
+    let r = b
+        .client()
+        .post(format!("{}/v1/oauth/introspect", b.url))
+        .header("authorization", format!("Bearer {caller}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+async fn rfc7009_revocation_of_a_jwt_ends_that_jwt_only_and_of_the_broker_token_the_lease() {
+    let b = Broker::start().await;
+    b.put_secret("prod", "deploy/web/api", json!({"key": "still-readable"}))
+        .await;
+    let (s, v) = b
+        .exchange(&b.github_token(), "prod", Some("deploy-web"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let lease = v["lease_id"].as_str().unwrap().to_string();
+    let token = v["credentials"][0]["token"].as_str().unwrap().to_string();
+    assert_eq!(v["credentials"][1]["kind"], "jwt");
+    let jwt = v["credentials"][1]["token"].as_str().unwrap().to_string();
+    let (_, i) = introspect_with(&b, &token, &jwt).await;
+    assert_eq!(i["active"], true, "{i}");
+    let jti = i["jti"].as_str().unwrap().to_string();
+
+    // The service the job sent its JWT to revokes it.
+    assert_eq!(b.oauth_revoke(&jwt).await, 200);
+
+    // The JWT is dead: inactive at introspection, listed for offline verifiers.
+    assert_eq!(
+        introspect_with(&b, &token, &jwt).await,
+        (200, json!({"active": false}))
+    );
+    let (_, list) = b.get("/v1/envs/prod/revoked", None).await;
+    let listed: Vec<&str> = list["revoked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["jti"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [jti.as_str()], "{list}");
+    // The job is not: its broker token still reads and introspects active, its lease is live.
+    let (s, secret) = b.get("/v1/secrets/prod/deploy/web/api", Some(&token)).await;
+    assert_eq!((s, &secret["data"]["key"]), (200, &json!("still-readable")));
+    let (_, i) = introspect_with(&b, &token, &token).await;
+    assert_eq!(
+        (i["active"].as_bool(), i["lease_id"].as_str()),
+        (Some(true), Some(lease.as_str()))
+    );
+    let (_, page) = b
+        .request(
+            &b.admin(AdminRole::Auditor),
+            "GET",
+            "/v1/admin/leases?active=true",
+            None,
+            None,
+        )
+        .await;
+    let listed = &page["leases"][0];
+    assert_eq!(
+        (listed["lease_id"].as_str(), listed["status"].as_str()),
+        (Some(lease.as_str()), Some("active")),
+        "{page}"
+    );
+    let creds = listed["credentials"].as_array().unwrap();
+    let revoked_at: Vec<(&str, bool)> = creds
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c.get("revoked_at").is_some()))
+        .collect();
+    assert_eq!(revoked_at, [("api", false), ("deploy", true)], "{page}");
+
+    // On record once: that one credential, masked, by the lease's subject; no lease revoked.
+    assert_eq!(b.oauth_revoke(&jwt).await, 200, "again: a no-op");
+    let records = b.audit_records();
+    let revoked: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "credential_revoke")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    let r = revoked[0];
+    assert_eq!(r["lease_id"], lease.as_str());
+    assert_eq!(
+        (r["environment"].as_str(), r["role"].as_str()),
+        (Some("prod"), Some("deploy-web"))
+    );
+    assert_eq!(r["actor"]["kind"], "token");
+    assert_eq!(r["actor"]["subject"], "repo:acme/web:ref:refs/heads/main");
+    assert_eq!(r["details"]["credential_id"], jti.as_str());
+    let c = r["credentials"].as_array().unwrap();
+    assert_eq!(c.len(), 1, "{r}");
+    let masked = format!("{}…", &jwt[..4]);
+    assert_eq!(
+        (
+            c[0]["name"].as_str(),
+            c[0]["kind"].as_str(),
+            c[0]["masked"].as_str()
+        ),
+        (Some("deploy"), Some("jwt"), Some(masked.as_str()))
+    );
+    let minted = records
+        .iter()
+        .find(|r| r["event"] == "exchange" && r["lease_id"] == lease.as_str())
+        .unwrap();
+    assert_eq!(
+        c[0]["fingerprint"], minted["credentials"][1]["fingerprint"],
+        "audit find matches both"
+    );
+    assert!(records.iter().all(|r| r["event"] != "revoke"));
+    assert!(!b.audit_text().contains(&jwt));
+
+    // The broker token is the job's own handle: presenting it still ends the whole lease.
+    assert_eq!(b.oauth_revoke(&token).await, 200);
+    let (s, v) = b.get("/v1/secrets/prod/deploy/web/api", Some(&token)).await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("invalid_token")));
+    let (s, _) = introspect_with(&b, &token, &token).await;
+    assert_eq!(s, 401, "a dead broker token cannot introspect");
+    let (_, list) = b.get("/v1/envs/prod/revoked", None).await;
+    assert_eq!(
+        list["revoked"].as_array().unwrap().len(),
+        1,
+        "listed once: {list}"
+    );
+    let rec = b
+        .audit_records()
+        .into_iter()
+        .rfind(|r| r["event"] == "revoke")
+        .unwrap();
+    assert_eq!(rec["lease_id"], lease.as_str());
+    assert_eq!(rec["details"]["revoked"], 1);
+}
+
 async fn only_security_may_revoke_and_a_reason_and_selector_are_required() {
     let b = Broker::start().await;
     assert_eq!(
@@ -765,6 +907,7 @@ crate::support::harness::cases! {
         each_selector_alone_and_combined_revokes_exactly_the_matching_leases,
         revocation_takes_effect_at_once_on_tokens_jwts_and_introspection,
         rfc7009_revocation_ends_the_lease_of_the_presented_token,
+        rfc7009_revocation_of_a_jwt_ends_that_jwt_only_and_of_the_broker_token_the_lease,
         only_security_may_revoke_and_a_reason_and_selector_are_required,
         a_freeze_or_key_operation_without_a_reason_environment_or_confirmation_is_refused_on_record,
         frozen_environment_mints_nothing_across_a_restart,

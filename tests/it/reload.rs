@@ -88,10 +88,54 @@ async fn a_file_change_is_picked_up_by_the_watcher() {
     assert_ne!(b.app.policies().version(), v1);
 }
 
+async fn a_reload_with_an_unpinned_multi_tenant_role_goes_live_with_its_warning_on_record() {
+    let b = Broker::start().await;
+    let open = "[environment]\nname = \"open\"\n\
+        issuers = [\"https://token.actions.githubusercontent.com\"]\n\
+        audience = \"https://jobpass.example.com\"\nmax_ttl = \"10m\"\n\n\
+        [[role]]\nname = \"any-main\"\n[role.match]\nref = \"refs/heads/main\"\n\n\
+        [[role.grant]]\nname = \"api\"\nkind = \"token\"\nsecrets = [\"x/*\"]\n";
+    std::fs::write(b.policy_dir().join("open.toml"), open).unwrap();
+    let v2 = match reload(&b.app, "test").await {
+        Reload::Changed(v) => v,
+        other => panic!("a warning never refuses a reload, got {other:?}"),
+    };
+    assert!(b.app.policies().environment("open").is_some());
+    let rec = b
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event"] == "policy_reload")
+        .unwrap();
+    assert_eq!(
+        (rec["outcome"].as_str(), rec["policy_version"].as_str()),
+        (Some("success"), Some(v2.as_str()))
+    );
+    let warnings = rec["details"]["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{rec}");
+    let w = warnings[0].as_str().unwrap();
+    assert!(
+        w.starts_with(
+            "open.toml:8: warning: environment `open`, role `any-main`: issuer \
+             `https://token.actions.githubusercontent.com`"
+        ) && w.contains("repository_owner_id"),
+        "{w}"
+    );
+    // The lint only warns about new sets; the test's own policies pin their tenants.
+    std::fs::remove_file(b.policy_dir().join("open.toml")).unwrap();
+    assert!(matches!(reload(&b.app, "test").await, Reload::Changed(_)));
+    let last = b
+        .audit_records()
+        .into_iter()
+        .rfind(|r| r["event"] == "policy_reload")
+        .unwrap();
+    assert!(last["details"].get("warnings").is_none(), "{last}");
+}
+
 crate::support::harness::cases! {
     EachStore: [
         invalid_reload_keeps_the_old_policy_and_is_audited,
         valid_reload_changes_decisions_and_names_the_new_version,
         a_file_change_is_picked_up_by_the_watcher,
+        a_reload_with_an_unpinned_multi_tenant_role_goes_live_with_its_warning_on_record,
     ],
 }

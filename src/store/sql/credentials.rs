@@ -1,22 +1,29 @@
 //! Credentials: the rows minted for a lease (never their values) and every read that finds a
 //! credential — a broker token by its digest (with the secret it reads, in one round trip),
-//! a JWT by its id, the revoked JWTs and certificates of an environment.
+//! a JWT by its id, the revoked JWTs and certificates of an environment — and the revocation
+//! of one JWT on its own.
 //!
 //! Tables: `credentials` (read joined with `leases` and `lease_revocations`; a secret read
-//! also joins `secrets` and `data_keys`).
+//! also joins `secrets` and `data_keys`). `credentials.revoked_at` is set for a JWT revoked on
+//! its own (RFC 7009 by its holder); the lease and its other credentials stay live.
 //!
 //! Guarantees:
 //! - a broker token is found by its keyed digest only, never by its value;
 //! - every answer carries its lease's revocation state, read in the same statement, so a
-//!   revoked lease's credentials stop working at once;
+//!   revoked lease's credentials stop working at once; a JWT's answers (introspection, the
+//!   revoked list) also carry its own revocation, read in the same statement;
+//! - only a JWT is revoked on its own; the other kinds die with their lease;
 //! - a stored kind or scope that does not decode is an error, never an empty scope or a
 //!   skipped certificate.
 
-use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
+use sqlx::{ColumnIndex, Decode, FromRow, QueryBuilder, Row, Type};
 
 use super::Store;
+use super::batch::push_list;
 use super::decode::json_column;
-use crate::store::{CredentialRow, CredentialState, Result, SecretRow, TokenGrant, WriteTx};
+use crate::store::{
+    CredentialRow, CredentialState, Result, SecretRow, StoreError, TokenGrant, WriteTx,
+};
 
 /// A broker token's grant from a row with the columns of [`Store::token_grant`].
 impl<'r, R: Row> FromRow<'r, R> for TokenGrant
@@ -115,15 +122,21 @@ impl Store {
         })
     }
 
-    /// Ids and expiry of an environment's JWT credentials whose lease is revoked and which
-    /// have not expired yet.
+    /// Ids and expiry of an environment's JWT credentials that are revoked — with their lease,
+    /// or on their own — and have not expired yet.
     pub async fn revoked_jwts(&self, env: &str, now: i64) -> Result<Vec<(String, i64)>> {
         with_db!(self, |w, r, Db| {
+            // Two index reads: the JWTs of revoked leases, and the few revoked on their own
+            // (partial index) whose lease is not revoked (so none is listed twice).
             Ok(sqlx::query_as::<Db, (String, i64)>(
                 "SELECT c.id, c.expires_at FROM credentials c
              JOIN lease_revocations r ON r.lease_id = c.lease_id
              WHERE c.env = $1 AND c.kind = 'jwt' AND c.expires_at > $2
-             ORDER BY c.id",
+             UNION ALL
+             SELECT c.id, c.expires_at FROM credentials c
+             WHERE c.env = $1 AND c.kind = 'jwt' AND c.expires_at > $2 AND c.revoked_at IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM lease_revocations r WHERE r.lease_id = c.lease_id)
+             ORDER BY 1",
             )
             .bind(env)
             .bind(now)
@@ -132,12 +145,13 @@ impl Store {
         })
     }
 
-    /// A credential by id with its lease's state.
+    /// A credential by id with its lease's state: revoked when it was revoked on its own or
+    /// its lease was.
     pub async fn credential_state(&self, id: &str) -> Result<Option<CredentialState>> {
         with_db!(self, |w, r, Db| {
             Ok(sqlx::query_as::<Db, CredentialState>(
                 "SELECT c.id, c.lease_id, c.env, c.name, c.kind, c.token_hash, c.scope, c.expires_at,
-                    l.role, l.subject, r.revoked_at
+                    l.role, l.subject, l.issuer, COALESCE(c.revoked_at, r.revoked_at) AS revoked_at
              FROM credentials c JOIN leases l ON l.id = c.lease_id
              LEFT JOIN lease_revocations r ON r.lease_id = l.id WHERE c.id = $1",
             )
@@ -145,6 +159,43 @@ impl Store {
             .fetch_optional(r)
             .await?)
         })
+    }
+
+    /// Revokes one JWT on its own at `now`; its lease and the lease's other credentials stay
+    /// live. False when there is no such JWT or it was already revoked on its own (a
+    /// concurrent revocation of the same JWT, on any replica, counts once).
+    pub async fn revoke_jwt(&self, id: &str, now: i64) -> Result<bool> {
+        with_db!(self, |w, r, Db| {
+            let done = sqlx::query(
+                "UPDATE credentials SET revoked_at = $2
+                 WHERE id = $1 AND kind = 'jwt' AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(w)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// The credentials of these leases revoked on their own: (credential id, when), for the
+    /// lease listing.
+    pub async fn credentials_revoked_alone(
+        &self,
+        lease_ids: &[String],
+    ) -> Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        for chunk in lease_ids.chunks(500) {
+            with_db!(self, |w, r, Db| {
+                let mut q: QueryBuilder<Db> = QueryBuilder::new(
+                    "SELECT id, revoked_at FROM credentials WHERE revoked_at IS NOT NULL AND lease_id IN ",
+                );
+                push_list(&mut q, chunk.iter().cloned(), " ORDER BY id");
+                out.extend(q.build_query_as::<(String, i64)>().fetch_all(r).await?);
+                Ok::<(), StoreError>(())
+            })?;
+        }
+        Ok(out)
     }
 
     /// Serials and revocation times of an environment's unexpired certificates whose lease is
@@ -195,5 +246,76 @@ impl WriteTx {
             .await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::super::decode::tests::store_with;
+    use crate::store::Selector;
+
+    #[tokio::test]
+    async fn only_a_jwt_is_revoked_on_its_own_and_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(&dir, None, "token", "[]", "[]").await;
+        assert!(!store.revoke_jwt("c1", 1_000).await.unwrap(), "not a JWT");
+        assert!(
+            store
+                .credential_state("c1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(&dir, None, "jwt", "{}", "[]").await;
+        assert!(store.revoked_jwts("prod", 0).await.unwrap().is_empty());
+        assert!(store.revoke_jwt("c1", 1_000).await.unwrap());
+        assert!(
+            !store.revoke_jwt("c1", 2_000).await.unwrap(),
+            "counted once"
+        );
+        let state = store.credential_state("c1").await.unwrap().unwrap();
+        assert_eq!(state.revoked_at, Some(1_000));
+        assert!(
+            store
+                .lease("l1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none()
+        );
+        assert_eq!(
+            store
+                .credentials_revoked_alone(&["l1".into()])
+                .await
+                .unwrap(),
+            [("c1".to_string(), 1_000)]
+        );
+        let listed = vec![("c1".to_string(), 9_000_000_000)];
+        assert_eq!(store.revoked_jwts("prod", 0).await.unwrap(), listed);
+        assert!(store.revoked_jwts("staging", 0).await.unwrap().is_empty());
+        // Its lease revoked too: still listed once.
+        let sel = Selector {
+            lease_id: Some("l1".into()),
+            ..Selector::default()
+        };
+        assert_eq!(store.revoke(&sel, 3_000, "INC").await.unwrap(), ["l1"]);
+        assert_eq!(store.revoked_jwts("prod", 0).await.unwrap(), listed);
+        assert_eq!(
+            store
+                .credential_state("c1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at,
+            Some(1_000),
+            "revoked when it was revoked first"
+        );
     }
 }

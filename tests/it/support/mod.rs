@@ -333,6 +333,33 @@ repository = "acme/*"
 name = "api"
 kind = "token"
 secrets = ["data/*"]
+
+[[role]]
+name = "every-kind"
+ttl = "10m"
+[role.match]
+repository = "acme/*"
+
+[[role.grant]]
+name = "api"
+kind = "token"
+secrets = ["data/*"]
+
+[[role.grant]]
+name = "deploy"
+kind = "jwt"
+audience = "https://deploy.internal"
+
+[[role.grant]]
+name = "db"
+kind = "postgres"
+database = "main"
+member_of = ["{group}"]
+
+[[role.grant]]
+name = "mtls"
+kind = "x509"
+common_name = "data-client"
 "#,
         group = pg::READER_GROUP
     )
@@ -423,6 +450,11 @@ allow_http = true
 [[issuer]]
 url = "{gl}"
 allow_http = true
+
+# Never asked (no token of it is ever presented): lets a policy trust GitHub's real,
+# multi-tenant issuer, which the policy lint warns about.
+[[issuer]]
+url = "https://token.actions.githubusercontent.com"
 {postgres}
 {extra}
 "#,
@@ -702,6 +734,21 @@ impl Broker {
             body["role"] = Value::String(r.into());
         }
         self.post("/v1/exchange", body).await
+    }
+
+    /// RFC 7009 `POST /v1/oauth/revoke` of `token`, as any holder (no client certificate):
+    /// the status.
+    pub async fn oauth_revoke(&self, token: &str) -> u16 {
+        let form = serde_urlencoded::to_string([("token", token)]).unwrap();
+        self.client()
+            .post(format!("{}/v1/oauth/revoke", self.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     /// A fresh GitHub-shaped token (for any environment: all share the audience).

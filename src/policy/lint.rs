@@ -1,0 +1,342 @@
+//! Policy lints: valid policies that are probably not what their author meant. They warn;
+//! they never make a policy set invalid.
+//!
+//! The one lint today: **a role trusting a multi-tenant issuer pins no tenant.** GitHub
+//! Actions (`https://token.actions.githubusercontent.com`), GitLab.com (`https://gitlab.com`)
+//! and Buildkite (`https://agent.buildkite.com`) sign the tokens of every organization on the
+//! platform with one issuer; a role whose conditions would accept any of them is open to every
+//! repository on the platform, an attacker's included. A role is fine for such an issuer when
+//! its conditions (its `[role.match]` together with the environment's `[environment.require]`)
+//! either
+//! - **pin a tenant**: a condition on a claim naming the tenant that cannot match every
+//!   tenant — GitHub `repository_owner`, `repository_owner_id`, `repository_id`; GitLab
+//!   `namespace_id`, `project_id`; Buildkite `organization_slug`, `organization_id`: an exact
+//!   value (a glob without `*`, or a regex that only matches fixed strings); GitHub
+//!   `repository`, `workflow_ref` and `sub` (`repo:<owner>/…`), GitLab `namespace_path`,
+//!   `project_path` and `sub` (`project_path:<group>/…`), Buildkite `sub`
+//!   (`organization:<slug>:…`): also a glob or regex whose fixed beginning names the whole
+//!   tenant up to its separator (`repository = "acme/*"` pins, `"acme*"` and `"*/web"` do not).
+//!   A list pins when each of its globs does; `not` never pins; `*` never does. A regex pins
+//!   when every match must begin with such a fixed text (its literal prefixes, worked out by
+//!   `regex-syntax` on the anchored pattern the policy compiles);
+//! - or **cannot match that platform's tokens at all**: it has a condition on a claim only
+//!   another of these platforms sends (`repository` on GitLab.com, `project_path` on GitHub, …);
+//!   a missing claim never matches.
+//!
+//! GitHub's `job_workflow_ref` does not pin: it names the reusable workflow that runs, which
+//! any repository on GitHub may call. CircleCI is not linted: its issuer is per organization
+//! (`https://oidc.circleci.com/org/<org id>`) and the broker compares `iss` exactly, so a
+//! token of another organization is refused before any policy is read — the issuer itself is
+//! the pin. A self-hosted GitLab or GitHub Enterprise issuer is the owner's own.
+
+use std::fmt;
+
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+
+use super::{Condition, Environment, Matcher, PolicySet, Role};
+
+/// Where the tenant sits in a claim's value.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// The whole value is the tenant: only fixed values pin.
+    Whole,
+    /// `<before><tenant><sep>…`: a fixed beginning through the separator pins too.
+    Prefixed {
+        /// Fixed text before the tenant.
+        before: &'static str,
+        /// What ends the tenant.
+        sep: u8,
+    },
+}
+
+/// A multi-tenant CI platform: one issuer for every tenant.
+#[derive(Debug)]
+struct Platform {
+    /// Its name in messages.
+    name: &'static str,
+    /// Its issuer URL.
+    issuer: &'static str,
+    /// What a tenant is, in messages.
+    tenant: &'static str,
+    /// Every tenant, in messages.
+    tenants: &'static str,
+    /// The claims that can pin a tenant, and where the tenant sits in them.
+    pins: &'static [(&'static str, Shape)],
+    /// Claims that only this platform sends (`sub` is everyone's).
+    own_claims: &'static [&'static str],
+    /// The claim to add, first in messages.
+    claim: &'static str,
+    /// What to add, in messages.
+    advice: &'static str,
+}
+
+const WHOLE: Shape = Shape::Whole;
+const OWNER_PATH: Shape = Shape::Prefixed {
+    before: "",
+    sep: b'/',
+};
+
+const PLATFORMS: [Platform; 3] = [
+    Platform {
+        name: "GitHub Actions",
+        issuer: "https://token.actions.githubusercontent.com",
+        tenant: "owner",
+        tenants: "organization and user",
+        pins: &[
+            ("repository_owner_id", WHOLE),
+            ("repository_owner", WHOLE),
+            ("repository_id", WHOLE),
+            ("repository", OWNER_PATH),
+            ("workflow_ref", OWNER_PATH),
+            (
+                "sub",
+                Shape::Prefixed {
+                    before: "repo:",
+                    sep: b'/',
+                },
+            ),
+        ],
+        own_claims: &[
+            "repository_owner_id",
+            "repository_owner",
+            "repository_id",
+            "repository",
+            "workflow_ref",
+            "job_workflow_ref",
+        ],
+        claim: "repository_owner_id",
+        advice: "`repository_owner_id = \"<id>\"` (or `repository_owner = \"<owner>\"`, or `repository = \"<owner>/…\"`)",
+    },
+    Platform {
+        name: "GitLab.com",
+        issuer: "https://gitlab.com",
+        tenant: "group",
+        tenants: "group and user",
+        pins: &[
+            ("namespace_id", WHOLE),
+            ("namespace_path", OWNER_PATH),
+            ("project_id", WHOLE),
+            ("project_path", OWNER_PATH),
+            (
+                "sub",
+                Shape::Prefixed {
+                    before: "project_path:",
+                    sep: b'/',
+                },
+            ),
+        ],
+        own_claims: &[
+            "namespace_id",
+            "namespace_path",
+            "project_id",
+            "project_path",
+        ],
+        claim: "namespace_id",
+        advice: "`namespace_id = \"<id>\"` (or `namespace_path = \"<group>\"`, or `project_path = \"<group>/…\"`)",
+    },
+    Platform {
+        name: "Buildkite",
+        issuer: "https://agent.buildkite.com",
+        tenant: "organization",
+        tenants: "organization",
+        pins: &[
+            ("organization_slug", WHOLE),
+            ("organization_id", WHOLE),
+            (
+                "sub",
+                Shape::Prefixed {
+                    before: "organization:",
+                    sep: b':',
+                },
+            ),
+        ],
+        own_claims: &["organization_slug", "organization_id", "pipeline_slug"],
+        claim: "organization_slug",
+        advice: "`organization_slug = \"<slug>\"` (or `organization_id = \"<id>\"`)",
+    },
+];
+
+/// Claims only CircleCI sends start with this.
+const CIRCLECI_CLAIMS: &str = "oidc.circleci.com/";
+
+/// A role open to every tenant of a multi-tenant issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LintWarning {
+    /// The policy file (`prod.toml`).
+    pub file: String,
+    /// Line of the role's `name`.
+    pub line: usize,
+    /// Environment.
+    pub environment: String,
+    /// Role.
+    pub role: String,
+    /// The multi-tenant issuer.
+    pub issuer: String,
+    /// The claim to add (the platform's preferred tenant claim).
+    pub claim: &'static str,
+    /// The whole explanation, on one line.
+    pub message: String,
+}
+
+impl fmt::Display for LintWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: warning: {}", self.file, self.line, self.message)
+    }
+}
+
+/// Every warning of a policy set, by file and line.
+#[must_use]
+pub fn warnings(set: &PolicySet) -> Vec<LintWarning> {
+    let mut out = Vec::new();
+    for env in set.environments() {
+        for issuer in &env.issuers {
+            let Some(platform) = PLATFORMS
+                .iter()
+                .find(|p| issuer.trim_end_matches('/') == p.issuer)
+            else {
+                continue;
+            };
+            for role in &env.roles {
+                if let Some(w) = unpinned(env, role, issuer, platform) {
+                    out.push(w);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    out
+}
+
+/// Logs every warning of `set` (service log, level warn) and returns them, one line each.
+pub fn log_warnings(set: &PolicySet) -> Vec<String> {
+    warnings(set)
+        .into_iter()
+        .map(|w| {
+            tracing::warn!(
+                file = %w.file,
+                line = w.line,
+                environment = %w.environment,
+                role = %w.role,
+                issuer = %w.issuer,
+                claim = w.claim,
+                "{}",
+                w.message
+            );
+            w.to_string()
+        })
+        .collect()
+}
+
+/// The warning for `role` of `env` under `platform`'s issuer, unless it pins a tenant or
+/// cannot match the platform's tokens.
+fn unpinned(
+    env: &Environment,
+    role: &Role,
+    issuer: &str,
+    platform: &Platform,
+) -> Option<LintWarning> {
+    let conditions: Vec<&Condition> = env.require.iter().chain(role.conditions.iter()).collect();
+    let mut loose = Vec::new();
+    for c in &conditions {
+        let claim = claim_name(&c.key);
+        if is_other_platforms(platform, &claim) {
+            return None; // this platform's tokens never carry it: the role cannot match them
+        }
+        if c.key.starts_with('/') && c.key[1..].contains('/') {
+            continue; // a nested value is no tenant claim
+        }
+        if let Some(&(_, shape)) = platform.pins.iter().find(|(name, _)| *name == claim) {
+            if pins(&c.matcher, shape) {
+                return None;
+            }
+            loose.push(format!("`{}` does not fix the {}", c.key, platform.tenant));
+        }
+    }
+    let mut message = format!(
+        "environment `{}`, role `{}`: issuer `{issuer}` ({}) signs the tokens of every {} on the \
+         platform, and no condition of the role or of [environment.require] pins one; add {} to \
+         [role.match] or [environment.require]",
+        env.name, role.name, platform.name, platform.tenants, platform.advice
+    );
+    if !loose.is_empty() {
+        message.push_str(&format!(" ({})", loose.join("; ")));
+    }
+    Some(LintWarning {
+        file: env.file.clone(),
+        line: role.line,
+        environment: env.name.clone(),
+        role: role.name.clone(),
+        issuer: issuer.to_owned(),
+        claim: platform.claim,
+        message,
+    })
+}
+
+/// The claim a condition key tests: the key itself, or the first segment of a pointer.
+fn claim_name(key: &str) -> String {
+    match key.strip_prefix('/') {
+        Some(pointer) => pointer
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .replace("~1", "/")
+            .replace("~0", "~"),
+        None => key.to_owned(),
+    }
+}
+
+/// Is `claim` sent only by another platform than `platform`?
+fn is_other_platforms(platform: &Platform, claim: &str) -> bool {
+    claim.starts_with(CIRCLECI_CLAIMS)
+        || PLATFORMS
+            .iter()
+            .filter(|p| p.issuer != platform.issuer)
+            .any(|p| p.own_claims.contains(&claim))
+}
+
+/// Can this matcher match only a bounded set of tenants?
+fn pins(matcher: &Matcher, shape: Shape) -> bool {
+    match matcher {
+        Matcher::Globs(globs) | Matcher::In(globs) => globs.iter().all(|g| glob_pins(g, shape)),
+        Matcher::Regex { source, .. } => regex_pins(source, shape),
+        Matcher::Not(_) => false,
+    }
+}
+
+/// A glob pins when it is exact, or when its text before the first `*` fixes the tenant.
+fn glob_pins(glob: &str, shape: Shape) -> bool {
+    match glob.split_once('*') {
+        None => true,
+        Some((prefix, _)) => prefix_pins(prefix.as_bytes(), shape),
+    }
+}
+
+/// A regex pins when it matches only fixed strings, or when every match begins with a fixed
+/// text that fixes the tenant. Read on the anchored pattern the policy compiles.
+fn regex_pins(source: &str, shape: Shape) -> bool {
+    let Ok(hir) = regex_syntax::parse(&format!("^(?:{source})$")) else {
+        return false;
+    };
+    let seq = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    // None: the matches begin with anything at all.
+    let Some(literals) = seq.literals() else {
+        return false;
+    };
+    literals
+        .iter()
+        .all(|l| l.is_exact() || prefix_pins(l.as_bytes(), shape))
+}
+
+/// Does a fixed beginning name the whole tenant, through its separator?
+fn prefix_pins(prefix: &[u8], shape: Shape) -> bool {
+    match shape {
+        Shape::Whole => false,
+        Shape::Prefixed { before, sep } => prefix
+            .strip_prefix(before.as_bytes())
+            .and_then(|rest| rest.iter().position(|&b| b == sep))
+            .is_some_and(|at| at > 0),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+use std::path::Path;
+
+use super::*;
+use crate::policy::AnyCapabilities;
+
+const GITHUB: &str = "https://token.actions.githubusercontent.com";
+const GITLAB: &str = "https://gitlab.com";
+const BUILDKITE: &str = "https://agent.buildkite.com";
+
+/// The warnings of a one-file set `e.toml`: environment `e` trusting `issuers`, with
+/// `[environment.require]` = `require` and one role `r` whose `[role.match]` is `conditions`.
+fn lint(issuers: &[&str], require: &str, conditions: &str) -> Vec<LintWarning> {
+    let issuers: Vec<String> = issuers.iter().map(|i| format!("{i:?}")).collect();
+    let text = format!(
+        "[environment]\nname = \"e\"\nissuers = [{}]\naudience = \"a\"\nmax_ttl = \"1h\"\n\
+         [environment.require]\n{require}\n\n\
+         [[role]]\nname = \"r\"\n[role.match]\n{conditions}\n\
+         [[role.grant]]\nname = \"g\"\nkind = \"token\"\nsecrets = [\"x/*\"]\n",
+        issuers.join(", ")
+    );
+    match PolicySet::from_files(&[("e.toml".to_owned(), text)], &AnyCapabilities) {
+        Ok(set) => warnings(&set),
+        Err(e) => unreachable!("policy should be valid:\n{e}"),
+    }
+}
+
+fn pinned(issuer: &str, conditions: &str) -> bool {
+    lint(&[issuer], "", conditions).is_empty()
+}
+
+#[test]
+fn an_unpinned_github_role_warns_naming_file_line_environment_role_issuer_and_claim() {
+    let w = lint(&[GITHUB], "", "ref = \"refs/heads/main\"");
+    assert_eq!(w.len(), 1, "{w:?}");
+    let w = &w[0];
+    assert_eq!(
+        (
+            w.file.as_str(),
+            w.line,
+            w.environment.as_str(),
+            w.role.as_str()
+        ),
+        ("e.toml", 10, "e", "r")
+    );
+    assert_eq!(
+        (w.issuer.as_str(), w.claim),
+        (GITHUB, "repository_owner_id")
+    );
+    assert_eq!(
+        w.to_string(),
+        "e.toml:10: warning: environment `e`, role `r`: issuer \
+         `https://token.actions.githubusercontent.com` (GitHub Actions) signs the tokens of every \
+         organization and user on the platform, and no condition of the role or of \
+         [environment.require] pins one; add `repository_owner_id = \"<id>\"` (or \
+         `repository_owner = \"<owner>\"`, or `repository = \"<owner>/…\"`) to [role.match] or \
+         [environment.require]"
+    );
+}
+
+#[test]
+fn github_tenant_pins() {
+    for c in [
+        "repository_owner = \"acme\"",
+        "repository_owner_id = \"46576199\"",
+        "repository_owner_id = 46576199",
+        "repository_id = \"1104004353\"",
+        "repository = \"acme/web\"",
+        "repository = \"acme/*\"",
+        "repository = [\"acme/web\", \"acme-eu/*\"]",
+        "workflow_ref = \"acme/web/.github/workflows/*\"",
+        "sub = \"repo:acme/*\"",
+        "\"/repository_owner\" = \"acme\"",
+        "repository = { regex = 'acme/.*' }",
+        "repository = { regex = 'acme/(web|api)' }",
+        "repository = { regex = 'acme/web|acme/api' }",
+        "repository = { regex = 'acme/[a-z]+' }",
+        "repository_owner = { regex = 'acme|acme-eu' }",
+        "repository_owner = { in = [\"acme\"] }",
+    ] {
+        assert!(pinned(GITHUB, c), "{c} pins the owner");
+    }
+}
+
+#[test]
+fn github_conditions_that_do_not_pin() {
+    for c in [
+        "repository = \"*\"",
+        "repository = \"acme*\"",
+        "repository = \"*/web\"",
+        "repository = \"/web/*\"",
+        "repository = [\"acme/web\", \"*\"]",
+        "repository_owner = \"acme*\"",
+        "repository_owner_id = \"4657*\"",
+        "repository_owner = { not = \"evil\" }",
+        "repository = { regex = '.*' }",
+        "repository = { regex = 'acme.*' }",
+        "repository = { regex = 'acme/.*|.*' }",
+        "repository = { regex = 'acme/.*|evil.*' }",
+        "repository = { regex = '[a-z]+/web' }",
+        "repository_owner = { regex = '(?i)acme.*' }",
+        "sub = \"repo:*\"",
+        "sub = \"repo:acme*\"",
+        "sub = \"*:acme/*\"",
+        // The reusable workflow any repository may call.
+        "job_workflow_ref = \"acme/shared/.github/workflows/deploy.yml@refs/heads/main\"",
+        "\"/repository_owner/x\" = \"acme\"",
+    ] {
+        assert!(!pinned(GITHUB, c), "{c} does not pin the owner");
+    }
+}
+
+#[test]
+fn a_loose_tenant_condition_is_named_in_the_warning() {
+    let w = lint(&[GITHUB], "", "repository = \"*/web\"");
+    assert!(
+        w[0].message
+            .ends_with("(`repository` does not fix the owner)"),
+        "{}",
+        w[0].message
+    );
+}
+
+#[test]
+fn a_guardrail_pins_every_role() {
+    assert!(lint(&[GITHUB], "repository_owner = \"acme\"", "ref = \"x\"").is_empty());
+    assert_eq!(
+        lint(&[GITHUB], "ref = \"x\"", "event_name = \"push\"").len(),
+        1
+    );
+}
+
+#[test]
+fn gitlab_com_tenant_pins() {
+    assert_eq!(
+        lint(&[GITLAB], "", "ref = \"main\"")[0].claim,
+        "namespace_id"
+    );
+    for c in [
+        "namespace_id = \"72\"",
+        "namespace_path = \"my-group\"",
+        "namespace_path = \"my-group/*\"",
+        "project_path = \"my-group/my-project\"",
+        "project_path = \"my-group/*\"",
+        "project_id = \"20\"",
+        "sub = \"project_path:my-group/*\"",
+    ] {
+        assert!(pinned(GITLAB, c), "{c} pins the group");
+    }
+    for c in [
+        "namespace_path = \"my-*\"",
+        "project_path = \"*\"",
+        "project_path = \"*/my-project\"",
+        "sub = \"project_path:*\"",
+        "ref_path = \"refs/heads/main\"",
+    ] {
+        assert!(!pinned(GITLAB, c), "{c} does not pin the group");
+    }
+    // A self-managed instance is its owner's alone.
+    assert!(pinned("https://gitlab.example.com", "ref = \"main\""));
+}
+
+#[test]
+fn buildkite_tenant_pins() {
+    assert_eq!(
+        lint(&[BUILDKITE], "", "pipeline_slug = \"web\"")[0].claim,
+        "organization_slug"
+    );
+    for c in [
+        "organization_slug = \"acme-inc\"",
+        "organization_id = \"0184990a\"",
+        "sub = \"organization:acme-inc:*\"",
+    ] {
+        assert!(pinned(BUILDKITE, c), "{c} pins the organization");
+    }
+    for c in [
+        "organization_slug = \"acme*\"",
+        "organization_slug = \"*\"",
+        "sub = \"organization:acme*\"",
+        "sub = \"organization:*\"",
+    ] {
+        assert!(!pinned(BUILDKITE, c), "{c} does not pin the organization");
+    }
+}
+
+#[test]
+fn a_circleci_issuer_names_its_organization_itself() {
+    let issuer = "https://oidc.circleci.com/org/01234567-89ab-cdef-0123-456789abcdef";
+    assert!(pinned(
+        issuer,
+        "\"oidc.circleci.com/vcs-ref\" = \"refs/heads/main\""
+    ));
+}
+
+#[test]
+fn an_issuer_written_with_a_trailing_slash_is_recognised() {
+    assert_eq!(
+        lint(&["https://gitlab.com/"], "", "ref = \"main\"").len(),
+        1
+    );
+}
+
+#[test]
+fn a_role_that_only_another_platforms_tokens_can_match_is_not_open() {
+    // GitLab.com tokens have no `repository`; GitHub tokens no `project_path`.
+    assert!(lint(&[GITHUB, GITLAB], "", "repository = \"acme/web\"").is_empty());
+    assert!(
+        lint(
+            &[GITHUB, GITLAB],
+            "",
+            "project_path = \"my-group/my-project\""
+        )
+        .is_empty()
+    );
+    assert!(
+        lint(
+            &[GITHUB, BUILDKITE],
+            "",
+            "\"/oidc.circleci.com~1project-id\" = \"x\""
+        )
+        .is_empty()
+    );
+    // …but a loose one still opens the role to its own platform.
+    let w = lint(&[GITHUB, GITLAB], "", "repository = \"*/web\"");
+    assert_eq!(
+        w.iter().map(|w| w.issuer.as_str()).collect::<Vec<_>>(),
+        [GITHUB]
+    );
+    // Conditions every platform can satisfy: one warning per open issuer.
+    let w = lint(&[GITHUB, GITLAB, BUILDKITE], "", "ref_type = \"branch\"");
+    assert_eq!(
+        w.iter().map(|w| w.issuer.as_str()).collect::<Vec<_>>(),
+        [GITHUB, GITLAB, BUILDKITE]
+    );
+}
+
+#[test]
+fn the_shipped_policies_pin_their_tenants() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let set = PolicySet::load_dir(&dir, &AnyCapabilities).unwrap_or_else(|e| unreachable!("{e}"));
+    assert_eq!(warnings(&set), []);
+}
