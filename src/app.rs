@@ -174,6 +174,38 @@ pub fn audit_key(root: &RootKey) -> Result<AuditKey, crate::crypto::CryptoError>
     Ok(AuditKey::from_bytes(*root.derive(Purpose::Audit)?))
 }
 
+/// Checks the audit log against its anchor in the store and takes the anchor over (see
+/// [`crate::audit::anchor`]): a file behind its anchor stops the start unless
+/// `audit.accept_behind_anchor` gives a reason.
+async fn anchor_audit(
+    config: &Config,
+    store: &Store,
+    audit: &AuditLog,
+    root: &RootKey,
+    clock: &SharedClock,
+    metrics: &Metrics,
+) -> Result<Option<crate::audit::anchor::Anchor>, StartError> {
+    let accept = config.audit.accept_behind_anchor.as_deref();
+    if accept.is_some_and(|r| r.trim().is_empty()) {
+        return Err(StartError::Config(
+            "audit.accept_behind_anchor needs a reason (an incident or ticket and why the \
+             audit lines are lost), not an empty text"
+                .into(),
+        ));
+    }
+    let key = audit_key(root)?;
+    crate::audit::anchor::establish(crate::audit::anchor::Start {
+        store,
+        log: audit,
+        key: &key,
+        accept,
+        now: clock.unix(),
+        gauges: metrics.audit_gauges(audit.replica().unwrap_or_default()),
+    })
+    .await
+    .map_err(|e| StartError::Audit(e.to_string()))
+}
+
 /// Loads and validates the policy directory against the configuration.
 pub fn load_policies(config: &Config) -> Result<PolicySet, PolicyErrors> {
     PolicySet::load_dir(&config.policies, &Capabilities { config })
@@ -358,8 +390,15 @@ impl App {
             postgres: PostgresMinter::new(pg_targets.clone(), store.clone()),
             x509: X509Minter::new(cas.clone()),
         };
-        let ledger = Ledger::start(store.clone(), audit.clone(), keyring.clone(), clock.clone());
         let metrics = Metrics::new().with_admin_crl(admin_crl);
+        let anchor = anchor_audit(&config, &store, &audit, &root, &clock, &metrics).await?;
+        let ledger = Ledger::start_anchored(
+            store.clone(),
+            audit.clone(),
+            keyring.clone(),
+            clock.clone(),
+            anchor,
+        );
         let limits = Arc::new(crate::limits::Limits::new(
             &config.limits,
             metrics.connection_counter(),

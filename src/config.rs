@@ -282,6 +282,11 @@ pub struct AuditConfig {
     /// Replica name written into every record.
     #[serde(default)]
     pub replica: Option<String>,
+    /// Start even though the audit file is behind its anchor in the store (cut, replaced or
+    /// emptied): the operator's reason, recorded in the audit log with both heads before the
+    /// broker re-anchors. For disaster recovery only; remove it after that start.
+    #[serde(default)]
+    pub accept_behind_anchor: Option<String>,
 }
 
 impl Default for AuditConfig {
@@ -290,6 +295,7 @@ impl Default for AuditConfig {
             file: default_audit_file(),
             stdout: false,
             replica: None,
+            accept_behind_anchor: None,
         }
     }
 }

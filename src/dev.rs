@@ -137,6 +137,7 @@ pub fn prepare(
             file: data_dir.join("audit.log"),
             stdout: false,
             replica: None,
+            accept_behind_anchor: None,
         },
         issuer: policy_issuers(policies)
             .into_iter()

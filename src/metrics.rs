@@ -1,6 +1,7 @@
 //! Prometheus metrics (`GET /metrics`): exchanges by outcome, denials by failing claim,
 //! exchange latency, secret reads by outcome, admin CRL reloads by outcome and the admin CRL's
-//! `nextUpdate`. An explicit registry, no global recorder.
+//! `nextUpdate`, and each replica's audit head and anchored sequence numbers. An explicit
+//! registry, no global recorder.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +30,26 @@ impl ConnectionCounter {
     }
 }
 
+/// A replica's audit gauges: the head `seq` of its audit file and the `seq` anchored in the
+/// store (handles to the registered metrics).
+#[derive(Clone, Debug, Default)]
+pub struct AuditGauges {
+    head: Gauge,
+    anchored: Gauge,
+}
+
+impl AuditGauges {
+    /// The file's last durable line.
+    pub fn head(&self, seq: u64) {
+        self.head.set(i64::try_from(seq).unwrap_or(i64::MAX));
+    }
+
+    /// The line anchored in the store.
+    pub fn anchored(&self, seq: u64) {
+        self.anchored.set(i64::try_from(seq).unwrap_or(i64::MAX));
+    }
+}
+
 /// The broker's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -40,6 +61,8 @@ pub struct Metrics {
     latency: Histogram,
     admin_crl_reloads: Family<Labels, Counter>,
     admin_crl_next_update: Gauge,
+    audit_head: Family<Labels, Gauge>,
+    audit_anchored: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -98,6 +121,18 @@ impl Metrics {
             "Earliest nextUpdate (Unix seconds) of the admin client CRLs in force; 0 without tls.crl",
             admin_crl_next_update.clone(),
         );
+        let audit_head = Family::<Labels, Gauge>::default();
+        let audit_anchored = Family::<Labels, Gauge>::default();
+        registry.register(
+            "audit_head_seq",
+            "Sequence number of the last durable line of this replica's audit file (sampled every second)",
+            audit_head.clone(),
+        );
+        registry.register(
+            "audit_anchored_seq",
+            "Sequence number of this replica's audit line anchored in the store; a file found behind it refuses the start",
+            audit_anchored.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             exchanges,
@@ -108,6 +143,18 @@ impl Metrics {
             latency,
             admin_crl_reloads,
             admin_crl_next_update,
+            audit_head,
+            audit_anchored,
+        }
+    }
+
+    /// The audit gauges of `replica` (`""` when unnamed).
+    #[must_use]
+    pub fn audit_gauges(&self, replica: &str) -> AuditGauges {
+        let labels = vec![("replica".to_owned(), replica.to_owned())];
+        AuditGauges {
+            head: self.audit_head.get_or_create(&labels).clone(),
+            anchored: self.audit_anchored.get_or_create(&labels).clone(),
         }
     }
 

@@ -39,8 +39,20 @@ pub struct AuditLog {
 struct Inner {
     tx: Option<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
-    head: Arc<Mutex<String>>,
+    head: Arc<Mutex<AuditHead>>,
     path: PathBuf,
+    regular: bool,
+    replica: Option<String>,
+}
+
+/// The position of the last durable line: its `seq` (0 for an empty log) and its MAC (the
+/// genesis value for an empty log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    /// `seq` of the last durable line; 0 when there is none.
+    pub seq: u64,
+    /// MAC (hex) of that line, or the genesis value.
+    pub mac: String,
 }
 
 impl Drop for Inner {
@@ -92,8 +104,9 @@ impl AuditLog {
         replica: Option<String>,
         stdout: bool,
     ) -> Result<AuditLog, AuditError> {
-        let writer = Writer::open(path, key, clock, replica, stdout)?;
+        let writer = Writer::open(path, key, clock, replica.clone(), stdout)?;
         let head = Arc::clone(&writer.head);
+        let regular = writer.regular;
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("audit-writer".to_owned())
@@ -104,6 +117,8 @@ impl AuditLog {
                 thread: Some(thread),
                 head,
                 path: path.to_owned(),
+                regular,
+                replica,
             }),
         })
     }
@@ -150,11 +165,31 @@ impl AuditLog {
     /// The head hash: MAC (hex) of the last durable line, or the genesis value.
     #[must_use]
     pub fn head(&self) -> String {
+        self.position().mac
+    }
+
+    /// `seq` and MAC of the last durable line, read together (never a line that is not yet
+    /// fdatasync'ed: the head moves only after the sync).
+    #[must_use]
+    pub fn position(&self) -> AuditHead {
         self.inner
             .head
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether the log is a regular file (which can be read back, locked and anchored);
+    /// false for `/dev/full`, a pipe or a terminal.
+    #[must_use]
+    pub fn is_regular(&self) -> bool {
+        self.inner.regular
+    }
+
+    /// The replica name written into every record, if any.
+    #[must_use]
+    pub fn replica(&self) -> Option<&str> {
+        self.inner.replica.as_deref()
     }
 
     /// The path the log was opened with.
@@ -181,7 +216,7 @@ struct Writer {
     clock: SharedClock,
     replica: Option<String>,
     stdout: bool,
-    head: Arc<Mutex<String>>,
+    head: Arc<Mutex<AuditHead>>,
 }
 
 impl Writer {
@@ -217,7 +252,10 @@ impl Writer {
             good_len,
             poisoned: false,
             seq,
-            head: Arc::new(Mutex::new(prev.clone())),
+            head: Arc::new(Mutex::new(AuditHead {
+                seq,
+                mac: prev.clone(),
+            })),
             prev,
             key,
             clock,
@@ -318,10 +356,11 @@ impl Writer {
         }
         self.seq = seq;
         self.good_len += buf.len() as u64;
-        self.head
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone_from(&prev);
+        {
+            let mut head = self.head.lock().unwrap_or_else(PoisonError::into_inner);
+            head.seq = seq;
+            head.mac.clone_from(&prev);
+        }
         self.prev = prev;
         if self.stdout {
             let mut out = io::stdout().lock();
@@ -468,6 +507,93 @@ fn resume(file: &File, len: u64, key: &AuditKey, path: &Path) -> Result<(u64, St
         reason: e.to_string(),
     })?;
     Ok((checked.seq, checked.mac))
+}
+
+/// MAC of the line of `path` whose `seq` is `seq`, when the file's last line has `seq`
+/// `last` (lines are numbered by `seq` in a valid chain, so it is the line `last - seq`
+/// places before the last one). Reads backwards from the end: the cost grows with the
+/// distance from the end, not with the file. Checks that line's MAC under `key`.
+///
+/// `Ok(None)` when the file has no such line, or the line there is not an authentic record
+/// carrying that `seq` (the file was replaced or rewritten).
+///
+/// # Errors
+///
+/// [`AuditError::Io`] when the file cannot be read, [`AuditError::Torn`] when it does not
+/// end in a newline.
+pub(crate) fn mac_at(
+    path: &Path,
+    key: &AuditKey,
+    last: u64,
+    seq: u64,
+) -> Result<Option<String>, AuditError> {
+    if seq == 0 || seq > last {
+        return Ok(None);
+    }
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut end_byte = [0u8; 1];
+    file.read_exact_at(&mut end_byte, len - 1)?;
+    if end_byte[0] != b'\n' {
+        return Err(AuditError::Torn {
+            path: path.to_owned(),
+        });
+    }
+    let Some(line) = line_from_end(&file, len, last - seq)? else {
+        return Ok(None);
+    };
+    Ok(check(key, &line)
+        .ok()
+        .filter(|c| c.seq == seq)
+        .map(|c| c.mac))
+}
+
+/// The `back`-th line counted from the end (0: the last line), without its newline, of a
+/// file of `len` bytes that ends in a newline; None when the file has fewer lines or the
+/// line is longer than [`MAX_LINE`].
+fn line_from_end(file: &File, len: u64, back: u64) -> Result<Option<Vec<u8>>, AuditError> {
+    let too_big = || io::Error::from(ErrorKind::InvalidData);
+    // Exclusive end of the wanted line; bytes [0, pos) are still to scan.
+    let mut end = len.saturating_sub(1);
+    let mut pos = end;
+    let mut newlines = 0u64;
+    let mut start = None;
+    while pos > 0 && start.is_none() {
+        let from = pos.saturating_sub(TAIL_CHUNK);
+        let mut chunk = vec![0u8; usize::try_from(pos - from).map_err(|_| too_big())?];
+        file.read_exact_at(&mut chunk, from)?;
+        for (i, &b) in chunk.iter().enumerate().rev() {
+            if b != b'\n' {
+                continue;
+            }
+            let at = from + i as u64;
+            if newlines == back {
+                start = Some(at + 1);
+                break;
+            }
+            newlines += 1;
+            if newlines == back {
+                end = at;
+            }
+        }
+        pos = from;
+    }
+    let start = match start {
+        Some(s) => s,
+        // The wanted line is the file's first.
+        None if newlines == back => 0,
+        None => return Ok(None),
+    };
+    let size = usize::try_from(end - start).map_err(|_| too_big())?;
+    if size > MAX_LINE {
+        return Ok(None);
+    }
+    let mut line = vec![0u8; size];
+    file.read_exact_at(&mut line, start)?;
+    Ok(Some(line))
 }
 
 /// Drives a [`Writer`] synchronously, to test failure recovery without a failing disk.

@@ -22,10 +22,12 @@
 //!   (no re-serialisation) and reports the first bad line: an altered byte at that line, a
 //!   removed line at the line after the gap, two swapped lines at the first of them, and
 //!   garbage or a torn (unterminated) line where it stands.
-//! - **Truncation of the tail** (removing the last lines) leaves a valid, shorter chain and
-//!   is only detectable against a head hash recorded earlier (e.g. shipped elsewhere, or
-//!   noted from a previous run): [`verify`] returns the head for that purpose,
-//!   [`AuditLog::head`] gives the live one, and `jobpass audit verify` prints it.
+//! - **Truncation of the tail** (removing the last lines) leaves a valid, shorter chain, so
+//!   the file alone cannot reveal it: each replica's head is also kept in the store
+//!   ([`anchor`]), moved with the store writes it covers and at most about a second behind
+//!   the file, and a file behind its anchor (cut, replaced or emptied) refuses the start
+//!   and fails `jobpass audit verify --anchor`. [`verify`] also returns the head, to compare
+//!   with one recorded elsewhere; [`AuditLog::position`] gives the live one.
 //! - **Fail closed.** [`AuditLog::append`] returns `Ok(seq)` only after the line is written
 //!   and fdatasync'ed. Concurrent appends share one sync (group commit by a dedicated writer
 //!   thread). On any write or sync error every caller of that batch gets an error; bytes a
@@ -39,6 +41,7 @@
 //! The chain key is the audit key the caller derives from the root key; a log verified
 //! with another key fails at line 1.
 
+pub mod anchor;
 mod chain;
 mod event;
 mod log;
@@ -53,7 +56,7 @@ use std::path::PathBuf;
 
 pub use chain::genesis;
 pub use event::{Actor, AuditEvent, Outcome};
-pub use log::AuditLog;
+pub use log::{AuditHead, AuditLog};
 pub use mask::{AuditKey, FINGERPRINT_PREFIX, MaskedCredential, fingerprint, mask};
 pub use refusals::RefusalTally;
 pub use verify::{VerifyReport, find, verify};

@@ -96,7 +96,8 @@ async fn empty_log_verifies_with_genesis_head() {
         report,
         VerifyReport {
             lines: 0,
-            head: genesis(&key())
+            head: genesis(&key()),
+            replica: None,
         }
     );
 }

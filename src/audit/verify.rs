@@ -18,6 +18,14 @@ pub struct VerifyReport {
     /// MAC of the last line (the genesis value for an empty file). Record it: only a
     /// comparison against a recorded head reveals that lines were cut from the end.
     pub head: String,
+    /// The `replica` named by the last line (None for an empty file or an unnamed replica).
+    pub replica: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Replica {
+    #[serde(default)]
+    replica: Option<String>,
 }
 
 /// Reads the file line by line, handing each line (without its `\n`, and a flag saying
@@ -58,6 +66,7 @@ fn for_each_line(
 /// be read.
 pub fn verify(path: &Path, key: &AuditKey) -> Result<VerifyReport, AuditError> {
     let mut head = genesis(key);
+    let mut last = Vec::new();
     let lines = for_each_line(path, |number, line, complete| {
         let tampered = |reason: String| AuditError::Tampered {
             line: number,
@@ -87,9 +96,18 @@ pub fn verify(path: &Path, key: &AuditKey) -> Result<VerifyReport, AuditError> {
             )));
         }
         head = checked.mac;
+        last.clear();
+        last.extend_from_slice(line);
         Ok(())
     })?;
-    Ok(VerifyReport { lines, head })
+    let replica = serde_json::from_slice::<Replica>(&last)
+        .ok()
+        .and_then(|r| r.replica);
+    Ok(VerifyReport {
+        lines,
+        head,
+        replica,
+    })
 }
 
 #[derive(Deserialize)]

@@ -271,10 +271,21 @@ pub enum PolicyCmd {
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
     /// Verify the HMAC chain of one or more audit files.
+    ///
+    /// With --anchor, each file is also checked against its replica's anchor in the store the
+    /// configuration names (read-only, no migration): a file behind it (lines cut from the
+    /// end, or another chain) fails with both heads.
     Verify {
-        /// Server configuration (for the root key).
+        /// Server configuration (for the root key, and with --anchor the store).
         #[arg(long)]
         config: PathBuf,
+        /// Also check each file against its anchor in the store.
+        #[arg(long)]
+        anchor: bool,
+        /// The replica whose anchor to check against (default: the replica named by the
+        /// file's last record; for an empty file, the configuration's audit.replica).
+        #[arg(long, requires = "anchor")]
+        replica: Option<String>,
         /// Audit files.
         #[arg(required = true)]
         files: Vec<PathBuf>,

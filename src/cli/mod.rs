@@ -62,7 +62,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
         Command::Serve(a) => serve::serve(serve_mode(a)).await.map(|()| 0),
         Command::Exchange(a) => runner::exchange(exchange_request(a)).await,
         Command::Policy(c) => policy(c),
-        Command::Audit(c) => audit(c),
+        Command::Audit(c) => audit(c).await,
         Command::Keys(c) => keys(c).await,
         Command::Certs(CertsCmd::Init { dir, sans, force }) => {
             for f in offline::init_certs(&dir, &sans, force)? {
@@ -234,17 +234,44 @@ fn policy(c: PolicyCmd) -> Result<i32, CliError> {
     clippy::print_stdout,
     reason = "the command line answers on standard output"
 )]
-fn audit(c: AuditCmd) -> Result<i32, CliError> {
+async fn audit(c: AuditCmd) -> Result<i32, CliError> {
     match c {
-        AuditCmd::Verify { config, files } => {
+        AuditCmd::Verify {
+            config,
+            anchor,
+            replica,
+            files,
+        } => {
             let mut code = 0;
+            let anchors = if anchor {
+                Some(offline::Anchors::open(&config, replica)?)
+            } else {
+                None
+            };
             for (f, verified) in offline::verify_audit(&config, &files)? {
-                match verified {
-                    Ok(r) => println!("{}: OK, {} records, head {}", f.display(), r.lines, r.head),
+                let report = match verified {
+                    Ok(r) => r,
                     Err(e) => {
                         println!("{}: FAILED: {e}", f.display());
                         code = 1;
+                        continue;
                     }
+                };
+                let ok = format!(
+                    "{}: OK, {} records, head {}",
+                    f.display(),
+                    report.lines,
+                    report.head
+                );
+                match &anchors {
+                    None => println!("{ok}"),
+                    Some(a) => match a.check(f, &report).await {
+                        Ok(at) => println!("{ok}; {at}"),
+                        Err(e) => {
+                            println!("{}: FAILED: {e}", f.display());
+                            code = 1;
+                        }
+                    },
                 }
             }
             Ok(code)

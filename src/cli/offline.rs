@@ -13,6 +13,7 @@ use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::crypto::RootKey;
 use crate::policy::{AnyCapabilities, Denial, PolicyErrors, PolicySet};
+use crate::store::Store;
 
 use super::error::CliError;
 
@@ -138,6 +139,89 @@ pub fn verify_audit<'a>(
     Ok(files
         .iter()
         .map(move |f| (f.as_path(), audit::verify(f, &key))))
+}
+
+/// The anchors of the store a configuration names, for `audit verify --anchor`.
+pub struct Anchors {
+    store: String,
+    key: AuditKey,
+    /// `--replica`.
+    replica: Option<String>,
+    /// The configuration's `audit.replica` (for an empty file).
+    configured: Option<String>,
+}
+
+/// Why a file failed its anchor check.
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorCheckError {
+    /// The store has no anchor for the replica.
+    #[error(
+        "no anchor for replica {0} in the store (a broker of this version never ran as that \
+         replica, or --replica names another)"
+    )]
+    NoAnchor(String),
+    /// The file is behind its anchor.
+    #[error("{0}")]
+    Behind(Box<audit::anchor::Behind>),
+    /// The store or the file could not be read.
+    #[error(transparent)]
+    Anchor(#[from] audit::anchor::AnchorError),
+}
+
+impl Anchors {
+    /// Reads the configuration (root key, store URL).
+    ///
+    /// # Errors
+    /// An invalid configuration or root key.
+    pub fn open(config: &Path, replica: Option<String>) -> Result<Anchors, CliError> {
+        let config = Config::load(Some(config))?;
+        let root = app::load_root_key(&config)?;
+        Ok(Anchors {
+            key: app::audit_key(&root)?,
+            store: config.store,
+            replica,
+            configured: config.audit.replica,
+        })
+    }
+
+    /// Checks a verified file against its replica's anchor; says which anchor it reaches.
+    ///
+    /// # Errors
+    /// No anchor for the replica, a file behind it, or the store or the file unreadable.
+    pub async fn check(
+        &self,
+        file: &Path,
+        report: &VerifyReport,
+    ) -> Result<String, AnchorCheckError> {
+        let replica = self
+            .replica
+            .clone()
+            .or_else(|| report.replica.clone())
+            .or_else(|| {
+                // An empty file names no replica: the configuration's.
+                (report.lines == 0)
+                    .then(|| self.configured.clone())
+                    .flatten()
+            });
+        let shown = replica
+            .as_deref()
+            .map_or_else(|| "(unnamed)".to_owned(), |r| format!("\"{r}\""));
+        let row = Store::read_audit_anchor(&self.store, replica.as_deref().unwrap_or_default())
+            .await
+            .map_err(audit::anchor::AnchorError::from)?
+            .ok_or_else(|| AnchorCheckError::NoAnchor(shown.clone()))?;
+        let head = audit::AuditHead {
+            seq: report.lines,
+            mac: report.head.clone(),
+        };
+        match audit::anchor::compare(file, &self.key, &head, replica.as_deref(), &row)? {
+            Some(behind) => Err(AnchorCheckError::Behind(Box::new(behind))),
+            None => Ok(format!(
+                "reaches its anchor (replica {shown}, line {})",
+                row.seq
+            )),
+        }
+    }
 }
 
 /// The file searched and its matching records (line number, text).

@@ -23,6 +23,12 @@
 //! - an exchange whose PostgreSQL role intent was claimed by reconciliation is abandoned
 //!   (503): its token's single-use slot is left untaken and its other intents stay for
 //!   reconciliation (the lease takes all of its intents over, or none).
+//!
+//! The audit anchor (see [`crate::audit::anchor`]): a ledger started with one moves it inside
+//! each batch transaction, after the batch's records are durable and before the commit (so
+//! the anchor never names a line that is not on disk, and a batch whose anchor cannot move
+//! stores nothing new and answers 503). Every [`ANCHOR_EVERY`] and when it stops, it also
+//! anchors the head that records written outside a store transaction moved.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::audit::{ExchangeAudit, Verdict};
 use super::error::ExchangeError;
 use crate::audit::AuditLog;
+use crate::audit::anchor::{ANCHOR_EVERY, Anchor};
 use crate::clock::SharedClock;
 use crate::crypto::Keyring;
 use crate::error::ApiError;
@@ -80,6 +87,8 @@ struct Submission {
 
 enum Message {
     Commit(Box<Submission>),
+    /// Time to anchor the audit head if it moved.
+    Anchor,
     Stop,
 }
 
@@ -110,12 +119,42 @@ impl Ledger {
         keyring: Arc<Keyring>,
         clock: SharedClock,
     ) -> Ledger {
+        Self::start_anchored(store, audit, keyring, clock, None)
+    }
+
+    /// [`start`](Self::start), and with an `anchor`, keeps the audit anchor (see the module
+    /// docs): in every batch, every [`ANCHOR_EVERY`] when the head moved, and when it stops.
+    #[must_use]
+    pub fn start_anchored(
+        store: Store,
+        audit: AuditLog,
+        keyring: Arc<Keyring>,
+        clock: SharedClock,
+        anchor: Option<Anchor>,
+    ) -> Ledger {
         let (tx, rx) = mpsc::channel(QUEUE);
+        if anchor.is_some() {
+            // Holds the queue weakly: the writer still stops when every handle is dropped.
+            let weak = tx.downgrade();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(ANCHOR_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let Some(tx) = weak.upgrade() else { break };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Message::Anchor)
+                    {
+                        break;
+                    }
+                }
+            });
+        }
         let writer = Writer {
             store,
             audit,
             keyring,
             clock,
+            anchor,
         };
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let guard = AliveGuard(alive.clone());
@@ -173,6 +212,7 @@ struct Writer {
     audit: AuditLog,
     keyring: Arc<Keyring>,
     clock: SharedClock,
+    anchor: Option<Anchor>,
 }
 
 /// Why a batch failed as a whole.
@@ -216,6 +256,7 @@ impl Writer {
             let mut entries = Vec::with_capacity(pending.len());
             let mut replies = Vec::with_capacity(pending.len());
             let mut stop = false;
+            let mut tick = false;
             let mut added = 0;
             for message in pending.drain(..) {
                 match message {
@@ -225,6 +266,7 @@ impl Writer {
                     }
                     // After a stop, dropping the reply answers "the ledger has stopped".
                     Message::Commit(_) => {}
+                    Message::Anchor => tick = true,
                     Message::Stop => stop = true,
                 }
             }
@@ -239,6 +281,9 @@ impl Writer {
                     drop(reply.send(answer));
                 }
             }
+            if tick && !stop {
+                self.catch_up().await;
+            }
             if stop {
                 break;
             }
@@ -248,6 +293,21 @@ impl Writer {
                 let chunk = u32::try_from(added).map_or(FOLD_CHUNK, |a| a.max(FOLD_CHUNK));
                 backlog = self.fold(backlog, chunk).await.0;
             }
+        }
+        // What was written since the last anchor (refusal counts flushed at shutdown, secret
+        // reads, admin calls) is anchored before the log is released.
+        self.catch_up().await;
+    }
+
+    /// Anchors the audit head if it moved (outside any batch); a failure is logged and the
+    /// next tick tries again.
+    async fn catch_up(&self) {
+        if let Some(anchor) = &self.anchor
+            && let Err(e) = anchor
+                .catch_up(&self.store, &self.audit, self.clock.unix())
+                .await
+        {
+            tracing::error!(error = %e, "the audit anchor could not be moved");
         }
     }
 
@@ -481,8 +541,23 @@ impl Writer {
             drop(tx);
             return Err(BatchError::Audit(e));
         }
+        // The records are durable: the anchor may name them (or any later durable line).
+        let head = self.audit.position();
+        if let Some(anchor) = &self.anchor {
+            match tx.advance_audit_anchor(&anchor.row(&head, now)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let taken = anchor.taken().to_string();
+                    return Err(BatchError::Commit(StoreError::Unavailable(taken), verdicts));
+                }
+                Err(e) => return Err(BatchError::Commit(e, verdicts)),
+            }
+        }
         if let Err(e) = tx.commit().await {
             return Err(BatchError::Commit(e, verdicts));
+        }
+        if let Some(anchor) = &self.anchor {
+            anchor.moved(&head);
         }
         Ok(verdicts)
     }
@@ -548,6 +623,7 @@ mod tests {
             audit: audit.clone(),
             keyring: keyring.clone(),
             clock,
+            anchor: None,
         };
         Fixture {
             keyring,
@@ -805,6 +881,54 @@ mod tests {
         let replies = f.writer.commit(&[entry("prod", 2, 1)]).await;
         assert_eq!(outcomes(&replies), ["replayed"]);
         assert_eq!(records(&f)[1]["event"], "replay");
+    }
+
+    /// The fixture's writer, keeping the audit anchor (no ticks: only batches move it).
+    async fn anchored(f: &mut Fixture) {
+        let anchor = crate::audit::anchor::establish(crate::audit::anchor::Start {
+            store: &f.store,
+            log: &f.audit,
+            key: &f.key,
+            accept: None,
+            now: NOW,
+            gauges: crate::metrics::AuditGauges::default(),
+        })
+        .await
+        .unwrap();
+        f.writer.anchor = anchor;
+    }
+
+    #[tokio::test]
+    async fn a_batch_moves_the_audit_anchor_with_its_rows() {
+        let mut f = fixture().await;
+        anchored(&mut f).await;
+        assert_eq!(f.store.audit_anchor("").await.unwrap().unwrap().seq, 0);
+        let replies = f
+            .writer
+            .commit(&[entry("prod", 1, 1), entry("prod", 2, 2)])
+            .await;
+        assert_eq!(outcomes(&replies), ["issued", "issued"]);
+        let row = f.store.audit_anchor("").await.unwrap().unwrap();
+        assert_eq!((row.seq, row.mac), (2, f.audit.head()));
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_audit_anchor_another_process_took_stores_nothing() {
+        let mut f = fixture().await;
+        anchored(&mut f).await;
+        // Another broker started with the same replica name took the row over.
+        let mut theirs = f.store.audit_anchor("").await.unwrap().unwrap();
+        theirs.owner = "someone-else".into();
+        f.store.put_audit_anchor(&theirs).await.unwrap();
+        let replies = f.writer.commit(&[entry("prod", 1, 1)]).await;
+        assert!(
+            matches!(replies[0].result, Err(ExchangeError::NotCommitted(_))),
+            "{:?}",
+            outcomes(&replies)
+        );
+        assert!(f.store.lease("lse_0001").await.unwrap().is_none());
+        assert!(!f.store.replay_seen(&[1; 32]).await.unwrap());
+        assert_eq!(f.store.audit_anchor("").await.unwrap().unwrap(), theirs);
     }
 
     #[tokio::test]

@@ -12,7 +12,10 @@ mod sql;
 
 use crate::mint::Kind;
 
-pub use sql::{BatchChecks, BatchItem, KeyState, LeaderLock, NewLease, ReplaySlot, Store, WriteTx};
+pub use sql::{
+    AuditAnchorRow, BatchChecks, BatchItem, KeyState, LeaderLock, NewLease, ReplaySlot, Store,
+    WriteTx,
+};
 
 /// Store failures. Messages carry no SQL text with values and no secret.
 #[derive(Debug, thiserror::Error)]

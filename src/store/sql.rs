@@ -15,7 +15,8 @@
 //! [`leases`] (leases, their claims and revocation by selector, sweep), [`revocations`]
 //! (revocation of external credentials), [`intents`] (PostgreSQL role intents),
 //! [`environments`] (freeze), [`secrets`], [`replay`] (single use of source tokens) and
-//! [`batch`] (the exchange ledger's multi-row writes). Rows are decoded with
+//! [`batch`] (the exchange ledger's multi-row writes), [`anchors`] (each replica's audit
+//! anchor). Rows are decoded with
 //! [`sqlx::FromRow`], one impl for both backends; a stored value that does not decode (an
 //! unknown kind or state, malformed JSON) is a [`StoreError::Corrupt`](super::StoreError).
 
@@ -78,6 +79,7 @@ macro_rules! with_tx {
     };
 }
 
+mod anchors;
 mod batch;
 mod claims;
 mod credentials;
@@ -92,6 +94,7 @@ mod replay;
 mod revocations;
 mod secrets;
 
+pub use anchors::AuditAnchorRow;
 pub use batch::{BatchChecks, BatchItem, KeyState, NewLease, ReplaySlot};
 pub use leader::LeaderLock;
 pub use open::WriteTx;

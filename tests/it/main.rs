@@ -17,6 +17,7 @@
 
 mod admin;
 mod admin_crl;
+mod audit_anchor;
 mod audit_log;
 mod ci;
 mod cli;
@@ -58,6 +59,7 @@ fn main() -> std::process::ExitCode {
     let cases = [
         admin::cases(),
         admin_crl::cases(),
+        audit_anchor::cases(),
         audit_log::cases(),
         ci::cases(),
         cli::cases(),

@@ -90,6 +90,33 @@ impl Replica {
     }
 }
 
+/// A broker's files after [`Broker::shut_down`].
+pub struct Stopped {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    clock: Arc<OffsetClock>,
+}
+
+impl Stopped {
+    /// Builds the broker's state again from its configuration plus `env` (`JOBPASS_*`).
+    pub async fn build(&self, env: &[(&str, &str)]) -> Result<Arc<App>, jobpass::app::StartError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        let config = Config::load_with_env(Some(&self.config_path), env).unwrap();
+        App::build(config, self.clock.clone(), None).await
+    }
+}
+
+/// Stops a broker's state that nothing else holds (its ledger anchors the audit head and
+/// releases the audit file).
+pub async fn release(app: Arc<App>) {
+    app.ledger().stop().await;
+    assert_eq!(Arc::strong_count(&app), 1, "nothing else holds the broker");
+    drop(app);
+}
+
 /// Options of a test broker.
 #[derive(Default, Clone)]
 pub struct Options {
@@ -682,6 +709,28 @@ impl Broker {
         };
         b.listen().await;
         b
+    }
+
+    /// Stops the broker as `serve` does on shutdown (its ledger anchors the audit head) and
+    /// keeps its files, so a test can change them and start it again.
+    pub async fn shut_down(self) -> Stopped {
+        let Broker {
+            dir,
+            app,
+            config_path,
+            clock,
+            running,
+            vault_running,
+            background,
+            ..
+        } = self;
+        stop_all(running, vault_running, background).await;
+        release(app).await;
+        Stopped {
+            dir,
+            config_path,
+            clock,
+        }
     }
 
     pub fn client(&self) -> reqwest::Client {
