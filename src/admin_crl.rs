@@ -3,8 +3,9 @@
 //!
 //! Guarantees:
 //! - a CRL file that passes every check of [`crate::tls::AdminClientAuth`] replaces the CRLs in
-//!   force atomically: every handshake after the reload uses it, connections already open keep
-//!   the identity they were accepted with;
+//!   force atomically: every handshake after the reload uses it, and so does every admin call
+//!   on a connection already open or resumed (the `Authorized` extractor checks the chain
+//!   again with [`crate::tls::AdminClientAuth::still_valid`]);
 //! - a file that cannot be read or fails a check changes nothing (the last good CRLs stay); it
 //!   is logged with the reason, counted in `jobpass_admin_crl_reloads{outcome="failure"}`, and
 //!   audited;
