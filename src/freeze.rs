@@ -7,7 +7,10 @@
 //! - every call is one audit record (`freeze` / `unfreeze`), refused ones as `denied`;
 //! - the record is written before the store changes: a freeze is a security decision that is
 //!   on record whenever it takes effect, and when the audit log cannot take it nothing changes;
-//!   when the store then fails, a second record says so (best effort).
+//!   when the store then fails, a second record says so (best effort);
+//! - no lease of the environment commits after the freeze did: exchanges in flight when it
+//!   was asked commit before it (the freeze waits for them), later ones are refused (on
+//!   PostgreSQL through the environment's advisory lock, see `store::sql::env_locks`).
 
 use serde_json::json;
 

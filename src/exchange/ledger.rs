@@ -17,9 +17,12 @@
 //! - a source token is used at most once, within a batch too: the first exchange of a batch
 //!   presenting it wins, every other one is refused (409) and recorded as a replay; a token
 //!   already used is a replay before anything else (even in a frozen environment);
-//! - a freeze that committed before a batch began is seen by it (the environment's row is
-//!   read inside the transaction; on PostgreSQL it is share-locked, so a freeze waits for
-//!   batches in flight and no lease commits after a freeze did);
+//! - a freeze that committed before a batch began is seen by it, and no lease commits after a
+//!   freeze of its environment did; a revocation counts every lease it matches committed
+//!   before it commits (SQLite: the batch, the freeze and the revocation are transactions of
+//!   the one writer; PostgreSQL: the batch reads the freeze state after taking its
+//!   environments' advisory locks, shared, which a freeze or revocation takes exclusively:
+//!   see `store::sql::env_locks`);
 //! - an exchange whose PostgreSQL role intent was claimed by reconciliation is abandoned
 //!   (503): its token's single-use slot is left untaken and its other intents stay for
 //!   reconciliation (the lease takes all of its intents over, or none).
@@ -457,8 +460,8 @@ impl Writer {
             .flat_map(|(_, e)| e.intents.iter().map(String::as_str))
             .collect();
         // One read of everything the batch decides on, inside its transaction: freezes
-        // committed before it are seen (on PostgreSQL a freeze waits for it), and role
-        // intents are locked against reconciliation.
+        // committed before it are seen (on PostgreSQL a freeze or revocation of its
+        // environments waits for it), and role intents are locked against reconciliation.
         let checks = tx
             .checks(&keys, &envs, &names)
             .await

@@ -10,7 +10,14 @@
 //! - an operator's revocation (`App::revoke_requested`) needs a non-empty reason; one refused
 //!   as asked is on record (a denied `revoke` audit record) before it is answered;
 //! - a revocation is committed before it is audited: an emergency revocation does not wait on
-//!   a full disk, and says whether its record was written.
+//!   a full disk, and says whether its record was written;
+//! - "revoked N" is exact: the revocation ends, and counts, every live lease it matches whose
+//!   exchange committed before the revocation commits, those in flight when it began
+//!   included (it waits for them); an exchange that commits after it is a new lease it does
+//!   not cover. On PostgreSQL this is the environments' advisory locks (see
+//!   `store::sql::env_locks`): a selector with an environment pauses that environment's
+//!   exchanges while the revocation runs, one without (by claim, role, subject, `all`…)
+//!   every environment's, and one by the id of a committed lease none.
 
 use std::collections::BTreeMap;
 

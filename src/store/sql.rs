@@ -14,9 +14,10 @@
 //! [`keys`] (data and signing keys, rewrap), [`credentials`] (credentials and what reads them),
 //! [`leases`] (leases, their claims and revocation by selector, sweep), [`revocations`]
 //! (revocation of external credentials), [`intents`] (PostgreSQL role intents),
-//! [`environments`] (freeze), [`secrets`], [`replay`] (single use of source tokens) and
+//! [`environments`] (freeze), [`secrets`], [`replay`] (single use of source tokens),
 //! [`batch`] (the exchange ledger's multi-row writes), [`anchors`] (each replica's audit
-//! anchor). Rows are decoded with
+//! anchor) and [`env_locks`] (how batches, freezes and revocations of an environment are
+//! serialised on PostgreSQL). Rows are decoded with
 //! [`sqlx::FromRow`], one impl for both backends; a stored value that does not decode (an
 //! unknown kind or state, malformed JSON) is a [`StoreError::Corrupt`](super::StoreError).
 
@@ -84,6 +85,7 @@ mod batch;
 mod claims;
 mod credentials;
 mod decode;
+mod env_locks;
 mod environments;
 mod intents;
 mod keys;

@@ -28,6 +28,7 @@ mod ledger;
 mod limits;
 mod oidc;
 mod pg_roles;
+mod races;
 mod refusals;
 mod reload;
 mod replicas;
@@ -70,6 +71,7 @@ fn main() -> std::process::ExitCode {
         limits::cases(),
         oidc::cases(),
         pg_roles::cases(),
+        races::cases(),
         refusals::cases(),
         reload::cases(),
         replicas::cases(),

@@ -5,9 +5,11 @@
 //! A batch therefore holds the writer for about as long as one exchange would. Each backend
 //! has its own statements ([`sqlite`], [`postgres`]); both keep the same guarantees:
 //! - the checks are read inside the transaction that writes: on SQLite under the write lock
-//!   taken at `BEGIN IMMEDIATE`, on PostgreSQL with the environments' rows share-locked (a
-//!   freeze waits for the batch) and the role intents locked for update (reconciliation
-//!   waits);
+//!   taken at `BEGIN IMMEDIATE` (a freeze or revocation never overlaps a batch), on PostgreSQL
+//!   after the environments' advisory locks are granted, shared (a freeze or revocation of one
+//!   of them waits for the batch, and a batch for one in flight: see
+//!   [`env_locks`](super::env_locks)), and with the role intents locked for update
+//!   (reconciliation waits);
 //! - a source token's slot is claimed once: an exchange whose slot another replica took
 //!   meanwhile writes nothing and is reported unclaimed.
 

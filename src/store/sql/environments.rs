@@ -1,18 +1,25 @@
 //! Environments: whether each is frozen (an emergency stop of new exchanges), and by whom.
 //!
-//! Tables: `environments` (the exchange batch also ensures a row per environment it
-//! touches, see `batch.rs`).
+//! Tables: `environments` (a row once an environment was frozen).
 //!
 //! Guarantees:
 //! - a freeze is one upsert, so it holds whether or not the environment had a row;
+//! - no lease of an environment commits after a freeze of it did: on SQLite the freeze and
+//!   every exchange batch are write transactions of the one writer; on PostgreSQL the freeze
+//!   holds the environment's advisory lock exclusively, which batches share (see
+//!   [`env_locks`](super::env_locks));
 //! - the check inside a write transaction reads the committed state at that point; the
 //!   early check outside one is only a shortcut.
 
 use super::Store;
+use super::env_locks::EnvLocks;
+use super::open::BeginWrite;
 use crate::store::{Result, WriteTx};
 
 impl Store {
-    /// Freezes or unfreezes an environment.
+    /// Freezes or unfreezes an environment. On PostgreSQL it first takes the environment's
+    /// lock, exclusive: it waits for the batches of the environment in flight, and the
+    /// batches after it read its state (see `store::sql::env_locks`).
     pub async fn set_frozen(
         &self,
         env: &str,
@@ -22,17 +29,20 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         with_db!(self, |w, r, Db| {
+            let mut tx = w.begin_write().await?;
+            tx.lock_env(env).await?;
             sqlx::query(
-            "INSERT INTO environments (env, frozen, frozen_reason, frozen_at, frozen_by) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (env) DO UPDATE SET frozen = $2, frozen_reason = $3, frozen_at = $4, frozen_by = $5",
-        )
-        .bind(env)
-        .bind(i64::from(frozen))
-        .bind(reason)
-        .bind(now)
-        .bind(by)
-        .execute(w)
-        .await?;
+                "INSERT INTO environments (env, frozen, frozen_reason, frozen_at, frozen_by) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (env) DO UPDATE SET frozen = $2, frozen_reason = $3, frozen_at = $4, frozen_by = $5",
+            )
+            .bind(env)
+            .bind(i64::from(frozen))
+            .bind(reason)
+            .bind(now)
+            .bind(by)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
             Ok(())
         })
     }

@@ -9,6 +9,12 @@
 //!   of leases with database roles as `pending` commit together;
 //! - a lease is revoked once: a concurrent revocation of the same lease (another replica)
 //!   wins on the primary key and this one does not count it;
+//! - a revocation covers every matching lease committed before it commits, also those of
+//!   exchanges in flight when it began: on SQLite it is a write transaction of the one
+//!   writer, as every exchange batch is; on PostgreSQL it first takes the advisory lock of
+//!   its environment (of all of them when the selector names none and is not a committed
+//!   lease's id), exclusive, so it waits for those batches and sees their leases (see
+//!   [`super::env_locks`]); a lease committed after it is a new one it does not cover;
 //! - claim globs match case-sensitively (`LIKE` with `\` as escape);
 //! - the sweep never deletes a lease whose external credentials are not settled (`pending` or
 //!   `failed`); expired leases holding database roles are marked `pending` first.
@@ -18,6 +24,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row};
 use super::Store;
 use super::batch::push_list;
 use super::claims::{delete_claims_of, push_has_claim, push_lease_with_claim_like};
+use super::env_locks::EnvLocks;
 use super::open::BeginWrite;
 use crate::store::{LeaseFilter, LeaseRow, Result, Selector, StoreError, glob_to_like};
 
@@ -135,6 +142,9 @@ impl Store {
             // this one does not count it.
             q.push(" ORDER BY l.id ON CONFLICT (lease_id) DO NOTHING RETURNING lease_id, external");
             let mut tx = w.begin_write().await?;
+            // PostgreSQL: wait for the exchange batches in flight it could match, and keep
+            // later ones out until it commits (see `env_locks`).
+            tx.lock_for_revoke(sel).await?;
             let rows = q.build().fetch_all(&mut *tx).await?;
             let mut ids = Vec::with_capacity(rows.len());
             let mut external = Vec::new();

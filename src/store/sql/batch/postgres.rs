@@ -2,13 +2,15 @@
 //! `UNNEST`), so it has one text whatever the batch size and stays prepared on its
 //! connection. Statements stay under [`PG_STATEMENT_BYTES`] of bound values.
 //!
-//! Rows are locked in one order by every replica's batches — environments (shared), role
-//! intents, replay slots, each sorted — so concurrent batches never deadlock.
+//! Locks are taken in one order by every replica's batches — the environments' advisory locks
+//! (shared, see [`env_locks`](super::super::env_locks)), role intents, replay slots, each
+//! sorted — so concurrent batches never deadlock.
 
 use std::collections::HashSet;
 
 use sqlx::{PgConnection, Row};
 
+use super::super::env_locks::EnvLocks;
 use super::{BatchChecks, BatchItem, NewLease, ROWS_PER_STATEMENT, chunks_by};
 use crate::store::{CredentialRow, LeaseRow, Result};
 
@@ -30,6 +32,10 @@ pub(super) async fn checks(
     intents: &[&str],
 ) -> Result<BatchChecks> {
     let mut out = BatchChecks::default();
+    // First of all, before any row is read or locked: the environments' shared locks. A
+    // freeze or revocation of one of them in flight has committed once they are granted, and
+    // every statement below sees it; one asking later waits for this transaction.
+    conn.share_envs(envs).await?;
     for chunk in chunks_by(keys, ROWS_PER_STATEMENT, PG_STATEMENT_BYTES, |_| 40) {
         let rows = sqlx::query("SELECT key FROM replay WHERE key = ANY($1::bytea[])")
             .bind(chunk.iter().map(|k| k.to_vec()).collect::<Vec<_>>())
@@ -41,26 +47,13 @@ pub(super) async fn checks(
     }
     if !envs.is_empty() {
         let envs: Vec<String> = envs.iter().map(|e| e.to_string()).collect();
-        // Every environment gets a row, so there is always one to share-lock: a freeze waits
-        // for this transaction, and no lease of a batch that did not see it commits after it.
-        sqlx::query(
-            "INSERT INTO environments (env) SELECT * FROM UNNEST($1::text[])
-             ON CONFLICT (env) DO NOTHING",
-        )
-        .bind(&envs)
-        .execute(&mut *conn)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT env, frozen FROM environments WHERE env = ANY($1::text[])
-             ORDER BY env FOR SHARE",
-        )
-        .bind(&envs)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows =
+            sqlx::query("SELECT env FROM environments WHERE env = ANY($1::text[]) AND frozen <> 0")
+                .bind(&envs)
+                .fetch_all(&mut *conn)
+                .await?;
         for r in &rows {
-            if r.try_get::<i64, _>("frozen")? != 0 {
-                out.frozen.insert(r.try_get("env")?);
-            }
+            out.frozen.insert(r.try_get("env")?);
         }
         let rows = sqlx::query(
             "SELECT env, version, CAST(CASE WHEN wrapped IS NULL THEN 1 ELSE 0 END AS BIGINT)
