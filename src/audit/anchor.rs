@@ -25,7 +25,13 @@
 //!   logs why instead of silently moving the other's anchor. A replica that starts on a new
 //!   file name meets the anchor of its old file: the new file is behind it, and the start is
 //!   refused until the old file is put back or the override is given.
+//! - **The recent part verifies.** Lines removed before a line that is still there leave the
+//!   anchored line in place, so at start the chain of the file's last
+//!   [`TAIL_CHECKED_AT_START`] bytes (the whole file when smaller) is verified as well
+//!   ([`AnchorError::Broken`], same override); `jobpass audit verify` checks all of it.
 //! - Only a regular file is anchored: `/dev/full`, a pipe or a terminal cannot be read back.
+//!   Where the store anchors lines of the replica already, a log that is not a regular file
+//!   (swapped for a link to `/dev/null`, say) refuses the start ([`AnchorError::NotAFile`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +40,9 @@ use super::log::mac_at;
 use super::{AuditError, AuditEvent, AuditHead, AuditKey, AuditLog, Outcome};
 use crate::metrics::AuditGauges;
 use crate::store::{AuditAnchorRow, Store, StoreError};
+
+/// How much of the audit file's end is verified at start (the whole file when smaller).
+pub const TAIL_CHECKED_AT_START: u64 = 64 << 20;
 
 /// How often the ledger anchors a head that records outside a store transaction moved.
 pub const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -53,6 +62,39 @@ pub enum AnchorError {
          in the audit log, re-anchors and starts; then remove the setting."
     )]
     Behind(Box<Behind>),
+    /// The recent part of the audit file does not verify (lines removed, altered or
+    /// reordered before its last line).
+    #[error(
+        "audit log {file} fails verification in its last {window_mib} MiB: {cause}. Lines were \
+         removed, altered or reordered; the broker does not start on it. Recovery: keep the \
+         file and the store for the investigation; put the complete file back and start again \
+         (`jobpass audit verify --anchor --config FILE COPY` checks a copy), or start once with \
+         `audit.accept_behind_anchor = \"<reason>\"`, which records the problem and the reason; \
+         then remove the setting."
+    )]
+    Broken {
+        /// The audit file.
+        file: String,
+        /// How much of its end was verified.
+        window_mib: u64,
+        /// What is wrong, and where.
+        cause: String,
+    },
+    /// The audit file is not a regular file (a link to /dev/null, a pipe) while the store
+    /// anchors lines of this replica.
+    #[error(
+        "audit log {file} is not a regular file, but the store anchors replica {replica} at \
+         line {seq}: its records would be lost unread. Point audit.file at the real log, or \
+         start once with `audit.accept_behind_anchor = \"<reason>\"`."
+    )]
+    NotAFile {
+        /// The audit file.
+        file: String,
+        /// The replica name, quoted.
+        replica: String,
+        /// The anchored line.
+        seq: i64,
+    },
     /// Another process took this replica's anchor over (two brokers share a replica name).
     #[error(
         "the audit anchor of replica {replica} was taken over by another process: two brokers \
@@ -284,24 +326,64 @@ pub async fn establish(start: Start<'_>) -> Result<Option<Anchor>, AnchorError> 
         now,
         gauges,
     } = start;
+    let (replica, shown) = replica_key(log.replica());
+    let stored = store.audit_anchor(&replica).await?;
     if !log.is_regular() {
+        // A file that cannot be read back cannot be checked: refused where lines of this
+        // replica were anchored before (the file was swapped for /dev/null, a pipe...).
+        if let Some(a) = stored.as_ref().filter(|a| a.seq > 0)
+            && accept.is_none()
+        {
+            return Err(AnchorError::NotAFile {
+                file: log.path().display().to_string(),
+                replica: shown,
+                seq: a.seq,
+            });
+        }
         tracing::warn!(
             path = %log.path().display(),
             "the audit log is not a regular file: it is not anchored in the store"
         );
         return Ok(None);
     }
-    let (replica, shown) = replica_key(log.replica());
     let owner = hex::encode(
         crate::crypto::random::bytes::<16>()
             .map_err(|e| StoreError::Unavailable(format!("no anchor owner id: {e}")))?,
     );
     let head = log.position();
-    let stored = store.audit_anchor(&replica).await?;
     let behind = match &stored {
         Some(a) => compare(log.path(), key, &head, log.replica(), a)?,
         None => None,
     };
+    // The recent part of the file must verify too: lines removed before a line that is
+    // still there leave the anchored line in place.
+    if behind.is_none() && stored.is_some() {
+        let path = log.path().to_path_buf();
+        let key = key.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            super::verify_tail(&path, &key, TAIL_CHECKED_AT_START)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("the audit check at start: {e}")))?;
+        if let Err(e) = checked {
+            let broken = AnchorError::Broken {
+                file: log.path().display().to_string(),
+                window_mib: TAIL_CHECKED_AT_START >> 20,
+                cause: e.to_string(),
+            };
+            match accept {
+                None => return Err(broken),
+                Some(reason) => {
+                    tracing::warn!(problem = %broken, reason, "starting on an audit log that fails verification (audit.accept_behind_anchor)");
+                    let record = AuditEvent::new("audit_anchor_override", Outcome::Success)
+                        .with_reason(reason)
+                        .with_detail("file", log.path().display().to_string().into())
+                        .with_detail("problem", broken.to_string().into());
+                    log.append(record).await?;
+                }
+            }
+        }
+    }
     match (behind, accept) {
         (Some(b), None) => return Err(AnchorError::Behind(Box::new(b))),
         (Some(b), Some(reason)) => {

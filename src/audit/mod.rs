@@ -59,7 +59,7 @@ pub use event::{Actor, AuditEvent, Outcome};
 pub use log::{AuditHead, AuditLog};
 pub use mask::{AuditKey, FINGERPRINT_PREFIX, MaskedCredential, fingerprint, mask};
 pub use refusals::RefusalTally;
-pub use verify::{VerifyReport, find, verify};
+pub use verify::{VerifyReport, find, verify, verify_tail};
 
 /// Errors of the audit log. None of them carries a secret value.
 #[derive(thiserror::Error, Debug)]

@@ -149,3 +149,63 @@ pub fn find(path: &Path, key: &AuditKey, value: &str) -> Result<Vec<(u64, String
     })?;
     Ok(found)
 }
+
+/// Verifies the chain over the last `window` bytes of the file (the whole file when it is
+/// smaller): every whole line there must carry a valid MAC, link to the line before it and
+/// carry the next `seq`. The first line of a partial window is taken as its own start. Used at
+/// start, so that lines removed from the recent part of the log — also before a line that is
+/// still there — are noticed without reading a large file whole; `jobpass audit verify` checks
+/// all of it.
+///
+/// # Errors
+///
+/// [`AuditError::Tampered`] naming the `seq` after which the chain breaks (the line number
+/// within the file is not known without reading it from its start); [`AuditError::Io`].
+pub fn verify_tail(path: &Path, key: &AuditKey, window: u64) -> Result<u64, AuditError> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= window {
+        return verify(path, key).map(|r| r.lines);
+    }
+    file.seek(SeekFrom::Start(len - window))?;
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    // Skip the partial line the window starts in.
+    reader.read_until(b'\n', &mut buf)?;
+    let mut prev: Option<(u64, String)> = None;
+    let mut checked_lines = 0u64;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(checked_lines);
+        }
+        let after = prev.as_ref().map_or(0, |(seq, _)| *seq);
+        let tampered = |reason: String| AuditError::Tampered {
+            line: after + 1,
+            reason: format!("after the record with seq {after}: {reason}"),
+        };
+        let Some(line) = buf.strip_suffix(b"\n") else {
+            return Err(tampered("torn line at the end of the file".to_owned()));
+        };
+        let c = check(key, line).map_err(|e| tampered(e.to_string()))?;
+        if let Some((seq, mac)) = &prev {
+            if c.prev != *mac {
+                return Err(tampered(
+                    "prev does not match the previous line's mac: a line was removed, inserted \
+                     or reordered here"
+                        .to_owned(),
+                ));
+            }
+            if c.seq != seq + 1 {
+                return Err(tampered(format!(
+                    "seq is {} where {} was expected",
+                    c.seq,
+                    seq + 1
+                )));
+            }
+        }
+        prev = Some((c.seq, c.mac));
+        checked_lines += 1;
+    }
+}

@@ -196,5 +196,50 @@ crate::support::harness::cases! {
         a_broker_refuses_to_start_on_an_audit_file_cut_behind_its_anchor,
         a_broker_refuses_to_start_when_its_audit_file_was_deleted,
         the_audit_head_and_the_anchored_line_are_metrics,
+        a_broker_refuses_to_start_when_lines_before_the_last_were_removed,
+        a_broker_refuses_to_start_when_its_audit_file_became_a_link_to_dev_null,
     ],
+}
+
+/// Lines removed before the last line leave the anchored (last) line in place: the chain of
+/// the file's recent part is verified at start too.
+async fn a_broker_refuses_to_start_when_lines_before_the_last_were_removed() {
+    let (stopped, audit) = used_and_stopped().await;
+    let all = lines(&audit);
+    let n = all.len();
+    let kept: String = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(1..n - 1).contains(i) || *i == 1)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    std::fs::write(&audit, kept).unwrap();
+    assert_eq!(lines(&audit).len(), 3, "lines 3 .. n-1 removed");
+    let err = stopped.build(&[]).await.unwrap_err().to_string();
+    assert!(err.contains("fails verification"), "{err}");
+    assert!(err.contains("accept_behind_anchor"), "{err}");
+    assert_eq!(lines(&audit).len(), 3, "a refused start writes nothing");
+    // With the override it starts, and the problem is on record.
+    let app = stopped
+        .build(&[(OVERRIDE, "INC-78 audit file damaged")])
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(lines(&audit).last().unwrap()).unwrap();
+    assert_eq!(last["event"], "audit_anchor_override");
+    assert!(
+        last["details"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("fails verification")
+    );
+    release(app).await;
+}
+
+async fn a_broker_refuses_to_start_when_its_audit_file_became_a_link_to_dev_null() {
+    let (stopped, audit) = used_and_stopped().await;
+    std::fs::remove_file(&audit).unwrap();
+    std::os::unix::fs::symlink("/dev/null", &audit).unwrap();
+    let err = stopped.build(&[]).await.unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(err.contains("accept_behind_anchor"), "{err}");
 }
