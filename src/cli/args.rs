@@ -291,13 +291,22 @@ pub enum AuditCmd {
         files: Vec<PathBuf>,
     },
     /// List records whose credential fingerprints match a leaked value.
+    #[command(group(clap::ArgGroup::new("needle").required(true).args(["value", "value_file"])))]
     Find {
         /// Server configuration (for the root key).
         #[arg(long)]
         config: PathBuf,
-        /// The value to look for.
+        /// The value to look for (visible to other users in `ps`: prefer --value-file).
+        #[arg(
+            long,
+            required_unless_present = "value_file",
+            conflicts_with = "value_file"
+        )]
+        value: Option<String>,
+        /// Read the value from this file, or from standard input with `-` (one trailing
+        /// newline is dropped).
         #[arg(long)]
-        value: String,
+        value_file: Option<PathBuf>,
         /// Audit files.
         #[arg(required = true)]
         files: Vec<PathBuf>,

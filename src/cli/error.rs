@@ -115,6 +115,14 @@ pub enum CliError {
          (a JSON object)"
     )]
     SecretOnCommandLine(String),
+    /// `audit find` was given no value to look for.
+    #[error(
+        "give the leaked value with --value-file FILE, or --value-file - to read it from standard input"
+    )]
+    NoValue,
+    /// The value to look for is empty (an empty file or empty input).
+    #[error("the value to look for is empty")]
+    EmptyValue,
     /// Two `secrets put` inputs both asked for standard input.
     #[error("standard input can be read once: give at most one FIELD=@- or --data-file -")]
     StdinTwice,

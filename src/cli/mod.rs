@@ -279,10 +279,22 @@ async fn audit(c: AuditCmd) -> Result<i32, CliError> {
         AuditCmd::Find {
             config,
             value,
+            value_file,
             files,
         } => {
             // The value looked for is a leaked credential.
-            let value = Zeroizing::new(value);
+            let value = match (value, value_file) {
+                (Some(v), _) => {
+                    eprintln!(
+                        "note: a value given with --value is visible to other users of this \
+                         machine (ps, shell history); --value-file FILE or --value-file - \
+                         (standard input) keep it off the command line"
+                    );
+                    Zeroizing::new(v)
+                }
+                (None, Some(path)) => offline::read_value(&path)?,
+                (None, None) => return Err(CliError::NoValue),
+            };
             let mut found = 0;
             for matches in offline::find_in_audit(&config, &value, &files)? {
                 let (f, records) = matches?;

@@ -227,6 +227,38 @@ impl Anchors {
 /// The file searched and its matching records (line number, text).
 pub type AuditMatches<'a> = (&'a Path, Vec<(u64, String)>);
 
+/// The value `audit find` looks for, from the file `path` or standard input (`-`); one
+/// trailing newline is dropped.
+///
+/// # Errors
+/// The file or standard input cannot be read, or holds nothing.
+pub fn read_value(path: &Path) -> Result<Zeroizing<String>, CliError> {
+    use std::io::Read;
+    let mut text = Zeroizing::new(String::new());
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(CliError::Stdin)?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map_err(|source| CliError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(CliError::EmptyValue);
+    }
+    Ok(text)
+}
+
 /// The records (line number, text) of each audit file whose credential fingerprints match
 /// `value`, with the key of the server configured by `config`; file by file.
 ///

@@ -90,7 +90,9 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            // The body is OpenMetrics text (`# EOF`, counters as `<name>_total`): said so,
+            // Prometheus keeps the metric types.
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         app.metrics.render(),
     )

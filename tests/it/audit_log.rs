@@ -122,6 +122,37 @@ async fn issued_values_never_reach_the_audit_log_the_service_log_or_the_store() 
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // The leaked value can stay off the command line: read from standard input or a file.
+    let mut child = Command::new(binary())
+        .args(["audit", "find", "--config"])
+        .arg(&b.config_path)
+        .args(["--value-file", "-"])
+        .arg(b.audit_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{token}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(v["lease_id"].as_str().unwrap()), "{text}");
+    let leaked = b.dir.path().join("leaked.txt");
+    std::fs::write(&leaked, format!("{token}\n")).unwrap();
+    let out = Command::new(binary())
+        .args(["audit", "find", "--config"])
+        .arg(&b.config_path)
+        .arg("--value-file")
+        .arg(&leaked)
+        .arg(b.audit_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(v["lease_id"].as_str().unwrap()));
 }
 
 async fn audit_verify_passes_then_names_the_tampered_line() {

@@ -219,8 +219,23 @@ async fn a_source_over_its_rate_gets_429_with_retry_after() {
     // Reads have their own bucket.
     let (status, _) = b.get("/v1/secrets/prod/app/db", Some("jpt_unknown")).await;
     assert_eq!(status, 401);
-    let metrics = b.client().get(format!("{}/metrics", b.url)).send().await;
-    let metrics = metrics.unwrap().text().await.unwrap();
+    let metrics = b
+        .client()
+        .get(format!("{}/metrics", b.url))
+        .send()
+        .await
+        .unwrap();
+    // An OpenMetrics body, served as one (Prometheus keeps the metric types).
+    let kind = metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        kind.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{kind}"
+    );
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     assert!(
         metrics.contains(r#"jobpass_rate_limited_total{class="exchange",scope="per_ip"} 1"#),
         "{metrics}"
