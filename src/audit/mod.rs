@@ -102,7 +102,12 @@ pub enum AuditError {
     )]
     Poisoned,
     /// Another process (or another open handle) holds the file.
-    #[error("audit log {} is already open by another writer", path.display())]
+    #[error(
+        "audit log {} is already open by another writer: a broker (or another jobpass \
+         process) is already running with this audit file. Stop it first, or give this one \
+         its own audit.file (and audit.replica)",
+        path.display()
+    )]
     Locked {
         /// The file.
         path: PathBuf,

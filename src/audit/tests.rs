@@ -267,6 +267,10 @@ async fn second_writer_on_the_same_file_is_refused_until_the_first_closes() {
     let clone = first.clone();
     let err = AuditLog::open(&path, key(), clock(), None, false).unwrap_err();
     assert!(matches!(err, AuditError::Locked { .. }), "{err:?}");
+    // The message says what is going on and what to do.
+    let text = err.to_string();
+    assert!(text.contains("already running"), "{text}");
+    assert!(text.contains("Stop it first"), "{text}");
     drop(first);
     clone.append(event(0)).await.unwrap();
     drop(clone);

@@ -224,15 +224,23 @@ impl AdminClient {
     }
 
     /// Revokes every live lease matching `selector`.
+    ///
+    /// # Errors
+    /// [`CliError::EmptySelector`] (said in the command line's terms, before anything is
+    /// sent), or the broker's refusal.
     pub async fn revoke(
         &self,
         selector: &RevokeSelector,
         reason: &str,
     ) -> Result<Answer, CliError> {
+        let sel = selector.to_json();
+        if sel.is_empty() {
+            return Err(CliError::EmptySelector);
+        }
         self.call(
             Method::POST,
             "revoke",
-            Some(json!({"selector": selector.to_json(), "reason": reason})),
+            Some(json!({"selector": sel, "reason": reason})),
         )
         .await
     }
@@ -343,6 +351,35 @@ mod tests {
             ..RevokeSelector::default()
         };
         assert_eq!(Value::Object(all.to_json()), json!({"all": true}));
+    }
+
+    #[tokio::test]
+    async fn an_empty_selector_is_refused_in_command_line_terms_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::tls::generate_pki(&[], &crate::clock::SystemClock).unwrap();
+        let (cert, key) = pki.client(crate::tls::AdminRole::Security).unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, secrecy::ExposeSecret::expose_secret(key)).unwrap();
+        // Nothing listens on port 1: an attempt to send would fail differently.
+        let client = AdminClient::new(&AdminEndpoint {
+            server: "https://127.0.0.1:1".into(),
+            ca: None,
+            cert: Some(cert_path),
+            key: Some(key_path),
+        })
+        .unwrap();
+        let err = client
+            .revoke(&RevokeSelector::default(), "INC-1")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CliError::EmptySelector), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("--all") && text.contains("--claim"), "{text}");
+        assert!(
+            !text.contains('{'),
+            "no JSON in a command line's answer: {text}"
+        );
     }
 
     #[test]

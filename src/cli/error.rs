@@ -115,6 +115,13 @@ pub enum CliError {
          (a JSON object)"
     )]
     SecretOnCommandLine(String),
+    /// `revoke` was given nothing to select leases by.
+    #[error(
+        "say which leases to revoke: --lease-id, --env, --role, --issuer, --subject, --claim \
+         NAME=GLOB, --policy-version, --issued-after or --issued-before (combined with AND), or \
+         --all to revoke every live lease"
+    )]
+    EmptySelector,
     /// `audit find` was given no value to look for.
     #[error(
         "give the leaked value with --value-file FILE, or --value-file - to read it from standard input"

@@ -182,6 +182,14 @@ fn policy(c: PolicyCmd) -> Result<i32, CliError> {
             config,
             strict,
         } => match offline::check_policies(&dir, config.as_deref())? {
+            PolicyCheck::Valid(set) if set.environments().next().is_none() => {
+                eprintln!(
+                    "refused: {} holds no policy (one <environment>.toml file per \
+                     environment); give the policy directory",
+                    dir.display()
+                );
+                Ok(1)
+            }
             PolicyCheck::Valid(set) => {
                 let warnings = crate::policy::lint::warnings(&set);
                 for w in &warnings {

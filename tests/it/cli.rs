@@ -285,6 +285,12 @@ async fn policy_check_and_test_work_offline() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("3 environments"), "{out}");
+    // A directory without a policy is no policy set to call OK.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, out, err) = run(dir.path(), &["policy", "check", empty.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("holds no policy"), "{err}");
 
     let bad = dir.path().join("bad");
     copy_dir(&repo_policies(), &bad);
