@@ -308,7 +308,7 @@ impl App {
             .rates
             .check_subject(
                 crate::limits::Class::Read,
-                &format!("{}\u{0}{}", grant.issuer, grant.subject),
+                (grant.issuer.as_str(), grant.subject.as_str()),
             )
             .map_err(SecretError::RateLimited)?;
         if grant.env != env || !grant.scope.iter().any(|g| glob_match(g, path.as_str())) {

@@ -70,10 +70,10 @@ impl ExchangeAudit {
 
     /// The verified caller (issuer and subject), the key of its own-line record budget.
     #[must_use]
-    pub fn caller(&self) -> Option<String> {
+    pub fn caller(&self) -> Option<(&str, &str)> {
         let actor = &self.base.actor;
         match (self.verified, &actor.issuer, &actor.subject) {
-            (true, Some(iss), Some(sub)) => Some(format!("{iss}\u{0}{sub}")),
+            (true, Some(iss), Some(sub)) => Some((iss.as_str(), sub.as_str())),
             _ => None,
         }
     }

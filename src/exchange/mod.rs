@@ -281,7 +281,7 @@ impl App {
                 let own_line = !matches!(error, ExchangeError::RateLimited(_))
                     && audit
                         .caller()
-                        .is_some_and(|c| recorded || self.limits.rates.own_record(&c));
+                        .is_some_and(|c| recorded || self.limits.rates.own_record(c));
                 if !own_line {
                     self.note_refusal(req.source, "exchange", &answer);
                 } else if !recorded {
@@ -318,7 +318,7 @@ impl App {
             .rates
             .check_subject(
                 crate::limits::Class::Exchange,
-                &format!("{}\u{0}{}", verified.issuer, verified.subject),
+                (verified.issuer.as_str(), verified.subject.as_str()),
             )
             .map_err(ExchangeError::RateLimited)?;
         let replay = replay_key(&verified, req.token.expose_secret());

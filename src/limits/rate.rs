@@ -5,7 +5,7 @@
 //! they hold is bounded by the callers of the last few seconds.
 
 use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -167,7 +167,7 @@ impl RateLimits {
     /// on its own line: up to [`RECORDS_BURST`] at once and [`RECORDS_PER_SECOND`] a second
     /// per caller; beyond that the caller's refusals are counted into the aggregate records,
     /// so that even a caller with a valid identity cannot buy audit lines without bound.
-    pub fn own_record(&self, key: &str) -> bool {
+    pub fn own_record(&self, key: impl Hash) -> bool {
         self.records.check_key(&self.hasher.hash_one(key)).is_ok()
     }
 
@@ -201,7 +201,10 @@ impl RateLimits {
     ///
     /// # Errors
     /// [`Limited`] when the subject's bucket is empty.
-    pub fn check_subject(&self, class: Class, subject: &str) -> Result<(), Limited> {
+    /// The subject is anything hashable: a name, or an (issuer, subject) pair hashed as a
+    /// tuple (each part length-delimited, so no two pairs share a key and nothing is
+    /// allocated on the exchange path).
+    pub fn check_subject(&self, class: Class, subject: impl Hash) -> Result<(), Limited> {
         if let Some(l) = &self.class(class).per_subject {
             l.check_key(&self.hasher.hash_one(subject))
                 .map_err(|n| self.limited(class, Scope::Subject, &n))?;

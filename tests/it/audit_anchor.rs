@@ -4,30 +4,16 @@
 //! --anchor` reports a file behind its anchor.
 
 use std::path::Path;
-use std::process::Command;
 
 use jobpass::store::{AuditAnchorRow, Store};
 use serde_json::{Value, json};
 
-use crate::support::{Broker, Stopped, binary, release};
+use crate::support::{Broker, Stopped, release};
 
 const OVERRIDE: &str = "JOBPASS_AUDIT__ACCEPT_BEHIND_ANCHOR";
 
 fn verify_anchor(config: &Path, file: &Path) -> (bool, String) {
-    let out = Command::new(binary())
-        .args(["audit", "verify", "--anchor", "--config"])
-        .arg(config)
-        .arg(file)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    crate::support::audit_verify(config, file, &["--anchor"])
 }
 
 fn lines(file: &Path) -> Vec<String> {

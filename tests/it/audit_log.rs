@@ -10,20 +10,7 @@ use serde_json::json;
 use crate::support::{Broker, Options, binary, logs};
 
 fn verify(config: &Path, file: &Path) -> (bool, String) {
-    let out = Command::new(binary())
-        .args(["audit", "verify", "--config"])
-        .arg(config)
-        .arg(file)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    crate::support::audit_verify(config, file, &[])
 }
 
 fn read_all_bytes(dir: &Path) -> Vec<u8> {

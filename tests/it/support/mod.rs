@@ -901,6 +901,27 @@ pub fn client_with(ca: Option<&str>, identity: Option<(&str, &str)>) -> reqwest:
 }
 
 /// Path of the built `jobpass` binary.
+/// Runs `jobpass audit verify [extra…] --config CONFIG FILE`: whether it passed, and its
+/// standard output and error together.
+pub fn audit_verify(config: &Path, file: &Path, extra: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(binary())
+        .args(["audit", "verify"])
+        .args(extra)
+        .arg("--config")
+        .arg(config)
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jobpass"))
 }
