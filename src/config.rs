@@ -407,10 +407,12 @@ impl Config {
             }
             builder = builder.add_source(config::File::from(f).format(config::FileFormat::Toml));
         }
-        let env: std::collections::HashMap<String, String> = vars
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("JOBPASS_") && !is_reserved_env(k))
-            .collect();
+        let mut env = std::collections::HashMap::new();
+        for (name, value) in vars {
+            if config_env_var(&name)? {
+                env.insert(name, value);
+            }
+        }
         builder = builder.add_source(
             config::Environment::with_prefix("JOBPASS")
                 .prefix_separator("_")
@@ -481,6 +483,64 @@ impl Config {
 /// Variables with the JOBPASS_ prefix that are not configuration keys: the CLI's own
 /// (`JOBPASS_SERVER`, …), the log filter, a root key held in a variable, and test or benchmark
 /// settings. Any other `JOBPASS_*` variable must name a configuration key.
+/// The top-level keys of [`Config`] (a test checks this list against the struct).
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "store",
+    "policies",
+    "leeway",
+    "max_body_bytes",
+    "insecure_http",
+    "tls",
+    "keys",
+    "audit",
+    "issuer",
+    "postgres",
+    "vault_compat_listen",
+    "lease_retention",
+    "sweep_interval",
+    "limits",
+];
+
+/// Whether the variable `name` is configuration. `JOBPASS_<KEY>` and `JOBPASS_<KEY>__<…>` are,
+/// for a top-level key; the CLI's own variables are not. Others are not configuration either
+/// — `jobpass exchange --format env` exports a job's credentials as `JOBPASS_<GRANT>` and
+/// `JOBPASS_LEASE_ID`, and a shell that did so must still run every command — unless the
+/// name looks like a misspelt key (nested with `__`, or within two edits of a key): that is
+/// refused, naming the key it resembles, so a typo cannot silently leave a setting at its
+/// default.
+fn config_env_var(name: &str) -> Result<bool, ConfigError> {
+    let Some(rest) = name.strip_prefix("JOBPASS_") else {
+        return Ok(false);
+    };
+    if is_reserved_env(name) {
+        return Ok(false);
+    }
+    let (head, nested) = match rest.split_once("__") {
+        Some((head, _)) => (head, true),
+        None => (rest, false),
+    };
+    let head = head.to_ascii_lowercase();
+    if TOP_LEVEL_KEYS.contains(&head.as_str()) {
+        return Ok(true);
+    }
+    let closest = TOP_LEVEL_KEYS
+        .iter()
+        .map(|k| (strsim::levenshtein(k, &head), *k))
+        .min();
+    match closest {
+        Some((d, key)) if d <= 2 => Err(ConfigError::Invalid(format!(
+            "environment variable {name} is not a configuration key (`{head}`): did you mean JOBPASS_{}?",
+            key.to_ascii_uppercase()
+        ))),
+        _ if nested => Err(ConfigError::Invalid(format!(
+            "environment variable {name} is not a configuration key (`{head}`)"
+        ))),
+        _ => Ok(false),
+    }
+}
+
 fn is_reserved_env(name: &str) -> bool {
     const EXACT: &[&str] = &[
         "JOBPASS_ROOT_KEY",
@@ -629,11 +689,56 @@ mod tests {
     }
 
     #[test]
-    fn unknown_variable_is_an_error_naming_it() {
-        let e = Config::load_with_env(None, vec![("JOBPASS_LISEN".into(), "x".into())])
+    fn a_misspelt_variable_is_an_error_naming_it_and_the_key() {
+        for (var, key) in [
+            ("JOBPASS_LISEN", "JOBPASS_LISTEN"),
+            ("JOBPASS_AUDT__FILE", "JOBPASS_AUDIT"),
+            ("JOBPASS_STOR", "JOBPASS_STORE"),
+        ] {
+            let e = Config::load_with_env(None, vec![(var.into(), "x".into())])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(var) && e.contains(key), "{e}");
+        }
+        let e = Config::load_with_env(None, vec![("JOBPASS_WHATEVER__X".into(), "x".into())])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("lisen"), "{e}");
+        assert!(e.contains("JOBPASS_WHATEVER__X"), "{e}");
+    }
+
+    #[test]
+    fn the_credentials_exchange_exports_are_not_configuration() {
+        // What `jobpass exchange --format env` leaves in a shell: later commands still run.
+        let cfg = Config::load_with_env(
+            None,
+            vec![
+                ("JOBPASS_LEASE_ID".into(), "lse_1".into()),
+                ("JOBPASS_SECRETS".into(), "jpt_x".into()),
+                ("JOBPASS_DEPLOY_DB_PASSWORD".into(), "p".into()),
+                ("JOBPASS_SERVER".into(), "https://127.0.0.1:8443".into()),
+                ("JOBPASS_LEEWAY".into(), "7s".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.leeway,
+            Duration::from_secs(7),
+            "a real key still applies"
+        );
+    }
+
+    #[test]
+    fn the_list_of_top_level_keys_is_the_config_struct() {
+        // serde names every field it expects when it meets an unknown one.
+        let e = toml::from_str::<Config>("zzz_unknown = 1\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let mut expected: Vec<&str> = e.split('`').skip(3).step_by(2).collect();
+        expected.sort_unstable();
+        let mut ours = TOP_LEVEL_KEYS.to_vec();
+        ours.sort_unstable();
+        assert_eq!(expected, ours, "{e}");
     }
 
     #[test]

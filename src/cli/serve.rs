@@ -130,14 +130,21 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
 
 fn print_dev_banner(data_dir: &Path, url: &str, dev: &DevIssuer) {
     let d = data_dir.display();
+    // The directory of this very binary, so the commands work however it was started
+    // (`cargo run` puts nothing on PATH).
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| "target/debug".to_owned());
     println!(
         "\njobpass dev server on {url} (DEV MODE: dev root key and a built-in issuer {iss} that every environment trusts)\n\
-         \nGet a dev token and exchange it:\n\
+         \nIn a second terminal, in this directory (README, Five-minute walk-through, steps 1 and 3):\n\
+         \n  export PATH=\"{bin}:$PATH\"\
+         \n  export JOBPASS_SERVER={url} JOBPASS_CA={d}/certs/ca.pem\
          \n  TOKEN=$(jobpass dev token --env dev)\
-         \n  curl --cacert {d}/certs/ca.pem {url}/v1/exchange \\\
-         \n    -H 'content-type: application/json' \\\
-         \n    -d \"{{\\\"token\\\":\\\"$TOKEN\\\",\\\"environment\\\":\\\"dev\\\"}}\"\n\
-         \nAdmin client certificates: {d}/certs/{{admin,security,auditor}}.pem\n",
+         \n  eval \"$(jobpass exchange --env dev --token \"$TOKEN\" --format env)\"\
+         \n  echo \"lease $JOBPASS_LEASE_ID\"\n\
+         \nAdmin client certificates: {d}/certs/{{admin,security,auditor}}.pem (with -key.pem)\n",
         iss = dev.url
     );
 }
