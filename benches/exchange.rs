@@ -117,7 +117,8 @@ async fn main() {
 
     let tokens: Vec<String> = (0..n + concurrency)
         .map(|_| {
-            jobpass::dev::token(&data, &policies, "dev", Map::new(), 600, &SystemClock).unwrap()
+            jobpass::dev::token(&data, &policies, "dev", None, Map::new(), 600, &SystemClock)
+                .unwrap()
         })
         .collect();
     let ca = std::fs::read_to_string(data.join("certs/ca.pem")).unwrap();
@@ -193,9 +194,16 @@ async fn main() {
     for role in roles {
         let mut lat = Vec::new();
         for _ in 0..sequential {
-            let token =
-                jobpass::dev::token(&data, &policies, "bench", Map::new(), 600, &SystemClock)
-                    .unwrap();
+            let token = jobpass::dev::token(
+                &data,
+                &policies,
+                "bench",
+                None,
+                Map::new(),
+                600,
+                &SystemClock,
+            )
+            .unwrap();
             let body = json!({"token": token, "environment": "bench", "role": role}).to_string();
             let t = Instant::now();
             let r = client

@@ -303,7 +303,8 @@ async fn run_size(size: usize, k: &Knobs) -> Row {
     let warmup = k.concurrency;
     let tokens: Vec<String> = (0..warmup + k.sequential + k.n)
         .map(|_| {
-            jobpass::dev::token(&data, &policies, "dev", Map::new(), 900, &SystemClock).unwrap()
+            jobpass::dev::token(&data, &policies, "dev", None, Map::new(), 900, &SystemClock)
+                .unwrap()
         })
         .collect();
     let tokens = Arc::new(tokens);

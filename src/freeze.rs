@@ -23,7 +23,7 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum FreezeError {
     /// No environment of that name in the policies.
-    #[error("unknown environment `{0}`")]
+    #[error("{}", crate::names::unknown_environment(.0))]
     UnknownEnvironment(String),
     /// No reason was given, or only blanks.
     #[error(transparent)]

@@ -19,6 +19,14 @@ pub fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The message of every answer refusing an environment the policies do not define (the
+/// exchange's `400 invalid_request`, the others' `404 not_found`): it names the environment and
+/// where the known ones are listed.
+#[must_use]
+pub fn unknown_environment(env: &str) -> String {
+    format!("unknown environment `{env}` (GET /v1/envs lists the environments)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,7 +78,7 @@ pub enum SecretError {
     #[error("`data` must be a non-empty object of string fields")]
     InvalidData,
     /// No environment of that name in the policies.
-    #[error("unknown environment `{0}`")]
+    #[error("{}", crate::names::unknown_environment(.0))]
     UnknownEnvironment(String),
     /// Nothing at that path.
     #[error("no secret at `{0}`")]

@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use openidconnect::http::Method;
-use openidconnect::reqwest;
 use serde_json::{Map, Value, json};
 
 use super::error::CliError;
-use super::https::{Answer, error_chain, http_client, send};
+use super::https::{Answer, Https};
 
 /// Where the admin API is and how to reach it.
 #[derive(Debug, Clone)]
@@ -105,7 +104,7 @@ impl RevokeSelector {
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     server: String,
-    client: reqwest::Client,
+    https: Https,
 }
 
 /// Percent-encodes each `/`-separated segment of a path.
@@ -131,16 +130,22 @@ impl AdminClient {
     ///
     /// # Errors
     /// [`CliError::NoClientCertificate`] without a certificate and key; unreadable or invalid
-    /// PEM files.
+    /// PEM files, a key that is not the certificate's.
     pub fn new(endpoint: &AdminEndpoint) -> Result<Self, CliError> {
         let (Some(cert), Some(key)) = (&endpoint.cert, &endpoint.key) else {
             return Err(CliError::NoClientCertificate);
         };
-        let client = http_client(endpoint.ca.as_deref(), Some(cert), Some(key))?;
+        let https = Https::new(endpoint.ca.as_deref(), Some(cert), Some(key))?;
         Ok(Self {
             server: endpoint.server.trim_end_matches('/').to_owned(),
-            client,
+            https,
         })
+    }
+
+    /// The text of an error answer, with the broker's environments when it says that `env`
+    /// is unknown.
+    pub async fn explain(&self, env: Option<&str>, answer: &Answer) -> String {
+        self.https.explain(&self.server, env, answer).await
     }
 
     async fn call(
@@ -150,7 +155,7 @@ impl AdminClient {
         body: Option<Value>,
     ) -> Result<Answer, CliError> {
         let url = format!("{}/v1/admin/{path}", self.server);
-        send(&self.client, method, &url, body).await
+        self.https.send(method, &url, body).await
     }
 
     /// Stores a new version of the secret at `path` with these fields.
@@ -307,13 +312,13 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Only when the client cannot be built (unreadable or invalid CA file); an unreachable or
 /// failing broker is [`Health::Unhealthy`].
 pub async fn health(server: &str, ca: Option<&Path>) -> Result<Health, CliError> {
-    let client = http_client(ca, None, None)?;
+    let https = Https::new(ca, None, None)?;
     let url = format!("{}/healthz", server.trim_end_matches('/'));
-    let answer = tokio::time::timeout(HEALTH_TIMEOUT, client.get(&url).send()).await;
+    let answer = tokio::time::timeout(HEALTH_TIMEOUT, https.client.get(&url).send()).await;
     Ok(match answer {
         Ok(Ok(r)) if r.status().is_success() => Health::Healthy,
         Ok(Ok(r)) => Health::Unhealthy(r.status().to_string()),
-        Ok(Err(e)) => Health::Unhealthy(error_chain(&e)),
+        Ok(Err(e)) => Health::Unhealthy(https.failure(&url, e).to_string()),
         Err(_) => Health::Unhealthy("no answer within 3 s".into()),
     })
 }

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The broker URL when neither `--server` nor `JOBPASS_SERVER` gives one: a dev broker.
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:8443";
+
 /// jobpass: exchange a CI job's OIDC token for scoped, short-lived credentials.
 #[derive(Parser, Debug)]
 #[command(name = "jobpass", version, about, long_about = None)]
@@ -32,6 +35,8 @@ pub enum Command {
     /// Examples:
     ///   # GitHub Actions (permissions: id-token: write): values masked, written to $GITHUB_ENV
     ///   jobpass exchange --server https://jobpass.example.com --env prod --role deploy-web
+    ///   # a dev broker (`jobpass serve --dev` in this directory): its CA is found in .jobpass-dev/
+    ///   jobpass exchange --env dev --token "$(jobpass dev token --env dev)"
     ///   # GitLab CI (id_tokens: JOBPASS_ID_TOKEN: aud: https://jobpass.example.com)
     ///   eval "$(jobpass exchange --server … --env prod --role deploy --token-env JOBPASS_ID_TOKEN --format env)"
     ///   # run a command with the credentials, revoke the lease when it ends
@@ -80,9 +85,10 @@ pub enum Command {
     /// Check a running broker: GET /healthz; exit 0 when healthy (container health checks).
     Health {
         /// Broker URL.
-        #[arg(long, env = "JOBPASS_SERVER", default_value = "https://127.0.0.1:8443")]
+        #[arg(long, env = "JOBPASS_SERVER", default_value = DEFAULT_SERVER)]
         server: String,
-        /// CA certificate (PEM) to trust for the broker.
+        /// CA certificate (PEM) to trust for the broker (default: the public roots; for a
+        /// broker on a loopback address, .jobpass-dev/certs/ca.pem when it exists).
         #[arg(long, env = "JOBPASS_CA")]
         ca: Option<PathBuf>,
     },
@@ -165,19 +171,30 @@ pub struct ServeArgs {
 /// Output formats of `exchange`.
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum Format {
-    /// The JSON answer.
+    /// The JSON answer on one line.
     Json,
+    /// The JSON answer, indented.
+    Pretty,
     /// `export NAME=value` lines for a shell.
     Env,
     /// GitHub Actions: masked values appended to $GITHUB_ENV and $GITHUB_OUTPUT.
     Github,
 }
 
+/// JSON output of the commands that print JSON.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsonFormat {
+    /// On one line.
+    Json,
+    /// Indented.
+    Pretty,
+}
+
 /// `exchange`
 #[derive(Args)]
 pub struct ExchangeArgs {
     /// Broker URL.
-    #[arg(long, env = "JOBPASS_SERVER")]
+    #[arg(long, env = "JOBPASS_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
     /// Environment.
     #[arg(long)]
@@ -197,11 +214,13 @@ pub struct ExchangeArgs {
     /// Audience to ask GitHub Actions for (default: the environment's, asked of the broker).
     #[arg(long)]
     pub audience: Option<String>,
-    /// CA certificate (PEM) to trust for the broker.
+    /// CA certificate (PEM) to trust for the broker (default: the public roots; for a broker
+    /// on a loopback address, .jobpass-dev/certs/ca.pem when it exists).
     #[arg(long, env = "JOBPASS_CA")]
     pub ca: Option<PathBuf>,
-    /// Output: json, env (`export` lines) or github ($GITHUB_ENV/$GITHUB_OUTPUT, values
-    /// masked). Default: github on GitHub Actions, else json.
+    /// Output: json (one line), pretty (indented JSON), env (`export` lines) or github
+    /// ($GITHUB_ENV/$GITHUB_OUTPUT, values masked). Default: github on GitHub Actions, else
+    /// JSON, indented when standard output is a terminal.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// Revoke the lease when COMMAND ends (whatever its exit status).
@@ -251,7 +270,11 @@ pub enum PolicyCmd {
     },
     /// Say whether claims would be allowed, and which condition failed.
     ///
-    /// Example: jobpass policy test policies --env prod --role deploy-web --claims claims.json
+    /// Examples:
+    ///   jobpass policy test policies --env prod --role deploy-web --claims @examples/claims/github-deploy-main.json
+    ///   jobpass policy test policies --env dev --claims '{"repository":"octo-org/web","repository_owner":"octo-org"}'
+    ///   jobpass dev claims --env prod --role deploy-web > claims.json   # claims to start from
+    #[command(verbatim_doc_comment)]
     Test {
         /// Directory of `<env>.toml` files.
         dir: PathBuf,
@@ -261,9 +284,10 @@ pub enum PolicyCmd {
         /// Role (default: the environment's default role).
         #[arg(long)]
         role: Option<String>,
-        /// JSON file of token claims.
-        #[arg(long)]
-        claims: PathBuf,
+        /// Token claims: inline JSON ('{"k":"v"}'), @FILE (a JSON file) or @- (standard
+        /// input); a bare FILE still works.
+        #[arg(long, value_name = "JSON|@FILE")]
+        claims: String,
     },
 }
 
@@ -375,16 +399,29 @@ pub enum CertsCmd {
 #[derive(Subcommand, Debug)]
 pub enum DevCmd {
     /// Print a token from the dev issuer of a `serve --dev` server.
-    #[command(verbatim_doc_comment)]
     ///
-    /// Example: jobpass dev token --env dev --claims '{"repository":"acme/web"}'
+    /// Its claims are those `jobpass dev claims` prints, with times and a `jti`: GitHub-shaped,
+    /// shaped to the role when they can be, and --claims over them (`aud` and `iss` too: a
+    /// wrong audience or issuer shows a refusal).
+    ///
+    /// Examples:
+    ///   jobpass dev token --env dev
+    ///   jobpass dev token --env prod --role deploy-web
+    ///   jobpass dev token --env dev --claims '{"repository":"acme/web"}'
+    ///   jobpass dev token --env dev --claims @claims.json
+    #[command(verbatim_doc_comment)]
     Token {
         /// Environment (its audience is used).
         #[arg(long)]
         env: String,
-        /// Claims (JSON object) merged over GitHub-shaped defaults.
-        #[arg(long, default_value = "{}")]
-        claims: String,
+        /// Role whose conditions the claims are shaped to (default: the environment's default
+        /// role).
+        #[arg(long)]
+        role: Option<String>,
+        /// Claims merged over the defaults: inline JSON ('{"k":"v"}'), @FILE or @- (standard
+        /// input).
+        #[arg(long, value_name = "JSON|@FILE")]
+        claims: Option<String>,
         /// Data directory of the dev server.
         #[arg(long, default_value = ".jobpass-dev")]
         data_dir: PathBuf,
@@ -395,28 +432,56 @@ pub enum DevCmd {
         #[arg(long, default_value = "5m")]
         ttl: humantime::Duration,
     },
+    /// Print the claims a dev token would carry (less its times and `jti`), shaped to the
+    /// role's conditions when they can be: a file to try with `jobpass policy test`.
+    ///
+    /// Example:
+    ///   jobpass dev claims --env prod --role deploy-web > claims.json
+    ///   jobpass policy test policies --env prod --role deploy-web --claims @claims.json
+    #[command(verbatim_doc_comment)]
+    Claims {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// Role (default: the environment's default role).
+        #[arg(long)]
+        role: Option<String>,
+        /// Claims merged over the defaults: inline JSON ('{"k":"v"}'), @FILE or @- (standard
+        /// input).
+        #[arg(long, value_name = "JSON|@FILE")]
+        claims: Option<String>,
+        /// Data directory of the dev server (for its issuer URL, when it ran).
+        #[arg(long, default_value = ".jobpass-dev")]
+        data_dir: PathBuf,
+        /// Policy directory.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// Output: json (one line) or pretty (default: pretty on a terminal).
+        #[arg(long, value_enum)]
+        format: Option<JsonFormat>,
+    },
 }
 
-/// Connection options of admin API clients.
+/// Connection and output options of admin API clients.
 #[derive(Args, Debug)]
 pub struct AdminConn {
     /// Broker URL.
-    #[arg(
-        long,
-        env = "JOBPASS_SERVER",
-        global = true,
-        default_value = "https://127.0.0.1:8443"
-    )]
+    #[arg(long, env = "JOBPASS_SERVER", global = true, default_value = DEFAULT_SERVER)]
     pub server: String,
-    /// Client certificate (PEM).
+    /// Client certificate (PEM) (default, for a broker on a loopback address: the dev
+    /// broker's certificate of the role the command needs, in .jobpass-dev/certs/).
     #[arg(long, env = "JOBPASS_CERT", global = true)]
     pub cert: Option<PathBuf>,
     /// Client key (PEM).
     #[arg(long, env = "JOBPASS_KEY", global = true)]
     pub key: Option<PathBuf>,
-    /// CA certificate (PEM) to trust for the broker.
+    /// CA certificate (PEM) to trust for the broker (default: the public roots; for a broker
+    /// on a loopback address, .jobpass-dev/certs/ca.pem when it exists).
     #[arg(long, env = "JOBPASS_CA", global = true)]
     pub ca: Option<PathBuf>,
+    /// Output: json (one line) or pretty (indented; the default on a terminal).
+    #[arg(long, value_enum, global = true)]
+    pub format: Option<JsonFormat>,
 }
 
 /// `secrets …`

@@ -78,9 +78,15 @@ pub enum CliError {
     /// Neither a server certificate nor `insecure_http`.
     #[error("tls.cert and tls.key are required (or insecure_http = true for development)")]
     NoServerCertificate,
-    /// `dev token --claims` is not a JSON object.
+    /// Inline `--claims` JSON is not a JSON object.
     #[error("--claims is not a JSON object: {0}")]
-    DevClaims(#[source] serde_json::Error),
+    ClaimsInline(#[source] serde_json::Error),
+    /// A `--claims` argument that is neither inline JSON nor `@FILE`.
+    #[error(
+        "--claims is inline JSON ('{{\"repository\":\"acme/web\"}}') or @FILE (a JSON file; @- \
+         reads standard input)"
+    )]
+    ClaimsSyntax,
     /// A claims file is not a JSON object.
     #[error("{} is not a JSON object: {source}", path.display())]
     ClaimsFile {
@@ -90,12 +96,14 @@ pub enum CliError {
         source: serde_json::Error,
     },
     /// The policy directory has no such environment.
-    #[error("no environment `{env}` in {}", dir.display())]
+    #[error("no environment `{env}` in {} (its environments: {known})", dir.display())]
     UnknownEnvironment {
         /// The environment asked for.
         env: String,
         /// The policy directory.
         dir: PathBuf,
+        /// The environments it has, comma-separated.
+        known: String,
     },
     /// An admin command without a client certificate.
     #[error("admin commands need --cert and --key (a client certificate from the admin CA)")]
@@ -145,6 +153,74 @@ pub enum CliError {
     /// The HTTPS client could not be built.
     #[error("HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
+    /// The client certificate's key is not the one given.
+    #[error(
+        "--cert {} and --key {} do not belong together (the key is not the certificate's): give \
+         the key issued with that certificate (e.g. admin.pem with admin-key.pem)",
+        cert.display(),
+        key.display()
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The server's certificate is not signed by a trusted CA.
+    #[error(
+        "the broker at {url} answered, but its certificate is not signed by {}: pass --ca FILE \
+         with the broker's CA certificate (a dev broker's is .jobpass-dev/certs/ca.pem) or set \
+         JOBPASS_CA",
+        match ca { Some(ca) => format!("the CA in {}", ca.display()), None => "a trusted CA".to_owned() }
+    )]
+    UntrustedServer {
+        /// The URL asked.
+        url: String,
+        /// The CA file trusted, if one was given.
+        ca: Option<PathBuf>,
+    },
+    /// The server's certificate does not name the host asked for.
+    #[error(
+        "the broker's certificate is not valid for the host name `{host}` (in {url}): use a \
+         name the certificate holds (a dev broker's: localhost or 127.0.0.1), or give the \
+         broker a certificate for it (jobpass certs init --san {host})"
+    )]
+    NameMismatch {
+        /// The URL asked.
+        url: String,
+        /// Its host.
+        host: String,
+    },
+    /// The broker refused the client certificate during the handshake.
+    #[error(
+        "the broker at {url} refused the client certificate {}: give one issued by the CA of \
+         its tls.admin_client_ca (a dev broker's: .jobpass-dev/certs/admin.pem, security.pem or \
+         auditor.pem)",
+        cert.display()
+    )]
+    ClientCertificateRefused {
+        /// The URL asked.
+        url: String,
+        /// The certificate file.
+        cert: PathBuf,
+    },
+    /// A plain `http://` URL for a broker that speaks HTTPS.
+    #[error("{url} is plain HTTP, but the broker speaks HTTPS only: use {https}")]
+    PlainHttp {
+        /// The URL asked.
+        url: String,
+        /// The same URL with `https://`.
+        https: String,
+    },
+    /// Nothing accepts connections at the address.
+    #[error(
+        "nothing is listening at {url}: is the broker running (`jobpass serve --dev` for a dev \
+         broker)? Check --server or JOBPASS_SERVER"
+    )]
+    NotListening {
+        /// The server asked (scheme, host, port).
+        url: String,
+    },
     /// A request got no answer (connection, TLS, timeout…).
     #[error("cannot reach {url}: {}", error_chain(source))]
     Unreachable {

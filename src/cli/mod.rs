@@ -14,6 +14,12 @@
 //! outcome and chooses the exit status: 0 done, 1 refused (by the broker, the policy, a
 //! check), 2 for a [`CliError`] (printed as `error: …` on standard error); `exchange` with a
 //! command exits with the command's status.
+//!
+//! One output convention: JSON answers are indented when standard output is a terminal and on
+//! one line otherwise, unless `--format json|pretty` says which. Clients of a broker on a
+//! loopback address, given no `--ca` (or no `--cert`/`--key` for admin commands), use the
+//! dev broker's files in `.jobpass-dev/certs/` of the current directory when they exist, and
+//! say so on standard error.
 
 pub mod admin;
 pub mod args;
@@ -24,20 +30,22 @@ mod parse;
 pub mod runner;
 pub mod serve;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 
-use serde_json::Map;
+use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 pub use args::Cli;
 pub use error::CliError;
 
+use crate::tls::AdminRole;
 use admin::{AdminClient, AdminEndpoint, Health, LeaseQuery, RevokeSelector};
 use args::{
-    AdminConn, AuditCmd, CertsCmd, Command, DevCmd, ExchangeArgs, Format, KeysCmd, LeasesOp,
-    PolicyCmd, RevokeArgs, SecretsOp, ServeArgs,
+    AdminConn, AuditCmd, CertsCmd, Command, DevCmd, ExchangeArgs, Format, JsonFormat, KeysCmd,
+    LeasesOp, PolicyCmd, RevokeArgs, SecretsOp, ServeArgs,
 };
-use https::{Answer, error_text};
+use https::Answer;
 use offline::{PolicyCheck, Verdict};
 use runner::{ExchangeRequest, Output, TokenSource};
 use serve::{DevOptions, ServeMode};
@@ -72,14 +80,46 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
         }
         Command::Dev(DevCmd::Token {
             env,
+            role,
             claims,
             data_dir,
             policies,
             ttl,
         }) => {
-            let extra: Map<_, _> = serde_json::from_str(&claims).map_err(CliError::DevClaims)?;
-            let token = offline::dev_token(&data_dir, &policies, &env, extra, ttl.into())?;
+            let extra = extra_claims(claims.as_deref())?;
+            let token = offline::dev_token(
+                &data_dir,
+                &policies,
+                &env,
+                role.as_deref(),
+                extra,
+                ttl.into(),
+            )?;
             println!("{}", token.as_str());
+            Ok(0)
+        }
+        Command::Dev(DevCmd::Claims {
+            env,
+            role,
+            claims,
+            data_dir,
+            policies,
+            format,
+        }) => {
+            let extra = extra_claims(claims.as_deref())?;
+            let made = offline::dev_claims(&data_dir, &policies, &env, role.as_deref(), extra)?;
+            println!("{}", json_text(&Value::Object(made.claims), format));
+            match (made.role, made.denial) {
+                (Some(role), Some(why)) => eprintln!(
+                    "note: these claims do not get role `{role}`: {why}; edit them before \
+                     trying `jobpass policy test`"
+                ),
+                (None, _) => eprintln!(
+                    "note: environment `{env}` has no default role: give --role to shape the \
+                     claims to one"
+                ),
+                (Some(_), None) => {}
+            }
             Ok(0)
         }
         Command::Secrets(a) => secrets(&a.conn, a.op).await,
@@ -100,22 +140,13 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 limit,
                 after,
             };
-            let answer = admin_client(&a.conn)?.list_leases(&query).await?;
-            Ok(print_answer(&answer))
+            let client = admin_client(&a.conn, AdminRole::Security)?;
+            let answer = client.list_leases(&query).await?;
+            Ok(print_answer(&client, None, &answer, a.conn.format).await)
         }
         Command::Revoke(a) => revoke(a).await,
-        Command::Freeze(a) => {
-            let answer = admin_client(&a.conn)?
-                .set_frozen(&a.env, true, &a.reason)
-                .await?;
-            Ok(print_answer(&answer))
-        }
-        Command::Unfreeze(a) => {
-            let answer = admin_client(&a.conn)?
-                .set_frozen(&a.env, false, &a.reason)
-                .await?;
-            Ok(print_answer(&answer))
-        }
+        Command::Freeze(a) => freeze(a, true).await,
+        Command::Unfreeze(a) => freeze(a, false).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
@@ -124,14 +155,55 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             drop(std::io::stdout().write_all(&out));
             Ok(0)
         }
-        Command::Health { server, ca } => match admin::health(&server, ca.as_deref()).await? {
-            Health::Healthy => Ok(0),
-            Health::Unhealthy(why) => {
-                eprintln!("unhealthy: {why}");
-                Ok(1)
-            }
-        },
+        Command::Health { server, ca } => {
+            let ca = ca.or_else(|| noted_dev_ca(&server));
+            health(&server, ca).await
+        }
     }
+}
+
+async fn health(server: &str, ca: Option<PathBuf>) -> Result<i32, CliError> {
+    match admin::health(server, ca.as_deref()).await? {
+        Health::Healthy => Ok(0),
+        Health::Unhealthy(why) => {
+            eprintln!("unhealthy: {why}");
+            Ok(1)
+        }
+    }
+}
+
+/// The claims of an optional `--claims` argument (inline JSON, `@FILE`, `@-`).
+fn extra_claims(arg: Option<&str>) -> Result<Map<String, Value>, CliError> {
+    match arg {
+        Some(arg) => parse::claims(arg, false, &mut std::io::stdin().lock()),
+        None => Ok(Map::new()),
+    }
+}
+
+/// JSON as `format` says, else indented on a terminal and on one line otherwise.
+fn json_text(v: &Value, format: Option<JsonFormat>) -> String {
+    let pretty = match format {
+        Some(JsonFormat::Pretty) => true,
+        Some(JsonFormat::Json) => false,
+        None => std::io::stdout().is_terminal(),
+    };
+    if pretty {
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    } else {
+        v.to_string()
+    }
+}
+
+/// The dev broker's CA when `server` is on a loopback address and the file exists (said on
+/// standard error).
+fn noted_dev_ca(server: &str) -> Option<PathBuf> {
+    let ca = https::dev_ca(server)?;
+    eprintln!(
+        "note: trusting the dev broker's CA {} (the server is on a loopback address); --ca or \
+         JOBPASS_CA overrides",
+        ca.display()
+    );
+    Some(ca)
 }
 
 fn serve_mode(a: ServeArgs) -> ServeMode {
@@ -154,15 +226,17 @@ fn exchange_request(a: ExchangeArgs) -> ExchangeRequest {
         (None, None, Some(name)) => TokenSource::Env(name),
         (None, None, None) => TokenSource::Platform,
     };
+    let ca = a.ca.or_else(|| noted_dev_ca(&a.server));
     ExchangeRequest {
         server: a.server,
         environment: a.env,
         role: a.role,
         token,
         audience: a.audience,
-        ca: a.ca,
+        ca,
         output: a.format.map(|f| match f {
-            Format::Json => Output::Json,
+            Format::Json => Output::Json { pretty: false },
+            Format::Pretty => Output::Json { pretty: true },
             Format::Env => Output::Env,
             Format::Github => Output::Github,
         }),
@@ -225,7 +299,12 @@ fn policy(c: PolicyCmd) -> Result<i32, CliError> {
             env,
             role,
             claims,
-        } => match offline::test_policy(&dir, &env, role.as_deref(), &claims)? {
+        } => match offline::test_policy(
+            &dir,
+            &env,
+            role.as_deref(),
+            &parse::claims(&claims, true, &mut std::io::stdin().lock())?,
+        )? {
             Verdict::Allow { role } => {
                 println!("allow: environment `{env}`, role `{role}`");
                 Ok(0)
@@ -325,29 +404,36 @@ async fn audit(c: AuditCmd) -> Result<i32, CliError> {
     reason = "the command line answers on standard output"
 )]
 async fn keys(c: KeysCmd) -> Result<i32, CliError> {
-    let answer = match c {
+    let (conn, env) = match &c {
         KeysCmd::Generate { out } => {
-            offline::generate_root_key(&out)?;
+            offline::generate_root_key(out)?;
             println!("wrote {} (mode 0600)", out.display());
             return Ok(0);
         }
-        KeysCmd::Rotate { conn, env } => admin_client(&conn)?.rotate_key(&env).await?,
-        KeysCmd::Rewrap { conn, env } => admin_client(&conn)?.rewrap(&env).await?,
-        KeysCmd::Destroy {
-            conn,
-            env,
-            reason,
-            confirm,
-        } => {
-            admin_client(&conn)?
-                .destroy_keys(&env, &reason, &confirm)
-                .await?
-        }
+        KeysCmd::Rotate { conn, env }
+        | KeysCmd::Rewrap { conn, env }
+        | KeysCmd::Destroy { conn, env, .. } => (conn, env),
     };
-    Ok(print_answer(&answer))
+    let client = admin_client(conn, AdminRole::Admin)?;
+    let answer = match &c {
+        KeysCmd::Rotate { .. } => client.rotate_key(env).await?,
+        KeysCmd::Rewrap { .. } => client.rewrap(env).await?,
+        KeysCmd::Destroy {
+            reason, confirm, ..
+        } => client.destroy_keys(env, reason, confirm).await?,
+        KeysCmd::Generate { .. } => return Ok(0),
+    };
+    Ok(print_answer(&client, Some(env), &answer, conn.format).await)
 }
 
 async fn secrets(conn: &AdminConn, op: SecretsOp) -> Result<i32, CliError> {
+    let client = admin_client(conn, AdminRole::Admin)?;
+    let env = match &op {
+        SecretsOp::Put { env, .. }
+        | SecretsOp::Get { env, .. }
+        | SecretsOp::List { env, .. }
+        | SecretsOp::Delete { env, .. } => env.clone(),
+    };
     let answer = match op {
         SecretsOp::Put {
             env,
@@ -356,19 +442,25 @@ async fn secrets(conn: &AdminConn, op: SecretsOp) -> Result<i32, CliError> {
             data_file,
         } => {
             let stdin = std::io::stdin();
-            if std::io::IsTerminal::is_terminal(&stdin)
+            if stdin.is_terminal()
                 && let Some(field) = parse::reads_stdin(&fields).next()
             {
                 eprintln!("value of `{field}` (shown as you type; end with Ctrl-D):");
             }
             let data = parse::secret_data(data_file.as_deref(), fields, &mut stdin.lock())?;
-            admin_client(conn)?.put_secret(&env, &path, data).await?
+            client.put_secret(&env, &path, data).await?
         }
-        SecretsOp::Get { env, path } => admin_client(conn)?.secret_meta(&env, &path).await?,
-        SecretsOp::List { env, prefix } => admin_client(conn)?.list_secrets(&env, &prefix).await?,
-        SecretsOp::Delete { env, path } => admin_client(conn)?.delete_secret(&env, &path).await?,
+        SecretsOp::Get { env, path } => client.secret_meta(&env, &path).await?,
+        SecretsOp::List { env, prefix } => client.list_secrets(&env, &prefix).await?,
+        SecretsOp::Delete { env, path } => client.delete_secret(&env, &path).await?,
     };
-    Ok(print_answer(&answer))
+    Ok(print_answer(&client, Some(&env), &answer, conn.format).await)
+}
+
+async fn freeze(a: args::FreezeArgs, frozen: bool) -> Result<i32, CliError> {
+    let client = admin_client(&a.conn, AdminRole::Security)?;
+    let answer = client.set_frozen(&a.env, frozen, &a.reason).await?;
+    Ok(print_answer(&client, Some(&a.env), &answer, a.conn.format).await)
 }
 
 async fn revoke(a: RevokeArgs) -> Result<i32, CliError> {
@@ -384,34 +476,57 @@ async fn revoke(a: RevokeArgs) -> Result<i32, CliError> {
         issued_before: a.issued_before,
         all: a.all,
     };
-    let answer = admin_client(&a.conn)?.revoke(&selector, &a.reason).await?;
-    Ok(print_answer(&answer))
+    let client = admin_client(&a.conn, AdminRole::Security)?;
+    let env = selector.environment.clone();
+    let answer = client.revoke(&selector, &a.reason).await?;
+    Ok(print_answer(&client, env.as_deref(), &answer, a.conn.format).await)
 }
 
-fn admin_client(conn: &AdminConn) -> Result<AdminClient, CliError> {
+/// An admin client for `conn`. Without `--ca`, `--cert` and `--key`, a broker on a loopback
+/// address is reached with the dev broker's CA and its certificate for `role` (the role the
+/// command needs) when they are in `.jobpass-dev/certs/`; a note says so.
+fn admin_client(conn: &AdminConn, role: AdminRole) -> Result<AdminClient, CliError> {
+    let ca = conn.ca.clone().or_else(|| noted_dev_ca(&conn.server));
+    let (cert, key) = match (&conn.cert, &conn.key) {
+        (None, None) => match https::dev_identity(&conn.server, role) {
+            Some((cert, key)) => {
+                eprintln!(
+                    "note: presenting the dev broker's {role} certificate {} (key {}); --cert \
+                     and --key override",
+                    cert.display(),
+                    key.display()
+                );
+                (Some(cert), Some(key))
+            }
+            None => (None, None),
+        },
+        (cert, key) => (cert.clone(), key.clone()),
+    };
     AdminClient::new(&AdminEndpoint {
         server: conn.server.clone(),
-        ca: conn.ca.clone(),
-        cert: conn.cert.clone(),
-        key: conn.key.clone(),
+        ca,
+        cert,
+        key,
     })
 }
 
-/// An admin answer: pretty JSON on standard output and 0 on success, else the error on
-/// standard error and 1.
+/// An admin answer: its JSON on standard output and 0 on success, else the error on standard
+/// error (with the broker's environments when `env` is unknown to it) and 1.
 #[allow(
     clippy::print_stdout,
     reason = "the command line answers on standard output"
 )]
-fn print_answer(answer: &Answer) -> i32 {
+async fn print_answer(
+    client: &AdminClient,
+    env: Option<&str>,
+    answer: &Answer,
+    format: Option<JsonFormat>,
+) -> i32 {
     if answer.status.is_success() {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&answer.body).unwrap_or_default()
-        );
+        println!("{}", json_text(&answer.body, format));
         0
     } else {
-        eprintln!("{}", error_text(&answer.body));
+        eprintln!("{}", client.explain(env, answer).await);
         1
     }
 }

@@ -58,34 +58,30 @@ pub enum Verdict {
     Deny(String),
 }
 
-/// Says whether the claims in the JSON file `claims` would be allowed in environment `env`
-/// (role `role`, else the default role) of the policy directory `dir`.
+/// Says whether `claims` would be allowed in environment `env` (role `role`, else the default
+/// role) of the policy directory `dir`.
 ///
 /// # Errors
-/// Invalid policies, an unreadable or non-object claims file, an unknown environment.
+/// Invalid policies, an unknown environment.
 pub fn test_policy(
     dir: &Path,
     env: &str,
     role: Option<&str>,
-    claims: &Path,
+    claims: &Map<String, Value>,
 ) -> Result<Verdict, CliError> {
     let set = PolicySet::load_dir(dir, &AnyCapabilities)?;
-    let text = std::fs::read_to_string(claims).map_err(|source| CliError::Read {
-        path: claims.to_path_buf(),
-        source,
-    })?;
-    let claims: Map<String, Value> =
-        serde_json::from_str(&text).map_err(|source| CliError::ClaimsFile {
-            path: claims.to_path_buf(),
-            source,
-        })?;
     let environment = set
         .environment(env)
         .ok_or_else(|| CliError::UnknownEnvironment {
             env: env.to_owned(),
             dir: dir.to_path_buf(),
+            known: set
+                .environments()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         })?;
-    Ok(match environment.evaluate(role, &claims) {
+    Ok(match environment.evaluate(role, claims) {
         Ok(r) => Verdict::Allow {
             role: r.name.clone(),
         },
@@ -295,19 +291,35 @@ pub fn init_certs(dir: &Path, sans: &[String], force: bool) -> Result<Vec<PathBu
 }
 
 /// A token of the dev issuer of the `serve --dev` server whose data directory is `data_dir`,
-/// for environment `env` of the policy directory `policies`: GitHub-shaped default claims with
-/// `extra` merged over them, valid for `ttl`.
+/// for environment `env` of the policy directory `policies`: the claims of [`dev_claims`],
+/// valid for `ttl`.
 ///
 /// # Errors
-/// No dev server data, no policy or audience for `env`, no dev issuer key.
+/// No dev server data, no policy for `env`, an unknown role, no dev issuer key.
 pub fn dev_token(
     data_dir: &Path,
     policies: &Path,
     env: &str,
+    role: Option<&str>,
     extra: Map<String, Value>,
     ttl: Duration,
 ) -> Result<Zeroizing<String>, CliError> {
     let ttl = i64::try_from(ttl.as_secs()).unwrap_or(300);
-    let token = crate::dev::token(data_dir, policies, env, extra, ttl, &SystemClock)?;
+    let token = crate::dev::token(data_dir, policies, env, role, extra, ttl, &SystemClock)?;
     Ok(Zeroizing::new(token))
+}
+
+/// The claims a dev token for `env` (shaped for `role`, else the default role) carries, less
+/// its times and `jti`; `extra` over them.
+///
+/// # Errors
+/// An invalid policy directory, no policy for `env`, an unknown role.
+pub fn dev_claims(
+    data_dir: &Path,
+    policies: &Path,
+    env: &str,
+    role: Option<&str>,
+    extra: Map<String, Value>,
+) -> Result<crate::dev::DevClaims, CliError> {
+    Ok(crate::dev::claims(data_dir, policies, env, role, extra)?)
 }

@@ -1,4 +1,5 @@
-//! Command-line values that need more than clap: `NAME=VALUE` pairs and the data of a secret.
+//! Command-line values that need more than clap: `NAME=VALUE` pairs, `--claims` (inline JSON
+//! or `@FILE`) and the data of a secret.
 //!
 //! A secret's values never come from the command line, which other users see in `ps` and the
 //! shell keeps in its history: `secrets put` reads them from files or standard input
@@ -25,6 +26,30 @@ pub(super) fn pairs(
                 .ok_or_else(malformed)
         })
         .collect()
+}
+
+/// The claims of a `--claims` argument: inline JSON (`{…}`), `@FILE`, or `@-` (standard
+/// input); with `bare_path` (the older form of `policy test`), any other argument is a file.
+pub(super) fn claims(
+    arg: &str,
+    bare_path: bool,
+    stdin: &mut dyn Read,
+) -> Result<Map<String, Value>, CliError> {
+    let from_file = |path: &Path, text: Zeroizing<String>| {
+        serde_json::from_str(&text).map_err(|source| CliError::ClaimsFile {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    if arg.trim_start().starts_with('{') {
+        return serde_json::from_str(arg).map_err(CliError::ClaimsInline);
+    }
+    match arg.strip_prefix('@') {
+        Some("-") => from_file(Path::new("standard input"), read_stdin(stdin)?),
+        Some(path) => from_file(Path::new(path), read_file(Path::new(path))?),
+        None if bare_path => from_file(Path::new(arg), read_file(Path::new(arg))?),
+        None => Err(CliError::ClaimsSyntax),
+    }
 }
 
 /// The `FIELD=@-` items of `fields`: those that read standard input.
@@ -126,6 +151,49 @@ mod tests {
         );
         let e = pairs(vec!["repository".into()], || CliError::ClaimFilterSyntax).unwrap_err();
         assert_eq!(e.to_string(), "--claim is NAME=VALUE");
+    }
+
+    #[test]
+    fn claims_are_inline_json_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("claims.json");
+        std::fs::write(&file, r#"{"repository": "acme/web"}"#).unwrap();
+        let expected = serde_json::json!({"repository": "acme/web"});
+        let at_file = format!("@{}", file.display());
+        let bare = file.display().to_string();
+        for (arg, bare_path) in [
+            (r#" {"repository":"acme/web"}"#, false),
+            (at_file.as_str(), false),
+            (at_file.as_str(), true),
+            (bare.as_str(), true),
+        ] {
+            let got = claims(arg, bare_path, &mut NoStdin).unwrap();
+            assert_eq!(Value::Object(got), expected, "{arg}");
+        }
+        let mut stdin = r#"{"repository": "acme/web"}"#.as_bytes();
+        let got = claims("@-", false, &mut stdin).unwrap();
+        assert_eq!(Value::Object(got), expected);
+
+        let e = claims(&bare, false, &mut NoStdin).unwrap_err();
+        assert!(matches!(e, CliError::ClaimsSyntax), "{e}");
+        assert!(e.to_string().contains("@FILE"), "{e}");
+        let e = claims("{repository", false, &mut NoStdin).unwrap_err();
+        assert!(
+            e.to_string().starts_with("--claims is not a JSON object"),
+            "{e}"
+        );
+        let e = claims("@missing.json", false, &mut NoStdin).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cannot read missing.json: "),
+            "{e}"
+        );
+        std::fs::write(&file, "[1]").unwrap();
+        let e = claims(&at_file, false, &mut NoStdin).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{} is not a JSON object", file.display())),
+            "{e}"
+        );
     }
 
     /// Standard input that must not be read.

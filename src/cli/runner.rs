@@ -10,7 +10,7 @@
 )]
 
 use std::fmt;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use openidconnect::http::Method;
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::error::CliError;
-use super::https::{error_text, http_client, send};
+use super::https::Https;
 
 /// Where the job's OIDC token comes from.
 pub enum TokenSource {
@@ -61,8 +61,11 @@ impl fmt::Debug for TokenSource {
 /// How the credentials are handed to the job when no command is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
-    /// The JSON answer.
-    Json,
+    /// The JSON answer, indented or on one line.
+    Json {
+        /// Indented.
+        pretty: bool,
+    },
     /// `export NAME=value` lines for a shell.
     Env,
     /// GitHub Actions: masked values appended to `$GITHUB_ENV` and `$GITHUB_OUTPUT`.
@@ -84,8 +87,8 @@ pub struct ExchangeRequest {
     pub audience: Option<String>,
     /// CA certificate (PEM) to trust for the broker (default: the public roots).
     pub ca: Option<PathBuf>,
-    /// Output (default: [`Output::Github`] on GitHub Actions, else [`Output::Json`]); unused
-    /// when a command runs.
+    /// Output (default: [`Output::Github`] on GitHub Actions, else [`Output::Json`], indented
+    /// when standard output is a terminal); unused when a command runs.
     pub output: Option<Output>,
     /// Revoke the lease when the command ends (whatever its exit status).
     pub revoke_at_exit: bool,
@@ -95,18 +98,14 @@ pub struct ExchangeRequest {
 }
 
 /// The environment's expected audience, from the broker (`GET /v1/envs/<env>`).
-async fn audience(client: &reqwest::Client, server: &str, env: &str) -> Result<String, CliError> {
-    let answer = send(
-        client,
-        Method::GET,
-        &format!("{server}/v1/envs/{env}"),
-        None,
-    )
-    .await?;
+async fn audience(https: &Https, server: &str, env: &str) -> Result<String, CliError> {
+    let answer = https
+        .send(Method::GET, &format!("{server}/v1/envs/{env}"), None)
+        .await?;
     if !answer.status.is_success() {
         return Err(CliError::Audience {
             env: env.to_owned(),
-            answer: error_text(&answer.body),
+            answer: https.explain(server, Some(env), &answer).await,
         });
     }
     answer.body["audience"]
@@ -152,7 +151,7 @@ async fn github_token(
 /// Finds the OIDC token: explicit sources first, then the CI platform's.
 async fn find_token(
     r: &ExchangeRequest,
-    client: &reqwest::Client,
+    https: &Https,
     server: &str,
 ) -> Result<Zeroizing<String>, CliError> {
     match &r.token {
@@ -181,7 +180,7 @@ async fn find_token(
             let bearer = Zeroizing::new(bearer);
             let aud = match &r.audience {
                 Some(aud) => aud.clone(),
-                None => audience(client, server, &r.environment).await?,
+                None => audience(https, server, &r.environment).await?,
             };
             github_token(&aud, &url, &bearer).await
         }
@@ -337,28 +336,27 @@ async fn revoke_own(
 /// No token, an unreachable broker, an unwritable `$GITHUB_ENV`…: nothing was handed over.
 pub async fn exchange(request: ExchangeRequest) -> Result<i32, CliError> {
     let server = request.server.trim_end_matches('/').to_string();
-    let client = http_client(request.ca.as_deref(), None, None)?;
-    let token = find_token(&request, &client, &server).await?;
+    let https = Https::new(request.ca.as_deref(), None, None)?;
+    let client = &https.client;
+    let token = find_token(&request, &https, &server).await?;
     let mut body = json!({"token": token.as_str(), "environment": request.environment});
     if let Some(r) = &request.role {
         body["role"] = Value::String(r.clone());
     }
-    let exchanged = send(
-        &client,
-        Method::POST,
-        &format!("{server}/v1/exchange"),
-        Some(body),
-    )
-    .await?;
-    let answer = exchanged.body;
+    let exchanged = https
+        .send(Method::POST, &format!("{server}/v1/exchange"), Some(body))
+        .await?;
     if !exchanged.status.is_success() {
         eprintln!(
             "{} (token from {})",
-            error_text(&answer),
+            https
+                .explain(&server, Some(&request.environment), &exchanged)
+                .await,
             request.token.label()
         );
         return Ok(1);
     }
+    let answer = exchanged.body;
     let on_github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
     if on_github {
         // Mask every value, line by line, before anything could print it into the job log.
@@ -372,11 +370,17 @@ pub async fn exchange(request: ExchangeRequest) -> Result<i32, CliError> {
     let output = request.output.unwrap_or(if on_github {
         Output::Github
     } else {
-        Output::Json
+        Output::Json {
+            pretty: std::io::stdout().is_terminal(),
+        }
     });
     let Some((program, args)) = request.command.split_first() else {
         match output {
-            Output::Json => println!("{answer}"),
+            Output::Json { pretty: false } => println!("{answer}"),
+            Output::Json { pretty: true } => println!(
+                "{}",
+                serde_json::to_string_pretty(&answer).unwrap_or_default()
+            ),
             Output::Env => {
                 for (k, v) in &vars {
                     println!("export {k}={}", shell_quote(v));
@@ -410,7 +414,7 @@ pub async fn exchange(request: ExchangeRequest) -> Result<i32, CliError> {
     }
     let status = cmd.status().await;
     let revoked = if request.revoke_at_exit {
-        Some(revoke_own(&client, &server, &answer).await)
+        Some(revoke_own(client, &server, &answer).await)
     } else {
         None
     };

@@ -19,7 +19,7 @@ pub enum ExchangeError {
     #[error("{0}")]
     RateLimited(crate::limits::Limited),
     /// resolve: the environment does not exist.
-    #[error("unknown environment `{0}`")]
+    #[error("{}", crate::names::unknown_environment(.0))]
     UnknownEnvironment(String),
     /// resolve: no role asked for and the environment has no default role.
     #[error("no role given and the environment has no default role")]

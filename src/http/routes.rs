@@ -1,5 +1,6 @@
 //! Public routes: exchange, OAuth token exchange / revocation / introspection, secret reads
-//! with broker tokens, self-revocation, per-environment OIDC metadata, health and metrics.
+//! with broker tokens, self-revocation, the list of environments and per-environment OIDC
+//! metadata, health and metrics.
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/secrets/{env}/{*path}", get(read_secret))
         .route("/v1/revoke/self", post(revoke_self))
+        .route("/v1/envs", get(env_list))
         .route("/v1/envs/{env}", get(env_info))
         .route(
             "/v1/envs/{env}/.well-known/openid-configuration",
@@ -303,7 +305,7 @@ fn known_env(app: &App, env: &str) -> Result<(), ApiError> {
         )));
     }
     if app.policies.load().environment(env).is_none() {
-        return Err(ApiError::NotFound(format!("unknown environment `{env}`")));
+        return Err(ApiError::NotFound(crate::names::unknown_environment(env)));
     }
     Ok(())
 }
@@ -354,6 +356,15 @@ async fn env_crl(
     Ok(pem(crl))
 }
 
+/// The names of the environments of the policies in force (each also public through
+/// `/v1/envs/<env>`), sorted.
+async fn env_list(State(app): State<Arc<App>>) -> Json<Value> {
+    let policies = app.policies.load();
+    let mut names: Vec<&str> = policies.environments().map(|e| e.name.as_str()).collect();
+    names.sort_unstable();
+    Json(json!({"environments": names}))
+}
+
 /// What a CI client needs before exchanging: the audience its token must carry.
 async fn env_info(
     State(app): State<Arc<App>>,
@@ -363,7 +374,7 @@ async fn env_info(
     let policies = app.policies.load();
     let e = policies
         .environment(&env)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown environment `{env}`")))?;
+        .ok_or_else(|| ApiError::NotFound(crate::names::unknown_environment(&env)))?;
     Ok(Json(json!({
         "environment": e.name,
         "audience": e.audience,

@@ -41,7 +41,7 @@ use crate::store::{Selector, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
     /// No environment of that name in the policies.
-    #[error("unknown environment `{0}`")]
+    #[error("{}", crate::names::unknown_environment(.0))]
     UnknownEnvironment(String),
     /// Shredding without the environment's name repeated.
     #[error(

@@ -242,6 +242,100 @@ impl Conditions {
     }
 }
 
+impl Conditions {
+    /// Changes `claims` so that they satisfy these conditions where a value can be made up:
+    /// a claim that fails its condition is set to an example of what it expects (a glob with
+    /// each `*` read as `example`, the first of a list, a string the regex matches, an array
+    /// for `in`). Top-level keys only. Returns the keys of the conditions still failing (a
+    /// pointer key, a regex no example could be made for).
+    ///
+    /// For the dev tools: claims shaped to a role, to be tried with `policy test`.
+    pub fn satisfy(&self, claims: &mut Map<String, Value>) -> Vec<String> {
+        let mut failing = Vec::new();
+        for condition in &self.entries {
+            let holds = |claims: &Map<String, Value>| {
+                lookup(claims, &condition.key)
+                    .is_some_and(|v| !v.is_null() && condition.matcher.matches(v))
+            };
+            if holds(claims) {
+                continue;
+            }
+            if !condition.key.starts_with('/')
+                && let Some(example) = condition.matcher.example()
+            {
+                claims.insert(condition.key.clone(), example);
+            }
+            if !holds(claims) {
+                failing.push(condition.key.clone());
+            }
+        }
+        failing
+    }
+}
+
+impl Matcher {
+    /// A claim value this matcher accepts, when one can be made up.
+    fn example(&self) -> Option<Value> {
+        let from_glob = |g: &String| g.replace('*', "example");
+        let value = match self {
+            Self::Globs(globs) => Value::String(from_glob(globs.first()?)),
+            Self::In(globs) => Value::Array(vec![Value::String(from_glob(globs.first()?))]),
+            Self::Not(_) => Value::String("example".to_owned()),
+            Self::Regex { source, .. } => Value::String(regex_example(source)?),
+        };
+        self.matches(&value).then_some(value)
+    }
+}
+
+/// A string the regular expression `source` matches: literals as written, the first branch of
+/// each alternation, each repetition its minimum number of times, a readable character of
+/// each class. `None` when the pattern does not parse or asks for a very long string.
+fn regex_example(source: &str) -> Option<String> {
+    use regex_syntax::hir::{Class, Hir, HirKind};
+    fn pick(chars: impl Iterator<Item = (char, char)> + Clone) -> Option<char> {
+        let preferred = ['a', 'x', '0', '-', '_', '.', '/'];
+        preferred
+            .into_iter()
+            .find(|c| chars.clone().any(|(lo, hi)| (lo..=hi).contains(c)))
+            .or_else(|| chars.clone().map(|(lo, _)| lo).find(|c| !c.is_control()))
+    }
+    fn walk(hir: &Hir, out: &mut String) -> Option<()> {
+        if out.len() > 4096 {
+            return None;
+        }
+        match hir.kind() {
+            HirKind::Empty | HirKind::Look(_) => {}
+            HirKind::Literal(lit) => out.push_str(std::str::from_utf8(&lit.0).ok()?),
+            HirKind::Class(Class::Unicode(c)) => {
+                out.push(pick(c.ranges().iter().map(|r| (r.start(), r.end())))?);
+            }
+            HirKind::Class(Class::Bytes(c)) => out.push(pick(
+                c.ranges()
+                    .iter()
+                    .filter(|r| r.start().is_ascii())
+                    .map(|r| (char::from(r.start()), char::from(r.end().min(0x7f)))),
+            )?),
+            HirKind::Repetition(rep) => {
+                for _ in 0..rep.min.min(256) {
+                    walk(&rep.sub, out)?;
+                }
+            }
+            HirKind::Capture(cap) => walk(&cap.sub, out)?,
+            HirKind::Concat(parts) => {
+                for part in parts {
+                    walk(part, out)?;
+                }
+            }
+            HirKind::Alternation(branches) => walk(branches.first()?, out)?,
+        }
+        Some(())
+    }
+    let hir = regex_syntax::Parser::new().parse(source).ok()?;
+    let mut out = String::new();
+    walk(&hir, &mut out)?;
+    Some(out)
+}
+
 /// Checks a condition key: non-empty; a pointer (leading `/`) must use only `~0`/`~1`
 /// escapes.
 pub(super) fn validate_key(key: &str) -> Result<(), ConditionError> {

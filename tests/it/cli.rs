@@ -441,8 +441,405 @@ async fn serve_logs_policy_warnings_at_start_and_serves_anyway() {
     );
 }
 
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Each shipped example claims file, and the answer `policy test` must give it for a role:
+/// `None` allows, `Some(text)` denies with that text.
+const EXAMPLE_ANSWERS: &[(&str, &str, &str, Option<&str>)] = &[
+    ("github-deploy-main.json", "prod", "deploy-web", None),
+    ("github-deploy-main.json", "prod", "read-config", None),
+    ("github-deploy-main.json", "staging", "deploy-web", None),
+    ("github-deploy-main.json", "dev", "ci", None),
+    (
+        "github-integration-pr.json",
+        "dev",
+        "integration-tests",
+        None,
+    ),
+    ("github-integration-pr.json", "dev", "ci", None),
+    (
+        "github-integration-pr.json",
+        "prod",
+        "deploy-web",
+        Some("environment guardrail on claim `ref` failed"),
+    ),
+    (
+        "github-integration-pr.json",
+        "staging",
+        "deploy-web",
+        Some("role condition on claim `ref` failed"),
+    ),
+    (
+        "github-other-org.json",
+        "dev",
+        "ci",
+        Some("role condition on claim `repository_owner` failed"),
+    ),
+    (
+        "github-other-org.json",
+        "prod",
+        "read-config",
+        Some("environment guardrail on claim `repository_owner` failed"),
+    ),
+    ("gitlab-main.json", "staging", "deploy-gitlab", None),
+    (
+        "gitlab-main.json",
+        "staging",
+        "deploy-web",
+        Some("role condition on claim `repository` failed"),
+    ),
+];
+
+async fn shipped_example_claims_get_the_answers_they_are_meant_to() {
+    let root = repo_root();
+    for (file, env, role, denied) in EXAMPLE_ANSWERS {
+        let claims = format!("@examples/claims/{file}");
+        let (code, out, err) = run(
+            root,
+            &[
+                "policy", "test", "policies", "--env", env, "--role", role, "--claims", &claims,
+            ],
+        );
+        let what = format!("{file} as {env}/{role}: {out}{err}");
+        match denied {
+            None => {
+                assert_eq!(code, 0, "{what}");
+                assert_eq!(
+                    out.trim(),
+                    format!("allow: environment `{env}`, role `{role}`"),
+                    "{what}"
+                );
+            }
+            Some(why) => {
+                assert_eq!(code, 1, "{what}");
+                assert!(out.starts_with("deny: ") && out.contains(why), "{what}");
+            }
+        }
+    }
+    // Every file has its answers, and every shipped role has an example it allows.
+    for e in std::fs::read_dir(root.join("examples/claims")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            EXAMPLE_ANSWERS.iter().any(|(f, ..)| *f == name),
+            "examples/claims/{name} has no expected answer here"
+        );
+    }
+    let set =
+        jobpass::policy::PolicySet::load_dir(&repo_policies(), &jobpass::policy::AnyCapabilities)
+            .unwrap();
+    for env in set.environments() {
+        for role in &env.roles {
+            assert!(
+                EXAMPLE_ANSWERS
+                    .iter()
+                    .any(|(_, e, r, d)| *e == env.name && *r == role.name && d.is_none()),
+                "no example in examples/claims/ is allowed as {}/{}",
+                env.name,
+                role.name
+            );
+        }
+    }
+}
+
+async fn claims_are_inline_json_or_a_file_for_policy_test_and_dev_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo_policies(), &dir.path().join("policies"));
+    // dev claims, shaped to a role, are allowed that role; written to a file, tried with @file.
+    let (code, claims, err) = run(
+        dir.path(),
+        &[
+            "dev",
+            "claims",
+            "--env",
+            "dev",
+            "--role",
+            "integration-tests",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        claims.trim().lines().count(),
+        1,
+        "compact when piped: {claims}"
+    );
+    let v: Value = serde_json::from_str(&claims).unwrap();
+    assert_eq!(v["aud"], "https://jobpass.example.com");
+    std::fs::write(dir.path().join("claims.json"), &claims).unwrap();
+    for arg in ["@claims.json", "claims.json", claims.trim()] {
+        let (code, out, err) = run(
+            dir.path(),
+            &[
+                "policy",
+                "test",
+                "policies",
+                "--env",
+                "dev",
+                "--role",
+                "integration-tests",
+                "--claims",
+                arg,
+            ],
+        );
+        assert_eq!(code, 0, "{arg}: {out}{err}");
+        assert!(out.starts_with("allow"), "{out}");
+    }
+    // Inline overrides win, and the note says why the role is then refused.
+    let (code, out, err) = run(
+        dir.path(),
+        &[
+            "dev",
+            "claims",
+            "--env",
+            "prod",
+            "--role",
+            "deploy-web",
+            "--format",
+            "pretty",
+            "--claims",
+            r#"{"ref":"refs/heads/feature"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().count() > 5, "indented: {out}");
+    assert!(
+        err.contains("do not get role `deploy-web`") && err.contains("`ref`"),
+        "{err}"
+    );
+    // dev token refuses what is neither JSON nor @FILE; policy test names unknown environments.
+    let (code, _, err) = run(
+        dir.path(),
+        &["dev", "token", "--env", "dev", "--claims", "repository=x"],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("@FILE"), "{err}");
+    let (code, _, err) = run(
+        dir.path(),
+        &[
+            "policy", "test", "policies", "--env", "nope", "--claims", "{}",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no environment `nope` in policies (its environments: dev, prod, staging)"),
+        "{err}"
+    );
+}
+
+/// Runs the binary with no `JOBPASS_*` connection variables from the test's environment.
+fn run_clean(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .current_dir(dir)
+        .args(args)
+        .env_remove("JOBPASS_SERVER")
+        .env_remove("JOBPASS_CA")
+        .env_remove("JOBPASS_CERT")
+        .env_remove("JOBPASS_KEY")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn a_dev_broker_is_reached_from_its_directory_and_errors_say_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo_policies(), &dir.path().join("policies"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("https://{listen}");
+    let mut server = DevServer::start(dir.path(), &listen).await;
+    let d = dir.path();
+
+    // No --ca: the dev CA of the directory, said on standard error.
+    let (code, _, err) = run_clean(d, &["health", "--server", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(".jobpass-dev/certs/ca.pem"), "{err}");
+    let (code, token, err) = run_clean(d, &["dev", "token", "--env", "dev"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run_clean(
+        d,
+        &[
+            "exchange",
+            "--server",
+            &url,
+            "--env",
+            "dev",
+            "--token",
+            token.trim(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim().lines().count(), 1, "compact when piped: {out}");
+    // No --cert/--key: the dev certificate of the role the command needs.
+    let (code, out, err) = run_clean(
+        d,
+        &[
+            "leases", "list", "--server", &url, "--env", "dev", "--format", "pretty",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(".jobpass-dev/certs/security.pem"), "{err}");
+    assert!(out.lines().count() > 1, "indented: {out}");
+
+    // A token shaped to a prod role gets it; one with another audience is refused.
+    let (_, token, err) = run_clean(
+        d,
+        &["dev", "token", "--env", "prod", "--role", "deploy-web"],
+    );
+    let (code, out, err2) = run_clean(
+        d,
+        &[
+            "exchange",
+            "--server",
+            &url,
+            "--env",
+            "prod",
+            "--role",
+            "deploy-web",
+            "--token",
+            token.trim(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}{out}{err2}");
+    let (_, token, _) = run_clean(
+        d,
+        &[
+            "dev",
+            "token",
+            "--env",
+            "dev",
+            "--claims",
+            r#"{"aud":"https://elsewhere.example"}"#,
+        ],
+    );
+    let (code, _, err) = run_clean(
+        d,
+        &[
+            "exchange",
+            "--server",
+            &url,
+            "--env",
+            "dev",
+            "--token",
+            token.trim(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("invalid_token"), "{err}");
+
+    // An unknown environment: the broker's code and message, then its environments.
+    let (_, token, _) = run_clean(d, &["dev", "token", "--env", "dev"]);
+    let (code, _, err) = run_clean(
+        d,
+        &[
+            "exchange",
+            "--server",
+            &url,
+            "--env",
+            "nope",
+            "--token",
+            token.trim(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "error: invalid_request: unknown environment `nope` (GET /v1/envs lists the environments); known environments: dev, prod, staging"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = run_clean(
+        d,
+        &["freeze", "nope", "--reason", "INC-1", "--server", &url],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "error: not_found: unknown environment `nope` (GET /v1/envs lists the environments); known environments: dev, prod, staging"
+        ),
+        "{err}"
+    );
+    let c = client_with(
+        Some(&std::fs::read_to_string(d.join(".jobpass-dev/certs/ca.pem")).unwrap()),
+        None,
+    );
+    let envs = c
+        .get(format!("{url}/v1/envs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let envs: Value = serde_json::from_str(&envs).unwrap();
+    assert_eq!(
+        envs,
+        serde_json::json!({"environments": ["dev", "prod", "staging"]})
+    );
+    let r = c.get(format!("{url}/v1/envs/nope")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    // Elsewhere (no dev files): the fix for each failure.
+    let other = tempfile::tempdir().unwrap();
+    let o = other.path();
+    let (code, _, err) = run_clean(o, &["health", "--server", &url]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("its certificate is not signed by a trusted CA: pass --ca FILE"),
+        "{err}"
+    );
+    let (code, _, err) = run_clean(
+        o,
+        &[
+            "exchange", "--server", &url, "--env", "dev", "--token", "x.y.z",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: the broker at {url}/v1/exchange answered, but"
+        )),
+        "{err}"
+    );
+    let plain = format!("http://{listen}");
+    let (code, _, err) = run_clean(
+        o,
+        &[
+            "exchange", "--server", &plain, "--env", "dev", "--token", "x.y.z",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("is plain HTTP, but the broker speaks HTTPS only: use https://"),
+        "{err}"
+    );
+    let (code, _, err) = run_clean(o, &["leases", "list", "--server", &url]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--cert"), "{err}");
+    drop(server.kill());
+    let (code, _, err) = run_clean(
+        d,
+        &[
+            "exchange", "--server", &url, "--env", "dev", "--token", "x.y.z",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "nothing is listening at {url}: is the broker running"
+        )),
+        "{err}"
+    );
+}
+
 crate::support::harness::cases! {
     Once: [
+        shipped_example_claims_get_the_answers_they_are_meant_to,
+        claims_are_inline_json_or_a_file_for_policy_test_and_dev_claims,
+        a_dev_broker_is_reached_from_its_directory_and_errors_say_the_fix,
         dev_mode_walk_through_from_the_readme,
         serve_refuses_an_unknown_config_key_naming_it,
         serve_refuses_a_missing_or_group_readable_root_key,
