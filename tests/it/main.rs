@@ -29,6 +29,7 @@ mod limits;
 mod oidc;
 mod pg_roles;
 mod races;
+mod readme;
 mod refusals;
 mod reload;
 mod replicas;
@@ -72,6 +73,7 @@ fn main() -> std::process::ExitCode {
         oidc::cases(),
         pg_roles::cases(),
         races::cases(),
+        readme::cases(),
         refusals::cases(),
         reload::cases(),
         replicas::cases(),
