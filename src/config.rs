@@ -71,6 +71,10 @@ pub struct Config {
     /// Rate limits, connection caps and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Names of the `JOBPASS_*` variables that were not read as configuration (the serve
+    /// command logs them, names only).
+    #[serde(skip)]
+    pub ignored_env_vars: Vec<String>,
 }
 
 /// A token-bucket rate: `per_second` sustained, `burst` at once (`per_second` when unset).
@@ -408,11 +412,15 @@ impl Config {
             builder = builder.add_source(config::File::from(f).format(config::FileFormat::Toml));
         }
         let mut env = std::collections::HashMap::new();
+        let mut ignored = Vec::new();
         for (name, value) in vars {
             if config_env_var(&name)? {
                 env.insert(name, value);
+            } else if name.starts_with("JOBPASS_") && !is_reserved_env(&name) {
+                ignored.push(name);
             }
         }
+        ignored.sort_unstable();
         builder = builder.add_source(
             config::Environment::with_prefix("JOBPASS")
                 .prefix_separator("_")
@@ -430,6 +438,7 @@ impl Config {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        cfg.ignored_env_vars = ignored;
         cfg.resolve_paths(&base);
         cfg.limits.check()?;
         Ok(cfg)
@@ -524,6 +533,17 @@ fn config_env_var(name: &str) -> Result<bool, ConfigError> {
     let head = head.to_ascii_lowercase();
     if TOP_LEVEL_KEYS.contains(&head.as_str()) {
         return Ok(true);
+    }
+    // `JOBPASS_TLS_CRL` for `JOBPASS_TLS__CRL`: a nested key with one underscore.
+    if let Some(key) = TOP_LEVEL_KEYS
+        .iter()
+        .find(|k| head.strip_prefix(**k).is_some_and(|r| r.starts_with('_')))
+    {
+        let nested = rest.get(key.len() + 1..).unwrap_or_default();
+        return Err(ConfigError::Invalid(format!(
+            "environment variable {name} is not a configuration key: did you mean JOBPASS_{}__{nested}? (two underscores between nested keys)",
+            key.to_ascii_uppercase()
+        )));
     }
     let closest = TOP_LEVEL_KEYS
         .iter()
@@ -694,6 +714,12 @@ mod tests {
             ("JOBPASS_LISEN", "JOBPASS_LISTEN"),
             ("JOBPASS_AUDT__FILE", "JOBPASS_AUDIT"),
             ("JOBPASS_STOR", "JOBPASS_STORE"),
+            ("JOBPASS_TLS_CRL", "JOBPASS_TLS__CRL"),
+            ("JOBPASS_AUDIT_STDOUT", "JOBPASS_AUDIT__STDOUT"),
+            (
+                "JOBPASS_LIMITS_MAX_CONNECTIONS",
+                "JOBPASS_LIMITS__MAX_CONNECTIONS",
+            ),
         ] {
             let e = Config::load_with_env(None, vec![(var.into(), "x".into())])
                 .unwrap_err()

@@ -97,7 +97,13 @@ pub fn prepare(
     listen: SocketAddr,
     clock: &dyn Clock,
 ) -> Result<Dev, StartError> {
-    std::fs::create_dir_all(data_dir)?;
+    // The data directory holds the root key, the store and the audit log: its user's only
+    // (the CLI trusts the dev certificates in it only when nobody else can write there).
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(data_dir)?;
     let root = data_dir.join("root.key");
     if !root.exists() {
         RootKey::generate_file(&root)?;
@@ -154,6 +160,7 @@ pub fn prepare(
         limits: crate::config::LimitsConfig::default(),
         lease_retention: std::time::Duration::from_secs(24 * 3600),
         sweep_interval: std::time::Duration::from_secs(60),
+        ignored_env_vars: Vec::new(),
     };
     Ok(Dev { config, issuer })
 }

@@ -269,21 +269,72 @@ pub fn is_loopback(server: &str) -> bool {
 }
 
 /// The dev broker's CA (`.jobpass-dev/certs/ca.pem` of the current directory) when `server`
-/// is on a loopback address and the file exists.
+/// is on a loopback address and the file is one `serve --dev` of this user wrote
+/// ([`dev_files_are_ours`]).
 pub fn dev_ca(server: &str) -> Option<PathBuf> {
     let ca = Path::new(DEV_CERTS).join("ca.pem");
-    (is_loopback(server) && ca.is_file()).then_some(ca)
+    (is_loopback(server) && dev_files_are_ours(Path::new(DEV_CERTS), &[&ca], std::env::vars_os()))
+        .then_some(ca)
 }
 
 /// The dev broker's client certificate and key for `role` (`.jobpass-dev/certs/<role>.pem`,
-/// `<role>-key.pem`) when `server` is on a loopback address and both files exist.
+/// `<role>-key.pem`) when `server` is on a loopback address and both files are ones
+/// `serve --dev` of this user wrote ([`dev_files_are_ours`]).
 pub fn dev_identity(server: &str, role: crate::tls::AdminRole) -> Option<(PathBuf, PathBuf)> {
     let (cert, key) = crate::tls::client_file_names(role);
     let (cert, key) = (
         Path::new(DEV_CERTS).join(cert),
         Path::new(DEV_CERTS).join(key),
     );
-    (is_loopback(server) && cert.is_file() && key.is_file()).then_some((cert, key))
+    let ours = dev_files_are_ours(Path::new(DEV_CERTS), &[&cert, &key], std::env::vars_os());
+    (is_loopback(server) && ours).then_some((cert, key))
+}
+
+/// Variables that say the command runs in a CI job: no dev file is trusted there (a checkout
+/// is written by whoever can push, and its loopback may hold another job's process).
+const CI_VARIABLES: &[&str] = &["CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "CIRCLECI"];
+
+/// Whether `files` (in the directory `certs`, [`DEV_CERTS`] for the CLI) can be trusted without
+/// being named: not in a CI job (`vars`), and — as `serve --dev` leaves them — `.jobpass-dev`
+/// and its `certs` are
+/// directories (not links) owned by the user running the command, `certs` is open to nobody
+/// else (mode 0700), `.jobpass-dev` is not writable by others, and each file is a regular file
+/// (not a link) of that user, writable by nobody else. Another user who planted the files in
+/// a shared or group-writable checkout does not get them trusted.
+pub fn dev_files_are_ours(
+    certs: &Path,
+    files: &[&Path],
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> bool {
+    let in_ci = vars
+        .into_iter()
+        .any(|(k, v)| !v.is_empty() && CI_VARIABLES.iter().any(|c| k == *c));
+    !in_ci && owned_by_us(certs, files)
+}
+
+#[cfg(unix)]
+fn owned_by_us(certs: &Path, files: &[&Path]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of this process's /proc entry is its effective user; without /proc nothing
+    // is trusted.
+    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return false;
+    };
+    let mine = |p: &Path, dir: bool, others: u32| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| {
+            let kind = if dir { m.is_dir() } else { m.is_file() };
+            kind && m.uid() == me && m.mode() & others == 0
+        })
+    };
+    let base = certs.parent().unwrap_or(certs);
+    mine(base, true, 0o022)
+        && mine(certs, true, 0o077)
+        && files.iter().all(|f| mine(f, false, 0o022))
+}
+
+#[cfg(not(unix))]
+fn owned_by_us(_certs: &Path, _files: &[&Path]) -> bool {
+    false
 }
 
 /// An error and its sources, `: `-separated (reqwest hides the useful part in the sources).
@@ -508,6 +559,62 @@ mod tests {
             )),
             "{e}"
         );
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn dev_files_are_trusted_only_as_serve_dev_leaves_them_and_never_in_ci() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join(".jobpass-dev");
+        let certs = base.join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let set = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        set(&base, 0o755);
+        set(&certs, 0o700);
+        let ca = certs.join("ca.pem");
+        std::fs::write(&ca, "pem").unwrap();
+        set(&ca, 0o644);
+        let none = Vec::<(std::ffi::OsString, std::ffi::OsString)>::new;
+        assert!(
+            dev_files_are_ours(&certs, &[&ca], none()),
+            "as serve --dev leaves them"
+        );
+        for ci in ["CI", "GITHUB_ACTIONS", "GITLAB_CI"] {
+            let vars = vec![(ci.into(), "true".into())];
+            assert!(!dev_files_are_ours(&certs, &[&ca], vars), "in CI ({ci})");
+        }
+        // Writable by others: the directory, the certificates' directory, the file.
+        for (p, bad, good) in [
+            (&base, 0o777, 0o755),
+            (&certs, 0o750, 0o700),
+            (&ca, 0o664, 0o644),
+        ] {
+            set(p, bad);
+            assert!(
+                !dev_files_are_ours(&certs, &[&ca], none()),
+                "{} at {bad:o}",
+                p.display()
+            );
+            set(p, good);
+        }
+        // A link in place of the file, or a file that is not there.
+        let elsewhere = d.path().join("planted.pem");
+        std::fs::write(&elsewhere, "pem").unwrap();
+        let link = certs.join("admin.pem");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(
+            !dev_files_are_ours(&certs, &[&link], none()),
+            "a symbolic link"
+        );
+        assert!(!dev_files_are_ours(
+            &certs,
+            &[&certs.join("gone.pem")],
+            none()
+        ));
+        assert!(dev_files_are_ours(&certs, &[&ca], none()), "back as it was");
     }
 
     #[test]

@@ -140,7 +140,7 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                 limit,
                 after,
             };
-            let client = admin_client(&a.conn, AdminRole::Security)?;
+            let client = admin_client(&a.conn, AdminRole::Auditor)?;
             let answer = client.list_leases(&query).await?;
             Ok(print_answer(&client, None, &answer, a.conn.format).await)
         }

@@ -54,6 +54,13 @@ pub async fn serve(mode: ServeMode) -> Result<(), CliError> {
         }
         ServeMode::Config(file) => (Config::load(file.as_deref())?, None),
     };
+    if !config.ignored_env_vars.is_empty() {
+        // Names only: such a variable may hold a credential `exchange --format env` exported.
+        tracing::warn!(
+            names = ?config.ignored_env_vars,
+            "JOBPASS_* variables that are not configuration keys were ignored"
+        );
+    }
     let tls_files = if config.insecure_http {
         // Tokens and secrets cross this connection: plain HTTP only where nothing else can
         // listen in (a loopback address, e.g. behind a TLS-terminating sidecar).

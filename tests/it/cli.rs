@@ -636,6 +636,12 @@ fn run_clean(dir: &Path, args: &[&str]) -> (i32, String, String) {
         .env_remove("JOBPASS_CA")
         .env_remove("JOBPASS_CERT")
         .env_remove("JOBPASS_KEY")
+        // A developer's shell, not a CI job (where dev files are never trusted).
+        .env_remove("CI")
+        .env_remove("GITHUB_ACTIONS")
+        .env_remove("GITLAB_CI")
+        .env_remove("BUILDKITE")
+        .env_remove("CIRCLECI")
         .output()
         .unwrap();
     (
@@ -681,7 +687,7 @@ async fn a_dev_broker_is_reached_from_its_directory_and_errors_say_the_fix() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains(".jobpass-dev/certs/security.pem"), "{err}");
+    assert!(err.contains(".jobpass-dev/certs/auditor.pem"), "{err}");
     assert!(out.lines().count() > 1, "indented: {out}");
 
     // A token shaped to a prod role gets it; one with another audience is refused.
