@@ -26,6 +26,7 @@ mod emergency;
 mod exchange;
 mod ledger;
 mod limits;
+mod metrics;
 mod oidc;
 mod pg_roles;
 mod races;
@@ -70,6 +71,7 @@ fn main() -> std::process::ExitCode {
         exchange::cases(),
         ledger::cases(),
         limits::cases(),
+        metrics::cases(),
         oidc::cases(),
         pg_roles::cases(),
         races::cases(),
