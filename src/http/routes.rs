@@ -88,15 +88,31 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
+    let environments: Vec<String> = app
+        .policies
+        .load()
+        .environments()
+        .map(|e| e.name.clone())
+        .collect();
+    if let Err(e) = app
+        .metrics
+        .sample_store(&app.store, &environments, app.clock.unix())
+        .await
+    {
+        // The store-wide gauges keep their last values; the rest is still worth scraping.
+        tracing::warn!(error = %e, "cannot count leases for /metrics");
+    }
+    // OpenMetrics when the scraper asks for it (Prometheus does), the 0.0.4 text format
+    // otherwise: the content type always names the format of the body.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            // The body is OpenMetrics text (`# EOF`, counters as `<name>_total`): said so,
-            // Prometheus keeps the metric types.
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.render(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        app.metrics.render(format),
     )
         .into_response()
 }

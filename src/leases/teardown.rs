@@ -162,6 +162,7 @@ pub async fn run_due_in(app: &App, env: Option<&str>) -> usize {
                 )
             }
             Err(e) if attempts >= MAX_ATTEMPTS => {
+                app.metrics.revocation_failed();
                 audit(
                     app,
                     &lease,
@@ -187,6 +188,7 @@ pub async fn run_due_in(app: &App, env: Option<&str>) -> usize {
                 )
             }
             Err(e) => {
+                app.metrics.revocation_failed();
                 audit(
                     app,
                     &lease,

@@ -189,6 +189,8 @@ impl Matcher {
 pub struct Condition {
     /// The key as written (`repository`, `oidc.circleci.com/vcs-origin`, `/a/b`).
     pub key: String,
+    /// Line of the key in its policy file.
+    pub line: usize,
     /// How the claim is tested.
     pub matcher: Matcher,
 }

@@ -1,7 +1,14 @@
 //! Policy lints: valid policies that are probably not what their author meant. They warn;
-//! they never make a policy set invalid.
+//! they never make a policy set invalid. Two lints:
 //!
-//! The one lint today: **a role trusting a multi-tenant issuer pins no tenant.** GitHub
+//! **A condition names a claim the issuer's tokens do not carry.** When every issuer of an
+//! environment is a CI platform known here (GitHub Actions, GitLab.com, Buildkite, CircleCI:
+//! see [`CLAIMS`]), a condition of `[environment.require]` or `[role.match]` on a claim none of
+//! them sends can never hold (a missing claim never matches): it is almost always a typo, and
+//! the warning suggests the nearest known claim by edit distance. An environment that also
+//! trusts any other issuer is not checked (that issuer may send anything).
+//!
+//! **A role trusting a multi-tenant issuer pins no tenant.** GitHub
 //! Actions (`https://token.actions.githubusercontent.com`), GitLab.com (`https://gitlab.com`)
 //! and Buildkite (`https://agent.buildkite.com`) sign the tokens of every organization on the
 //! platform with one issuer; a role whose conditions would accept any of them is open to every
@@ -159,21 +166,189 @@ const PLATFORMS: [Platform; 3] = [
 /// Claims only CircleCI sends start with this.
 const CIRCLECI_CLAIMS: &str = "oidc.circleci.com/";
 
-/// A role open to every tenant of a multi-tenant issuer.
+/// The claims one CI platform's tokens carry.
+#[derive(Debug)]
+pub struct PlatformClaims {
+    /// The platform, in messages.
+    pub name: &'static str,
+    /// Its issuer URL, or the beginning of it (`…/org/` for CircleCI's per-organization one).
+    issuer: &'static str,
+    /// Whether `issuer` is a prefix followed by a tenant.
+    per_tenant: bool,
+    /// Every claim name its tokens may carry (optional ones included).
+    pub claims: &'static [&'static str],
+    /// Families of claim names (`agent_tag:<name>`).
+    pub prefixes: &'static [&'static str],
+}
+
+/// Claims of every JWT these platforms issue.
+const REGISTERED: [&str; 7] = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"];
+
+/// Known claims per platform, from the platforms' documentation and real tokens (the
+/// fixtures of the tests).
+pub const CLAIMS: [PlatformClaims; 4] = [
+    PlatformClaims {
+        name: "GitHub Actions",
+        issuer: "https://token.actions.githubusercontent.com",
+        per_tenant: false,
+        claims: &[
+            "actor",
+            "actor_id",
+            "base_ref",
+            "check_run_id",
+            "enterprise",
+            "enterprise_id",
+            "environment",
+            "event_name",
+            "head_ref",
+            "job_workflow_ref",
+            "job_workflow_sha",
+            "ref",
+            "ref_protected",
+            "ref_type",
+            "repository",
+            "repository_id",
+            "repository_owner",
+            "repository_owner_id",
+            "repository_visibility",
+            "run_attempt",
+            "run_id",
+            "run_number",
+            "runner_environment",
+            "sha",
+            "workflow",
+            "workflow_ref",
+            "workflow_sha",
+        ],
+        prefixes: &[],
+    },
+    PlatformClaims {
+        name: "GitLab.com",
+        issuer: "https://gitlab.com",
+        per_tenant: false,
+        claims: &[
+            "ci_config_ref_uri",
+            "ci_config_sha",
+            "deployment_tier",
+            "environment",
+            "environment_action",
+            "environment_protected",
+            "groups_direct",
+            "job_id",
+            "namespace_id",
+            "namespace_path",
+            "pipeline_id",
+            "pipeline_source",
+            "project_id",
+            "project_path",
+            "project_visibility",
+            "ref",
+            "ref_path",
+            "ref_protected",
+            "ref_type",
+            "runner_environment",
+            "runner_id",
+            "sha",
+            "user_access_level",
+            "user_email",
+            "user_id",
+            "user_identities",
+            "user_login",
+        ],
+        prefixes: &[],
+    },
+    PlatformClaims {
+        name: "Buildkite",
+        issuer: "https://agent.buildkite.com",
+        per_tenant: false,
+        claims: &[
+            "agent_id",
+            "build_branch",
+            "build_commit",
+            "build_number",
+            "build_source",
+            "build_tag",
+            "cluster_id",
+            "cluster_name",
+            "job_id",
+            "organization_id",
+            "organization_slug",
+            "pipeline_id",
+            "pipeline_slug",
+            "queue_id",
+            "queue_key",
+            "runner_environment",
+            "step_key",
+        ],
+        prefixes: &["agent_tag:"],
+    },
+    PlatformClaims {
+        name: "CircleCI",
+        issuer: "https://oidc.circleci.com/org/",
+        per_tenant: true,
+        claims: &[
+            "oidc.circleci.com/context-ids",
+            "oidc.circleci.com/project-id",
+            "oidc.circleci.com/ssh-rerun",
+            "oidc.circleci.com/vcs-origin",
+            "oidc.circleci.com/vcs-ref",
+        ],
+        prefixes: &[],
+    },
+];
+
+impl PlatformClaims {
+    /// The platform whose issuer `issuer` is, if known.
+    #[must_use]
+    pub fn of_issuer(issuer: &str) -> Option<&'static PlatformClaims> {
+        let issuer = issuer.trim_end_matches('/');
+        CLAIMS.iter().find(|p| {
+            if p.per_tenant {
+                issuer
+                    .strip_prefix(p.issuer)
+                    .is_some_and(|tenant| !tenant.is_empty() && !tenant.contains('/'))
+            } else {
+                issuer == p.issuer
+            }
+        })
+    }
+
+    /// Do this platform's tokens carry `claim`?
+    #[must_use]
+    pub fn carries(&self, claim: &str) -> bool {
+        REGISTERED.contains(&claim)
+            || self.claims.contains(&claim)
+            || self.prefixes.iter().any(|p| claim.starts_with(p))
+    }
+}
+
+/// Which lint warns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LintKind {
+    /// A role trusting a multi-tenant issuer pins no tenant.
+    OpenToEveryTenant,
+    /// A condition names a claim the environment's issuers do not send.
+    UnknownClaim,
+}
+
+/// A valid policy that is probably not what its author meant: a role open to every tenant of
+/// a multi-tenant issuer, or a condition on a claim the issuer's tokens do not carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LintWarning {
+    /// Which lint.
+    pub kind: LintKind,
     /// The policy file (`prod.toml`).
     pub file: String,
-    /// Line of the role's `name`.
+    /// Line of the role's `name`, or of the condition on an unknown claim.
     pub line: usize,
     /// Environment.
     pub environment: String,
-    /// Role.
+    /// Role (empty for a condition of `[environment.require]`).
     pub role: String,
-    /// The multi-tenant issuer.
+    /// The multi-tenant issuer, or the environment's issuers (comma-separated).
     pub issuer: String,
-    /// The claim to add (the platform's preferred tenant claim).
-    pub claim: &'static str,
+    /// The claim to add (the platform's preferred tenant claim), or the unknown claim.
+    pub claim: String,
     /// The whole explanation, on one line.
     pub message: String,
 }
@@ -189,6 +364,7 @@ impl fmt::Display for LintWarning {
 pub fn warnings(set: &PolicySet) -> Vec<LintWarning> {
     let mut out = Vec::new();
     for env in set.environments() {
+        out.extend(unknown_claims(env));
         for issuer in &env.issuers {
             let Some(platform) = PLATFORMS
                 .iter()
@@ -218,7 +394,7 @@ pub fn log_warnings(set: &PolicySet) -> Vec<String> {
                 environment = %w.environment,
                 role = %w.role,
                 issuer = %w.issuer,
-                claim = w.claim,
+                claim = %w.claim,
                 "{}",
                 w.message
             );
@@ -262,14 +438,84 @@ fn unpinned(
         message.push_str(&format!(" ({})", loose.join("; ")));
     }
     Some(LintWarning {
+        kind: LintKind::OpenToEveryTenant,
         file: env.file.clone(),
         line: role.line,
         environment: env.name.clone(),
         role: role.name.clone(),
         issuer: issuer.to_owned(),
-        claim: platform.claim,
+        claim: platform.claim.to_owned(),
         message,
     })
+}
+
+/// A warning for each condition of `env` on a claim that none of its issuers' platforms
+/// sends; nothing when one of its issuers is not a known platform.
+fn unknown_claims(env: &Environment) -> Vec<LintWarning> {
+    let Some(platforms) = env
+        .issuers
+        .iter()
+        .map(|i| PlatformClaims::of_issuer(i))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Vec::new();
+    };
+    if platforms.is_empty() {
+        return Vec::new();
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for p in &platforms {
+        if !names.contains(&p.name) {
+            names.push(p.name);
+        }
+    }
+    let tokens = names.join(" or ");
+    let conditions = env.require.iter().map(|c| (None, c)).chain(
+        env.roles
+            .iter()
+            .flat_map(|r| r.conditions.iter().map(move |c| (Some(r), c))),
+    );
+    let mut out = Vec::new();
+    for (role, c) in conditions {
+        let claim = claim_name(&c.key);
+        if platforms.iter().any(|p| p.carries(&claim)) {
+            continue;
+        }
+        let place = match role {
+            Some(r) => format!("role \"{}\"", r.name),
+            None => "[environment.require]".to_owned(),
+        };
+        let mut message =
+            format!("{place}: claim \"{claim}\" is not a claim {tokens} tokens carry");
+        if let Some(near) = nearest(&claim, &platforms) {
+            message.push_str(&format!(" (did you mean \"{near}\"?)"));
+        }
+        message.push_str("; a condition on it never holds");
+        out.push(LintWarning {
+            kind: LintKind::UnknownClaim,
+            file: env.file.clone(),
+            line: c.line,
+            environment: env.name.clone(),
+            role: role.map(|r| r.name.clone()).unwrap_or_default(),
+            issuer: env.issuers.join(", "),
+            claim,
+            message,
+        });
+    }
+    out
+}
+
+/// The known claim of `platforms` nearest to `claim` by edit distance, when near enough to be
+/// a typo of it (at most a quarter of its length, between 1 and 3 edits).
+fn nearest(claim: &str, platforms: &[&PlatformClaims]) -> Option<&'static str> {
+    let most = (claim.chars().count() / 4).clamp(1, 3);
+    platforms
+        .iter()
+        .flat_map(|p| p.claims.iter().chain(REGISTERED.iter()))
+        .map(|known| (strsim::levenshtein(claim, known), *known))
+        .filter(|(d, _)| *d <= most)
+        .min()
+        .map(|(_, known)| known)
 }
 
 /// The claim a condition key tests: the key itself, or the first segment of a pointer.

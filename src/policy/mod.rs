@@ -128,6 +128,11 @@ impl PolicySet {
     /// is not a regular file (after following symlinks) are ignored. `check` validates what
     /// depends on the server configuration.
     ///
+    /// A `*.toml` file without an `[environment]` table is refused as "not a policy file",
+    /// never skipped: a policy whose header was mistyped must not silently drop its
+    /// environment from the set (a reload would then refuse that environment's jobs). A
+    /// directory where no `*.toml` file is a policy is refused with one error that says so.
+    ///
     /// # Errors
     /// Every unreadable or invalid file, each with file, line and reason.
     pub fn load_dir(dir: &Path, check: &dyn ServerCapabilities) -> Result<Self, PolicyErrors> {
@@ -175,6 +180,23 @@ impl PolicySet {
                 },
                 Err(e) => errors.push(PolicyError::new(name, None, format!("cannot read: {e}"))),
             }
+        }
+        // A directory of TOML files none of which is a policy (`.` of a Rust repository:
+        // `Cargo.toml`, `clippy.toml`) is not a policies directory: one error says so, rather
+        // than one "unknown field" per file.
+        if !files.is_empty() && files.iter().all(|(_, text)| parse::lacks_environment(text)) {
+            let mut names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+            names.sort_unstable();
+            errors.push(PolicyError::new(
+                dir_name,
+                None,
+                format!(
+                    "holds no policy: its TOML files ({}) have no [environment] table; give the \
+                     policies directory (one <environment>.toml file per environment)",
+                    names.join(", ")
+                ),
+            ));
+            return Err(PolicyErrors(errors));
         }
         match Self::from_files(&files, check) {
             Ok(set) if errors.is_empty() => Ok(set),

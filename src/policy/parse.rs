@@ -101,6 +101,13 @@ pub(super) fn parse_file(
     valid
 }
 
+/// Is this TOML text without an `[environment]` table — another tool's file (`Cargo.toml`, a
+/// server configuration), not a policy? Text that does not parse is not judged here: its
+/// parse error is the better message.
+pub(super) fn lacks_environment(contents: &str) -> bool {
+    toml::from_str::<toml::Table>(contents).is_ok_and(|t| !t.contains_key("environment"))
+}
+
 fn parse_valid(
     file: &str,
     contents: &str,
@@ -120,6 +127,14 @@ fn parse_valid(
         ctx.error(None, "a policy file name must be `<environment>.toml`");
         return None;
     };
+    if lacks_environment(contents) {
+        ctx.error(
+            None,
+            "not a policy file: it has no [environment] table (the policies directory holds \
+             only <environment>.toml policy files: move it elsewhere)",
+        );
+        return None;
+    }
     let raw: RawFile = match toml::from_str(contents) {
         Ok(raw) => raw,
         Err(e) => {
@@ -519,6 +534,7 @@ fn conditions(ctx: &mut Ctx<'_>, raw: RawConditions) -> Conditions {
         }
         match Matcher::from_toml(key.get_ref(), value.get_ref()) {
             Ok(matcher) => out.push(Condition {
+                line: ctx.line(key.span().start),
                 key: key.into_inner(),
                 matcher,
             }),

@@ -2,7 +2,9 @@
 //! whole set is loaded and validated again; a valid set replaces the old one atomically, an
 //! invalid one is refused and the last good set stays. Both outcomes are audited. A new set's
 //! lint warnings ([`super::lint`]) are logged and kept in its audit record; they never refuse
-//! it.
+//! it. Every attempt logs its outcome — also "policies unchanged" with the version in force,
+//! so an operator who sent SIGHUP sees it was read — and is counted in the
+//! `jobpass_policy_reloads` metric.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,16 +41,20 @@ pub async fn reload(app: &App, trigger: &str) -> Reload {
         Ok(set) => {
             let new = set.version().to_string();
             if new == old {
+                tracing::info!(version = %old, trigger, "policies unchanged, version {old}");
+                app.metrics.policy_reload("unchanged");
                 return Reload::Unchanged;
             }
             warnings = super::lint::log_warnings(&set);
             app.policies.store(Arc::new(set));
             app.policy_version.send_replace(new.clone());
-            tracing::info!(old = %old, new = %new, trigger, "policies reloaded");
+            tracing::info!(old = %old, new = %new, trigger, "policies reloaded, version {new}");
+            app.metrics.policy_reload("changed");
             (Outcome::Success, Reload::Changed(new))
         }
         Err(errors) => {
-            tracing::error!(trigger, errors = %errors, "policy reload refused; keeping the last good policies");
+            tracing::error!(trigger, errors = %errors, version = %old, "policy reload refused; keeping the last good policies, version {old}");
+            app.metrics.policy_reload("refused");
             (Outcome::Failure, Reload::Rejected(errors))
         }
     };

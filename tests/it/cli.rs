@@ -413,11 +413,28 @@ async fn policy_check_warns_about_an_unpinned_multi_tenant_role_and_strict_refus
 
 async fn serve_logs_policy_warnings_at_start_and_serves_anyway() {
     let dir = tempfile::tempdir().unwrap();
-    let policies = open_policy(dir.path(), "ref = \"refs/heads/main\"");
+    let policies = open_policy(
+        dir.path(),
+        "ref = \"refs/heads/main\"\nrepository_ownr = \"acme\"",
+    );
     std::fs::rename(&policies, dir.path().join("policies")).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let mut server = DevServer::start(dir.path(), &listen).await;
     let log = server.kill();
+    // The misspelt claim too, with its line.
+    let typo = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["level"] == "WARN" && l["fields"]["claim"] == "repository_ownr")
+        .unwrap_or_else(|| panic!("no warning about the claim logged:\n{log}"));
+    assert_eq!(typo["fields"]["line"], 11, "{typo}");
+    assert!(
+        typo["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(did you mean \"repository_owner\"?)"),
+        "{typo}"
+    );
     let warning = log
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -841,6 +858,81 @@ async fn a_dev_broker_is_reached_from_its_directory_and_errors_say_the_fix() {
     );
 }
 
+async fn policy_check_warns_about_a_misspelt_claim_and_strict_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = open_policy(
+        dir.path(),
+        "repository_owner_id = \"1\"\nrepository_ownr = \"acme\"",
+    );
+    let typo = typo.to_str().unwrap();
+    let (code, out, err) = run(dir.path(), &["policy", "check", typo]);
+    assert_eq!(code, 0, "a warning alone passes: {out}{err}");
+    assert!(out.contains("1 warning(s)"), "{out}");
+    assert_eq!(
+        err,
+        "open.toml:11: warning: role \"deploy\": claim \"repository_ownr\" is not a claim \
+         GitHub Actions tokens carry (did you mean \"repository_owner\"?); a condition on it \
+         never holds\n"
+    );
+    let (code, out, err) = run(dir.path(), &["policy", "check", "--strict", typo]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("claim \"repository_ownr\"") && err.contains("--strict"),
+        "{err}"
+    );
+    // Spelt right: nothing to say, even with --strict.
+    let right = open_policy(
+        dir.path(),
+        "repository_owner_id = \"1\"\nrepository_owner = \"acme\"",
+    );
+    let (code, out, err) = run(
+        dir.path(),
+        &["policy", "check", "--strict", right.to_str().unwrap()],
+    );
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    // An issuer that is not a known CI platform may send any claim: no warning.
+    std::fs::write(
+        right.join("open.toml"),
+        std::fs::read_to_string(right.join("open.toml"))
+            .unwrap()
+            .replace(
+                "https://token.actions.githubusercontent.com",
+                "https://gitlab.example.com",
+            )
+            .replace("repository_owner = ", "repository_ownr = "),
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &["policy", "check", "--strict", right.to_str().unwrap()],
+    );
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+}
+
+async fn policy_check_of_a_directory_without_policies_says_so_without_parsing_its_toml() {
+    // The repository's root: Cargo.toml, clippy.toml, jobpass.example.toml, no policy.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, out, err) = run(root, &["policy", "check", "."]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.starts_with(".: holds no policy: its TOML files (Cargo.toml, clippy.toml, ")
+            && err.contains("have no [environment] table; give the policies directory")
+            && !err.contains("unknown field"),
+        "{err}"
+    );
+    // A policies directory with a stray TOML file: that file is named, not skipped (a
+    // policy with a mistyped header must not silently drop its environment).
+    let dir = tempfile::tempdir().unwrap();
+    let policies = open_policy(dir.path(), "repository_owner_id = \"1\"");
+    std::fs::write(policies.join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
+    let (code, out, err) = run(dir.path(), &["policy", "check", policies.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.starts_with("Cargo.toml: not a policy file: it has no [environment] table"),
+        "{err}"
+    );
+}
+
 crate::support::harness::cases! {
     Once: [
         shipped_example_claims_get_the_answers_they_are_meant_to,
@@ -853,5 +945,7 @@ crate::support::harness::cases! {
         policy_check_and_test_work_offline,
         policy_check_warns_about_an_unpinned_multi_tenant_role_and_strict_refuses_it,
         serve_logs_policy_warnings_at_start_and_serves_anyway,
+        policy_check_warns_about_a_misspelt_claim_and_strict_refuses_it,
+        policy_check_of_a_directory_without_policies_says_so_without_parsing_its_toml,
     ],
 }

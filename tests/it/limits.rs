@@ -222,10 +222,11 @@ async fn a_source_over_its_rate_gets_429_with_retry_after() {
     let metrics = b
         .client()
         .get(format!("{}/metrics", b.url))
+        .header("accept", "application/openmetrics-text;version=1.0.0")
         .send()
         .await
         .unwrap();
-    // An OpenMetrics body, served as one (Prometheus keeps the metric types).
+    // Asked for OpenMetrics, as Prometheus does: an OpenMetrics body, served as one.
     let kind = metrics.headers()["content-type"]
         .to_str()
         .unwrap()

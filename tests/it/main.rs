@@ -26,6 +26,7 @@ mod emergency;
 mod exchange;
 mod ledger;
 mod limits;
+mod metrics;
 mod oidc;
 mod pg_roles;
 mod races;
@@ -40,24 +41,25 @@ mod vault;
 fn main() -> std::process::ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     let postgres = support::harness::find_postgres();
-    match &postgres {
-        Some(url) => eprintln!("PostgreSQL: {url} (the suite runs on both stores)"),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
+    let missing = match &postgres {
+        support::harness::Postgres::Found(url) => {
+            eprintln!("PostgreSQL: {url} (the suite runs on both stores)");
+            None
+        }
+        support::harness::Postgres::Missing(why) if support::harness::under_ci() => {
             // Under CI a PostgreSQL server is part of the machine: its absence is a failure,
             // not a list of ignored tests that would read as a pass.
             eprintln!(
-                "error: no PostgreSQL at {} and CI=true: set {} or start the server",
-                support::pg::DEFAULT_URL,
+                "error: {why}, and CI=true: set {} or start the server",
                 support::pg::ENV
             );
             return std::process::ExitCode::FAILURE;
         }
-        None => eprintln!(
-            "PostgreSQL: none at {} ({} unset): the tests that need it are ignored",
-            support::pg::DEFAULT_URL,
-            support::pg::ENV
-        ),
-    }
+        support::harness::Postgres::Missing(why) => {
+            eprintln!("PostgreSQL: {why}: the tests that need it are ignored");
+            Some(why.as_str())
+        }
+    };
     let cases = [
         admin::cases(),
         admin_crl::cases(),
@@ -70,6 +72,7 @@ fn main() -> std::process::ExitCode {
         exchange::cases(),
         ledger::cases(),
         limits::cases(),
+        metrics::cases(),
         oidc::cases(),
         pg_roles::cases(),
         races::cases(),
@@ -83,6 +86,6 @@ fn main() -> std::process::ExitCode {
     .into_iter()
     .flatten()
     .collect();
-    let trials = support::harness::trials(cases, postgres.is_some());
+    let trials = support::harness::trials(cases, missing);
     libtest_mimic::run(&args, trials).exit_code()
 }

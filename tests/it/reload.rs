@@ -4,6 +4,7 @@
 use jobpass::policy::reload::{Reload, reload};
 
 use crate::support::Broker;
+use crate::support::child::DevServer;
 
 async fn invalid_reload_keeps_the_old_policy_and_is_audited() {
     let b = Broker::start().await;
@@ -131,6 +132,48 @@ async fn a_reload_with_an_unpinned_multi_tenant_role_goes_live_with_its_warning_
     assert!(last["details"].get("warnings").is_none(), "{last}");
 }
 
+async fn sighup_with_nothing_changed_logs_policies_unchanged_with_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for e in std::fs::read_dir(repo).unwrap().flatten() {
+        std::fs::copy(e.path(), policies.join(e.file_name())).unwrap();
+    }
+    let version =
+        jobpass::policy::PolicySet::load_dir(&policies, &jobpass::policy::AnyCapabilities)
+            .unwrap()
+            .version()
+            .to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = DevServer::start(dir.path(), &format!("127.0.0.1:{port}")).await;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let line = server.wait_for_line("policies unchanged").await;
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let fields = &line["fields"];
+    assert_eq!(
+        (
+            fields["message"].as_str(),
+            fields["version"].as_str(),
+            fields["trigger"].as_str()
+        ),
+        (
+            Some(format!("policies unchanged, version {version}").as_str()),
+            Some(version.as_str()),
+            Some("SIGHUP")
+        ),
+        "{line}"
+    );
+}
+
 crate::support::harness::cases! {
     EachStore: [
         invalid_reload_keeps_the_old_policy_and_is_audited,
@@ -138,4 +181,5 @@ crate::support::harness::cases! {
         a_file_change_is_picked_up_by_the_watcher,
         a_reload_with_an_unpinned_multi_tenant_role_goes_live_with_its_warning_on_record,
     ],
+    Once: [sighup_with_nothing_changed_logs_policies_unchanged_with_the_version],
 }

@@ -43,7 +43,7 @@ fn an_unpinned_github_role_warns_naming_file_line_environment_role_issuer_and_cl
         ("e.toml", 10, "e", "r")
     );
     assert_eq!(
-        (w.issuer.as_str(), w.claim),
+        (w.issuer.as_str(), w.claim.as_str()),
         (GITHUB, "repository_owner_id")
     );
     assert_eq!(
@@ -211,13 +211,15 @@ fn a_role_that_only_another_platforms_tokens_can_match_is_not_open() {
         )
         .is_empty()
     );
-    assert!(
-        lint(
-            &[GITHUB, BUILDKITE],
-            "",
-            "\"/oidc.circleci.com~1project-id\" = \"x\""
-        )
-        .is_empty()
+    // (Neither sends that CircleCI claim: only the other lint speaks.)
+    let w = lint(
+        &[GITHUB, BUILDKITE],
+        "",
+        "\"/oidc.circleci.com~1project-id\" = \"x\"",
+    );
+    assert_eq!(
+        w.iter().map(|w| w.kind).collect::<Vec<_>>(),
+        [LintKind::UnknownClaim]
     );
     // …but a loose one still opens the role to its own platform.
     let w = lint(&[GITHUB, GITLAB], "", "repository = \"*/web\"");
@@ -238,4 +240,215 @@ fn the_shipped_policies_pin_their_tenants() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let set = PolicySet::load_dir(&dir, &AnyCapabilities).unwrap_or_else(|e| unreachable!("{e}"));
     assert_eq!(warnings(&set), []);
+}
+
+#[test]
+fn a_misspelt_claim_warns_with_the_nearest_known_one() {
+    let w = lint(
+        &[GITHUB],
+        "",
+        "repository_ownr = \"acme\"\nrepository = \"acme/web\"",
+    );
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        (
+            w[0].kind,
+            w[0].line,
+            w[0].claim.as_str(),
+            w[0].role.as_str()
+        ),
+        (LintKind::UnknownClaim, 12, "repository_ownr", "r")
+    );
+    assert_eq!(
+        w[0].to_string(),
+        "e.toml:12: warning: role \"r\": claim \"repository_ownr\" is not a claim GitHub Actions \
+         tokens carry (did you mean \"repository_owner\"?); a condition on it never holds"
+    );
+    // In a guardrail; and a name near nothing gets no suggestion.
+    let w = lint(
+        &[GITLAB],
+        "projectpath = \"g/p\"",
+        "namespace_id = \"7\"\nzzz = \"1\"",
+    );
+    let messages: Vec<String> = w.iter().map(|w| w.message.clone()).collect();
+    assert_eq!(
+        messages,
+        [
+            "[environment.require]: claim \"projectpath\" is not a claim GitLab.com tokens carry \
+             (did you mean \"project_path\"?); a condition on it never holds",
+            "role \"r\": claim \"zzz\" is not a claim GitLab.com tokens carry; a condition on it \
+             never holds",
+        ]
+    );
+}
+
+#[test]
+fn known_claims_of_each_platform_do_not_warn() {
+    let circleci = "https://oidc.circleci.com/org/01234567-89ab-cdef-0123-456789abcdef";
+    for (issuer, conditions) in [
+        (
+            GITHUB,
+            "repository_owner_id = \"1\"\nenvironment = \"prod\"\nrun_attempt = \"1\"",
+        ),
+        (
+            GITLAB,
+            "namespace_id = \"7\"\nref_path = \"refs/heads/main\"",
+        ),
+        (
+            BUILDKITE,
+            "organization_slug = \"acme\"\n\"agent_tag:queue\" = \"deploy\"",
+        ),
+        (
+            circleci,
+            "\"oidc.circleci.com/vcs-origin\" = \"github.com/acme/web\"",
+        ),
+        (GITHUB, "repository_owner_id = \"1\"\n\"/sub\" = \"repo:*\""),
+    ] {
+        assert_eq!(
+            lint(&[issuer], "", conditions),
+            [],
+            "{issuer}: {conditions}"
+        );
+    }
+    // A claim of either of two trusted platforms is known.
+    assert_eq!(
+        lint(
+            &[GITHUB, GITLAB],
+            "",
+            "repository_owner_id = \"1\"\nnamespace_id = \"7\""
+        ),
+        []
+    );
+}
+
+#[test]
+fn an_environment_trusting_an_unknown_issuer_is_not_checked_for_claim_names() {
+    for issuers in [
+        &["https://gitlab.example.com"][..],
+        &[GITHUB, "https://sso.example.com"],
+        &["https://oidc.circleci.com/org/"],
+    ] {
+        let w = lint(issuers, "", "repository_ownr = \"acme\"");
+        // (GitHub's own lint may still say the role pins no owner.)
+        assert!(
+            w.iter().all(|w| w.kind != LintKind::UnknownClaim),
+            "{issuers:?}: {w:?}"
+        );
+    }
+}
+
+#[test]
+fn the_claims_of_the_real_token_fixtures_are_known() {
+    // The claim sets of real tokens of each platform (tests/fixtures shape, written here).
+    let github = [
+        "jti",
+        "sub",
+        "environment",
+        "aud",
+        "ref",
+        "sha",
+        "repository",
+        "repository_owner",
+        "repository_owner_id",
+        "repository_id",
+        "repository_visibility",
+        "actor",
+        "actor_id",
+        "run_id",
+        "run_number",
+        "run_attempt",
+        "runner_environment",
+        "workflow",
+        "workflow_ref",
+        "workflow_sha",
+        "job_workflow_ref",
+        "job_workflow_sha",
+        "head_ref",
+        "base_ref",
+        "event_name",
+        "ref_type",
+        "ref_protected",
+        "check_run_id",
+        "iss",
+        "nbf",
+        "iat",
+        "exp",
+    ];
+    let gitlab = [
+        "namespace_id",
+        "namespace_path",
+        "project_id",
+        "project_path",
+        "user_id",
+        "user_login",
+        "user_email",
+        "user_access_level",
+        "pipeline_id",
+        "pipeline_source",
+        "job_id",
+        "ref",
+        "ref_type",
+        "ref_path",
+        "ref_protected",
+        "environment",
+        "environment_protected",
+        "deployment_tier",
+        "environment_action",
+        "runner_id",
+        "runner_environment",
+        "sha",
+        "project_visibility",
+        "ci_config_ref_uri",
+        "ci_config_sha",
+        "jti",
+        "iss",
+        "iat",
+        "nbf",
+        "exp",
+        "sub",
+        "aud",
+    ];
+    let buildkite = [
+        "iss",
+        "sub",
+        "aud",
+        "iat",
+        "nbf",
+        "exp",
+        "jti",
+        "organization_slug",
+        "pipeline_slug",
+        "build_number",
+        "build_branch",
+        "build_tag",
+        "build_commit",
+        "step_key",
+        "job_id",
+        "agent_id",
+        "build_source",
+        "runner_environment",
+    ];
+    let circleci = [
+        "iss",
+        "sub",
+        "aud",
+        "iat",
+        "exp",
+        "oidc.circleci.com/project-id",
+        "oidc.circleci.com/vcs-origin",
+        "oidc.circleci.com/vcs-ref",
+        "oidc.circleci.com/context-ids",
+        "oidc.circleci.com/ssh-rerun",
+    ];
+    for (issuer, claims) in [
+        (GITHUB, &github[..]),
+        (GITLAB, &gitlab[..]),
+        (BUILDKITE, &buildkite[..]),
+        ("https://oidc.circleci.com/org/0123", &circleci[..]),
+    ] {
+        let platform = PlatformClaims::of_issuer(issuer).unwrap_or_else(|| unreachable!());
+        for claim in claims {
+            assert!(platform.carries(claim), "{issuer}: {claim}");
+        }
+    }
 }

@@ -52,6 +52,23 @@ impl Store {
         })
     }
 
+    /// Leases of `env` live at `now` (not expired, not revoked): the unexpired ones counted
+    /// on the `(env, expires_at)` index, less the unexpired ones with a revocation row.
+    pub async fn active_leases(&self, env: &str, now: i64) -> Result<i64> {
+        with_db!(self, |w, r, Db| {
+            let row = sqlx::query(
+                "SELECT (SELECT COUNT(*) FROM leases WHERE env = $1 AND expires_at > $2)
+                      - (SELECT COUNT(*) FROM lease_revocations v JOIN leases l ON l.id = v.lease_id
+                         WHERE l.env = $1 AND l.expires_at > $2) AS n",
+            )
+            .bind(env)
+            .bind(now)
+            .fetch_one(r)
+            .await?;
+            Ok(row.try_get("n")?)
+        })
+    }
+
     /// Leases matching `f`, newest first.
     pub async fn leases(&self, f: &LeaseFilter) -> Result<Vec<LeaseRow>> {
         let backlog = self.has_claims_backlog();

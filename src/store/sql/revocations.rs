@@ -90,6 +90,21 @@ impl Store {
         })
     }
 
+    /// Leases of the whole store whose external credentials are not revoked yet: (`pending`,
+    /// `failed`). Read on the `(revocation, revocation_next_at)` index.
+    pub async fn unsettled_revocation_counts(&self) -> Result<(i64, i64)> {
+        with_db!(self, |w, r, Db| {
+            let row = sqlx::query(
+                "SELECT COALESCE(SUM(CASE WHEN revocation = 'pending' THEN 1 ELSE 0 END), 0) AS pending,
+                        COALESCE(SUM(CASE WHEN revocation = 'failed' THEN 1 ELSE 0 END), 0) AS failed
+                 FROM leases WHERE revocation IN ('pending', 'failed')",
+            )
+            .fetch_one(r)
+            .await?;
+            Ok((row.try_get("pending")?, row.try_get("failed")?))
+        })
+    }
+
     /// Leases of `env` whose external credentials are not revoked yet (`pending` or `failed`).
     pub async fn unsettled_revocations(&self, env: &str) -> Result<i64> {
         with_db!(self, |w, r, Db| {

@@ -15,6 +15,8 @@ pub struct DevServer {
     pub child: std::process::Child,
     /// Everything the child wrote so far, stdout and stderr (its JSON log).
     pub log: Arc<Mutex<String>>,
+    /// Woken after every line the child writes.
+    line: Arc<tokio::sync::Notify>,
     drains: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -36,6 +38,32 @@ impl DevServer {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (on the child's writes, not by polling) until it has written a line containing
+    /// `needle`, and returns that line.
+    pub async fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        loop {
+            let written = self.line.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap()
+                .lines()
+                .find(|l| l.contains(needle))
+            {
+                return line.to_owned();
+            }
+            if tokio::time::timeout_at(deadline, written).await.is_err() {
+                panic!(
+                    "the server wrote no line with {needle:?} within {START_LIMIT:?}:\n{}",
+                    self.log.lock().unwrap()
+                );
+            }
+        }
+    }
+
     /// Starts `jobpass serve --dev --listen <listen>` in `dir` and returns once it logged that
     /// it listens (its dev CA is then written and its listener bound).
     pub async fn start(dir: &Path, listen: &str) -> DevServer {
@@ -47,6 +75,7 @@ impl DevServer {
             .spawn()
             .unwrap();
         let log = Arc::new(Mutex::new(String::new()));
+        let line_written = Arc::new(tokio::sync::Notify::new());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tx = Arc::new(Mutex::new(Some(tx)));
         // Both pipes are drained for the child's whole life (a full pipe would block it).
@@ -55,7 +84,7 @@ impl DevServer {
         let drains = [stdout, stderr]
             .into_iter()
             .map(|pipe| {
-                let (sink, tx) = (log.clone(), tx.clone());
+                let (sink, tx, written) = (log.clone(), tx.clone(), line_written.clone());
                 std::thread::spawn(move || {
                     for line in std::io::BufReader::new(pipe).lines() {
                         let Ok(line) = line else { break };
@@ -65,6 +94,7 @@ impl DevServer {
                             sink.push_str(&line);
                             sink.push('\n');
                         }
+                        written.notify_waiters();
                         if listening && let Some(tx) = tx.lock().unwrap().take() {
                             let _ = tx.send(());
                         }
@@ -73,7 +103,12 @@ impl DevServer {
             })
             .collect();
         drop(tx);
-        let server = DevServer { child, log, drains };
+        let server = DevServer {
+            child,
+            log,
+            line: line_written,
+            drains,
+        };
         match tokio::time::timeout(START_LIMIT, rx).await {
             Ok(Ok(())) => server,
             Ok(Err(_)) => panic!(

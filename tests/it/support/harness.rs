@@ -3,17 +3,23 @@
 //! and `postgres::<module>::<test>`; tests that need no store run once as `<module>::<test>`.
 //!
 //! PostgreSQL is found once, before anything runs: `JOBPASS_TEST_POSTGRES_URL` if set, else the
-//! local server on 127.0.0.1:5432 if it answers. Without one, every test that needs it is
-//! listed as ignored (never as passed), and under `CI=true` the run fails before it starts.
+//! local server on 127.0.0.1:5432; either must answer a connection. Without one, every test
+//! that needs it is reported as ignored with the reason (never as passed), and under `CI=true`
+//! the run fails before it starts.
+//!
+//! A test that needs an external tool asks for it with [`tool`]: when the tool is missing the
+//! test ends there and is reported as ignored with the reason, or fails under `CI=true`.
 //!
 //! A module declares its tests with [`cases!`], naming where each one runs; a test function
 //! left out of the list is dead code, which the lints refuse, so none is silently not run.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::OnceLock;
 
-use libtest_mimic::{Failed, Trial};
+use libtest_mimic::{Completion, Failed, Trial};
 
 /// Store backend of the broker a test starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,9 +104,44 @@ pub(crate) use cases;
 
 tokio::task_local! {
     static BACKEND: Backend;
+    /// Set by [`tool`] when the running test cannot run here: why.
+    static IGNORED: RefCell<Option<String>>;
+}
+
+/// Whether the run is CI's (`CI=true`): a missing prerequisite is a failure there.
+pub fn under_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The path of the external tool `name`, searched in `PATH`. When it is missing the test is
+/// reported as ignored with a reason naming `install` (it must return at once on `None`),
+/// and under `CI=true` it fails instead.
+pub fn tool(name: &str, install: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let reason = format!("`{name}` is not installed ({install})");
+        assert!(!under_ci(), "{reason}, and CI=true needs it");
+        IGNORED
+            .try_with(|i| *i.borrow_mut() = Some(reason))
+            .expect("a test asks for a tool from its own task, inside the harness");
+    }
+    found
 }
 
 static POSTGRES: OnceLock<Option<String>> = OnceLock::new();
+
+/// Where PostgreSQL was looked for at start-up.
+#[derive(Debug)]
+pub enum Postgres {
+    /// This admin URL answered.
+    Found(String),
+    /// None answered; why, in one sentence.
+    Missing(String),
+}
 
 /// The store backend of the running test (read where the test itself starts a broker).
 pub fn backend() -> Backend {
@@ -120,28 +161,42 @@ pub fn postgres_url() -> String {
 }
 
 /// Finds PostgreSQL (see the module docs) and records it for [`postgres_url`].
-pub fn find_postgres() -> Option<String> {
-    let found = std::env::var(super::pg::ENV)
+pub fn find_postgres() -> Postgres {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the probe");
+    let answers =
+        |url: &str| rt.block_on(super::pg::reachable(url, std::time::Duration::from_secs(2)));
+    let configured = std::env::var(super::pg::ENV)
         .ok()
-        .filter(|u| !u.trim().is_empty())
-        .or_else(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the probe");
-            rt.block_on(super::pg::reachable(
-                super::pg::DEFAULT_URL,
-                std::time::Duration::from_secs(2),
-            ))
-            .then(|| super::pg::DEFAULT_URL.to_string())
-        });
-    POSTGRES.set(found.clone()).expect("found once");
+        .filter(|u| !u.trim().is_empty());
+    let found = match configured {
+        Some(url) if answers(&url) => Postgres::Found(url),
+        Some(_) => Postgres::Missing(format!(
+            "{} is set but no PostgreSQL answers there",
+            super::pg::ENV
+        )),
+        None if answers(super::pg::DEFAULT_URL) => {
+            Postgres::Found(super::pg::DEFAULT_URL.to_string())
+        }
+        None => Postgres::Missing(format!(
+            "no PostgreSQL at {} and {} is unset",
+            super::pg::DEFAULT_URL,
+            super::pg::ENV
+        )),
+    };
+    let url = match &found {
+        Postgres::Found(url) => Some(url.clone()),
+        Postgres::Missing(_) => None,
+    };
+    POSTGRES.set(url).expect("found once");
     found
 }
 
-/// The trials: each case once per backend it runs on, ignored where PostgreSQL is needed and
-/// none was found.
-pub fn trials(cases: Vec<Case>, postgres: bool) -> Vec<Trial> {
+/// The trials: each case once per backend it runs on. Where PostgreSQL is needed and none
+/// was found (`missing` says why), the trial is reported as ignored with that reason.
+pub fn trials(cases: Vec<Case>, missing: Option<&str>) -> Vec<Trial> {
     let mut out = Vec::new();
     for case in cases {
         let (backends, needs_postgres): (&[Backend], bool) = match case.runs {
@@ -156,19 +211,34 @@ pub fn trials(cases: Vec<Case>, postgres: bool) -> Vec<Trial> {
                 Runs::Once | Runs::OnceWithPostgres => format!("{}::{}", case.module, case.name),
                 _ => format!("{}::{}::{}", backend.name(), case.module, case.name),
             };
-            let ignored = !postgres && (needs_postgres || backend == Backend::Postgres);
             let body = case.body;
-            out.push(Trial::test(name, move || run(backend, body)).with_ignored_flag(ignored));
+            let trial = match missing {
+                Some(why) if needs_postgres || backend == Backend::Postgres => {
+                    let reason = format!("needs PostgreSQL: {why}");
+                    Trial::ignorable_test(name, move || Ok(Completion::ignored_with(reason)))
+                }
+                _ => Trial::ignorable_test(name, move || run(backend, body)),
+            };
+            out.push(trial);
         }
     }
     out
 }
 
-fn run(backend: Backend, body: Body) -> Result<(), Failed> {
+fn run(backend: Backend, body: Body) -> Result<Completion, Failed> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
-    rt.block_on(BACKEND.scope(backend, body()));
-    Ok(())
+    let ignored = rt.block_on(BACKEND.scope(
+        backend,
+        IGNORED.scope(RefCell::new(None), async {
+            body().await;
+            IGNORED.with(|i| i.borrow_mut().take())
+        }),
+    ));
+    Ok(match ignored {
+        Some(reason) => Completion::ignored_with(reason),
+        None => Completion::Completed,
+    })
 }
