@@ -519,7 +519,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 /// name looks like a misspelt key (nested with `__`, or within two edits of a key): that is
 /// refused, naming the key it resembles, so a typo cannot silently leave a setting at its
 /// default.
-fn config_env_var(name: &str) -> Result<bool, ConfigError> {
+pub(crate) fn config_env_var(name: &str) -> Result<bool, ConfigError> {
     let Some(rest) = name.strip_prefix("JOBPASS_") else {
         return Ok(false);
     };
@@ -561,7 +561,7 @@ fn config_env_var(name: &str) -> Result<bool, ConfigError> {
     }
 }
 
-fn is_reserved_env(name: &str) -> bool {
+pub(crate) fn is_reserved_env(name: &str) -> bool {
     const EXACT: &[&str] = &[
         "JOBPASS_ROOT_KEY",
         "JOBPASS_LOG",

@@ -51,6 +51,18 @@ pub enum CliError {
     /// Standard input could not be read.
     #[error(transparent)]
     Stdin(std::io::Error),
+    /// A grant's name would export a variable that jobpass itself reads (nothing is exported).
+    #[error(
+        "grant `{grant}` would be exported as {variable}, {why}: nothing was exported; ask for the grant to be renamed in the policy (the lease stays until it expires or is revoked)"
+    )]
+    CredentialVariable {
+        /// The grant.
+        grant: String,
+        /// The variable.
+        variable: String,
+        /// What else the variable is.
+        why: &'static str,
+    },
     /// The server configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -221,6 +221,47 @@ pub fn variables(answer: &Value) -> Vec<(String, Zeroizing<String>)> {
     out
 }
 
+/// Refuses variables that jobpass itself reads or that two credentials share: a grant named
+/// `server` would put a broker token into `JOBPASS_SERVER`, where the next command would show
+/// it in an error, and one named like a configuration key would be read as configuration.
+fn check_variables(answer: &Value, vars: &[(String, Zeroizing<String>)]) -> Result<(), CliError> {
+    let grant_of = |variable: &str| {
+        answer["credentials"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .find(|g| variable.starts_with(&format!("JOBPASS_{}", env_name(g))))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (variable, _) in vars {
+        let why = if !seen.insert(variable.as_str()) {
+            Some("a name another credential of the lease has")
+        } else if variable == "JOBPASS_LEASE_ID" {
+            None
+        } else if crate::config::is_reserved_env(variable)
+            && !variable.starts_with("JOBPASS_TEST_")
+            && !variable.starts_with("JOBPASS_BENCH_")
+        {
+            Some("a variable the jobpass command line reads")
+        } else if !matches!(crate::config::config_env_var(variable), Ok(false)) {
+            Some("a variable the broker's configuration reads")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(CliError::CredentialVariable {
+                grant: grant_of(variable),
+                variable: variable.clone(),
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The secret values of an answer (what must be masked).
 fn secret_values(answer: &Value) -> Vec<Zeroizing<String>> {
     let mut out = Vec::new();
@@ -367,6 +408,7 @@ pub async fn exchange(request: ExchangeRequest) -> Result<i32, CliError> {
         }
     }
     let vars = variables(&answer);
+    check_variables(&answer, &vars)?;
     let output = request.output.unwrap_or(if on_github {
         Output::Github
     } else {
@@ -433,4 +475,49 @@ pub async fn exchange(request: ExchangeRequest) -> Result<i32, CliError> {
     } else {
         code
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn answer(grants: &[&str]) -> Value {
+        let credentials: Vec<Value> = grants
+            .iter()
+            .map(|g| json!({"name": g, "kind": "token", "token": "jpt_secret"}))
+            .collect();
+        json!({"lease_id": "lse_1", "credentials": credentials})
+    }
+
+    fn refused(grants: &[&str]) -> Option<String> {
+        let a = answer(grants);
+        check_variables(&a, &variables(&a))
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn grants_that_would_overwrite_what_jobpass_reads_are_not_exported() {
+        for (grant, variable) in [
+            ("server", "JOBPASS_SERVER"),
+            ("ca", "JOBPASS_CA"),
+            ("store", "JOBPASS_STORE"),
+            ("tls-crl", "JOBPASS_TLS_CRL"),
+            ("lease-id", "JOBPASS_LEASE_ID"),
+        ] {
+            let e = refused(&[grant]).unwrap_or_else(|| panic!("{grant} was exported"));
+            assert!(
+                e.contains(&format!("grant `{grant}`")) && e.contains(variable),
+                "{e}"
+            );
+            assert!(!e.contains("jpt_secret"), "{e}");
+        }
+        let e = refused(&["deploy-db", "deploy_db"]).unwrap_or_default();
+        assert!(e.contains("another credential"), "{e}");
+        for ok in [&["secrets"][..], &["deploy", "test-api", "api"][..]] {
+            assert_eq!(refused(ok), None, "{ok:?}");
+        }
+    }
 }
