@@ -545,12 +545,15 @@ pub(crate) fn config_env_var(name: &str) -> Result<bool, ConfigError> {
             key.to_ascii_uppercase()
         )));
     }
+    // A typo: one edit (a swap of neighbours counts as one) from a short key, two from a
+    // longer one; a short unrelated name (`JOBPASS_S` of a grant `s`) is not one.
     let closest = TOP_LEVEL_KEYS
         .iter()
-        .map(|k| (strsim::levenshtein(k, &head), *k))
+        .map(|k| (strsim::osa_distance(k, &head), *k))
+        .filter(|(d, k)| *d <= if k.len() <= 4 { 1 } else { 2 })
         .min();
     match closest {
-        Some((d, key)) if d <= 2 => Err(ConfigError::Invalid(format!(
+        Some((_, key)) => Err(ConfigError::Invalid(format!(
             "environment variable {name} is not a configuration key (`{head}`): did you mean JOBPASS_{}?",
             key.to_ascii_uppercase()
         ))),
@@ -714,6 +717,7 @@ mod tests {
             ("JOBPASS_LISEN", "JOBPASS_LISTEN"),
             ("JOBPASS_AUDT__FILE", "JOBPASS_AUDIT"),
             ("JOBPASS_STOR", "JOBPASS_STORE"),
+            ("JOBPASS_TSL", "JOBPASS_TLS"),
             ("JOBPASS_TLS_CRL", "JOBPASS_TLS__CRL"),
             ("JOBPASS_AUDIT_STDOUT", "JOBPASS_AUDIT__STDOUT"),
             (

@@ -272,9 +272,10 @@ impl Metrics {
         self.revocation_failures.inc();
     }
 
-    /// Counts the store-wide gauges again unless they were counted less than
+    /// Counts the store-wide gauges again unless a count started less than
     /// [`STORE_SAMPLE_EVERY_SECS`] ago (`now`: the broker's Unix second): active leases of each
-    /// of `environments`, and unsettled database-role revocations.
+    /// of `environments`, and unsettled database-role revocations. A count that fails or is
+    /// cancelled still waits out the interval.
     ///
     /// # Errors
     /// The store could not be read; the gauges keep their last values.
@@ -288,6 +289,9 @@ impl Metrics {
         if sampled.is_some_and(|at| (0..STORE_SAMPLE_EVERY_SECS).contains(&(now - at))) {
             return Ok(());
         }
+        // The attempt counts, not its success: a scrape that is cancelled (a reset stream, a
+        // closed connection) or a store that fails does not let the next scrape count again.
+        *sampled = Some(now);
         let mut active = Vec::with_capacity(environments.len());
         for env in environments {
             active.push((env, store.active_leases(env, now).await?));
@@ -306,7 +310,6 @@ impl Metrics {
                 .get_or_create(&vec![("state".to_owned(), state.to_owned())])
                 .set(n);
         }
-        *sampled = Some(now);
         Ok(())
     }
 

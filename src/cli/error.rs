@@ -53,9 +53,11 @@ pub enum CliError {
     Stdin(std::io::Error),
     /// A grant's name would export a variable that jobpass itself reads (nothing is exported).
     #[error(
-        "grant `{grant}` would be exported as {variable}, {why}: nothing was exported; ask for the grant to be renamed in the policy (the lease stays until it expires or is revoked)"
+        "grant `{grant}` would be exported as {variable}, {why}: nothing was exported, and lease {lease} is revoked (a line above says so if that failed); ask for the grant to be renamed in the policy"
     )]
     CredentialVariable {
+        /// The lease (revoked by the command, or said so when that failed).
+        lease: String,
         /// The grant.
         grant: String,
         /// The variable.

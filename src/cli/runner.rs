@@ -190,17 +190,31 @@ async fn find_token(
 /// Variables (name, value) for the credentials: `JOBPASS_LEASE_ID`, `JOBPASS_<NAME>` for tokens
 /// and JWTs, `JOBPASS_<NAME>_<FIELD>` for the parts of database and certificate credentials.
 pub fn variables(answer: &Value) -> Vec<(String, Zeroizing<String>)> {
+    credential_variables(answer)
+        .into_iter()
+        .map(|(_, k, v)| (k, v))
+        .collect()
+}
+
+/// [`variables`], each with the grant it comes from (`None`: the lease id).
+fn credential_variables(answer: &Value) -> Vec<(Option<String>, String, Zeroizing<String>)> {
     let mut out = vec![(
+        None,
         "JOBPASS_LEASE_ID".to_string(),
         Zeroizing::new(answer["lease_id"].as_str().unwrap_or_default().to_string()),
     )];
     for c in answer["credentials"].as_array().into_iter().flatten() {
-        let name = env_name(c["name"].as_str().unwrap_or("credential"));
+        let grant = c["name"].as_str().unwrap_or("credential");
+        let name = env_name(grant);
         let Some(fields) = c.as_object() else {
             continue;
         };
         if let Some(t) = c["token"].as_str() {
-            out.push((format!("JOBPASS_{name}"), Zeroizing::new(t.to_string())));
+            out.push((
+                Some(grant.to_owned()),
+                format!("JOBPASS_{name}"),
+                Zeroizing::new(t.to_string()),
+            ));
         }
         for (field, suffix) in [
             ("username", "USERNAME"),
@@ -214,7 +228,11 @@ pub fn variables(answer: &Value) -> Vec<(String, Zeroizing<String>)> {
         ] {
             if let Some(v) = fields.get(field) {
                 let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                out.push((format!("JOBPASS_{name}_{suffix}"), Zeroizing::new(text)));
+                out.push((
+                    Some(grant.to_owned()),
+                    format!("JOBPASS_{name}_{suffix}"),
+                    Zeroizing::new(text),
+                ));
             }
         }
     }
@@ -224,37 +242,28 @@ pub fn variables(answer: &Value) -> Vec<(String, Zeroizing<String>)> {
 /// Refuses variables that jobpass itself reads or that two credentials share: a grant named
 /// `server` would put a broker token into `JOBPASS_SERVER`, where the next command would show
 /// it in an error, and one named like a configuration key would be read as configuration.
-fn check_variables(answer: &Value, vars: &[(String, Zeroizing<String>)]) -> Result<(), CliError> {
-    let grant_of = |variable: &str| {
-        answer["credentials"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["name"].as_str())
-            .find(|g| variable.starts_with(&format!("JOBPASS_{}", env_name(g))))
-            .unwrap_or("?")
-            .to_string()
-    };
+fn check_variables(answer: &Value) -> Result<(), CliError> {
     let mut seen = std::collections::HashSet::new();
-    for (variable, _) in vars {
-        let why = if !seen.insert(variable.as_str()) {
+    for (grant, variable, _) in credential_variables(answer) {
+        let why = if !seen.insert(variable.clone()) {
             Some("a name another credential of the lease has")
-        } else if variable == "JOBPASS_LEASE_ID" {
+        } else if grant.is_none() {
             None
-        } else if crate::config::is_reserved_env(variable)
+        } else if crate::config::is_reserved_env(&variable)
             && !variable.starts_with("JOBPASS_TEST_")
             && !variable.starts_with("JOBPASS_BENCH_")
         {
             Some("a variable the jobpass command line reads")
-        } else if !matches!(crate::config::config_env_var(variable), Ok(false)) {
+        } else if !matches!(crate::config::config_env_var(&variable), Ok(false)) {
             Some("a variable the broker's configuration reads")
         } else {
             None
         };
         if let Some(why) = why {
             return Err(CliError::CredentialVariable {
-                grant: grant_of(variable),
-                variable: variable.clone(),
+                lease: answer["lease_id"].as_str().unwrap_or_default().to_owned(),
+                grant: grant.unwrap_or_default(),
+                variable,
                 why,
             });
         }
@@ -407,8 +416,14 @@ pub async fn exchange(request: ExchangeRequest) -> Result<i32, CliError> {
             }
         }
     }
+    if let Err(refused) = check_variables(&answer) {
+        // Nothing is handed over: the lease ends now instead of living until it expires.
+        if let Err(e) = revoke_own(client, &server, &answer).await {
+            eprintln!("jobpass: {e}");
+        }
+        return Err(refused);
+    }
     let vars = variables(&answer);
-    check_variables(&answer, &vars)?;
     let output = request.output.unwrap_or(if on_github {
         Output::Github
     } else {
@@ -434,7 +449,12 @@ pub async fn exchange(request: ExchangeRequest) -> Result<i32, CliError> {
                 if let Ok(out) = std::env::var("GITHUB_OUTPUT") {
                     let outputs: Vec<(String, Zeroizing<String>)> = vars
                         .iter()
-                        .map(|(k, v)| (k.trim_start_matches("JOBPASS_").to_lowercase(), v.clone()))
+                        .map(|(k, v)| {
+                            (
+                                k.strip_prefix("JOBPASS_").unwrap_or(k).to_lowercase(),
+                                v.clone(),
+                            )
+                        })
                         .collect();
                     append_github_file(Path::new(&out), &outputs)?;
                 }
@@ -492,8 +512,7 @@ mod tests {
     }
 
     fn refused(grants: &[&str]) -> Option<String> {
-        let a = answer(grants);
-        check_variables(&a, &variables(&a))
+        check_variables(&answer(grants))
             .err()
             .map(|e| e.to_string())
     }
@@ -516,6 +535,9 @@ mod tests {
         }
         let e = refused(&["deploy-db", "deploy_db"]).unwrap_or_default();
         assert!(e.contains("another credential"), "{e}");
+        // The grant named is the one whose variable it is, not one whose name is a prefix.
+        let e = refused(&["s", "server"]).unwrap_or_default();
+        assert!(e.contains("grant `server`") && e.contains("lse_1"), "{e}");
         for ok in [&["secrets"][..], &["deploy", "test-api", "api"][..]] {
             assert_eq!(refused(ok), None, "{ok:?}");
         }

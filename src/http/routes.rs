@@ -88,6 +88,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// How long a scrape waits for the store-wide gauges to be counted.
+const METRICS_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
     let environments: Vec<String> = app
         .policies
@@ -95,13 +98,16 @@ async fn metrics(State(app): State<Arc<App>>, headers: axum::http::HeaderMap) ->
         .environments()
         .map(|e| e.name.clone())
         .collect();
-    if let Err(e) = app
+    let sample = app
         .metrics
-        .sample_store(&app.store, &environments, app.clock.unix())
-        .await
-    {
+        .sample_store(&app.store, &environments, app.clock.unix());
+    // A slow store (or a count already running) does not hold the scrape: after
+    // METRICS_STORE_WAIT it answers with the gauges' last values.
+    match tokio::time::timeout(METRICS_STORE_WAIT, sample).await {
+        Ok(Ok(())) => {}
         // The store-wide gauges keep their last values; the rest is still worth scraping.
-        tracing::warn!(error = %e, "cannot count leases for /metrics");
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot count leases for /metrics"),
+        Err(_) => tracing::warn!("counting leases for /metrics took too long; last values served"),
     }
     // OpenMetrics when the scraper asks for it (Prometheus does), the 0.0.4 text format
     // otherwise: the content type always names the format of the body.
