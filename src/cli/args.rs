@@ -258,7 +258,7 @@ pub enum PolicyCmd {
     /// Valid but risky policies get file:line: warning: lines on standard error (a role
     /// trusting GitHub, GitLab.com or Buildkite without pinning an organization or group, a
     /// condition on a claim the issuer's tokens do not carry) and still exit 0, unless
-    /// --strict. A `*.toml` file without an [environment] table is refused as not a policy.
+    /// --strict. A `*.toml` file without an `[environment]` table is refused as not a policy.
     Check {
         /// Directory of `<env>.toml` files.
         dir: PathBuf,
