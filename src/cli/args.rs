@@ -412,23 +412,9 @@ pub enum DevCmd {
     ///   jobpass dev token --env dev --claims @claims.json
     #[command(verbatim_doc_comment)]
     Token {
-        /// Environment (its audience is used).
-        #[arg(long)]
-        env: String,
-        /// Role whose conditions the claims are shaped to (default: the environment's default
-        /// role).
-        #[arg(long)]
-        role: Option<String>,
-        /// Claims merged over the defaults: inline JSON ('{"k":"v"}'), @FILE or @- (standard
-        /// input).
-        #[arg(long, value_name = "JSON|@FILE")]
-        claims: Option<String>,
-        /// Data directory of the dev server.
-        #[arg(long, default_value = ".jobpass-dev")]
-        data_dir: PathBuf,
-        /// Policy directory.
-        #[arg(long, default_value = "policies")]
-        policies: PathBuf,
+        /// The claims' environment, role and changes.
+        #[command(flatten)]
+        shape: DevClaimsArgs,
         /// Lifetime of the token.
         #[arg(long, default_value = "5m")]
         ttl: humantime::Duration,
@@ -441,26 +427,35 @@ pub enum DevCmd {
     ///   jobpass policy test policies --env prod --role deploy-web --claims @claims.json
     #[command(verbatim_doc_comment)]
     Claims {
-        /// Environment.
-        #[arg(long)]
-        env: String,
-        /// Role (default: the environment's default role).
-        #[arg(long)]
-        role: Option<String>,
-        /// Claims merged over the defaults: inline JSON ('{"k":"v"}'), @FILE or @- (standard
-        /// input).
-        #[arg(long, value_name = "JSON|@FILE")]
-        claims: Option<String>,
-        /// Data directory of the dev server (for its issuer URL, when it ran).
-        #[arg(long, default_value = ".jobpass-dev")]
-        data_dir: PathBuf,
-        /// Policy directory.
-        #[arg(long, default_value = "policies")]
-        policies: PathBuf,
+        /// The claims' environment, role and changes.
+        #[command(flatten)]
+        shape: DevClaimsArgs,
         /// Output: json (one line) or pretty (default: pretty on a terminal).
         #[arg(long, value_enum)]
         format: Option<JsonFormat>,
     },
+}
+
+/// What a dev token's claims are made from (`dev token`, `dev claims`).
+#[derive(Args, Debug)]
+pub struct DevClaimsArgs {
+    /// Environment (its audience is the token's).
+    #[arg(long)]
+    pub env: String,
+    /// Role whose conditions the claims are shaped to (default: the environment's default
+    /// role).
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Claims merged over the defaults: inline JSON ('{"k":"v"}'), @FILE or @- (standard
+    /// input).
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub claims: Option<String>,
+    /// Data directory of the dev server (its issuer).
+    #[arg(long, default_value = ".jobpass-dev")]
+    pub data_dir: PathBuf,
+    /// Policy directory.
+    #[arg(long, default_value = "policies")]
+    pub policies: PathBuf,
 }
 
 /// Connection and output options of admin API clients.

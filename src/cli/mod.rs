@@ -78,36 +78,28 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
             }
             Ok(0)
         }
-        Command::Dev(DevCmd::Token {
-            env,
-            role,
-            claims,
-            data_dir,
-            policies,
-            ttl,
-        }) => {
-            let extra = extra_claims(claims.as_deref())?;
+        Command::Dev(DevCmd::Token { shape, ttl }) => {
+            let extra = extra_claims(shape.claims.as_deref())?;
             let token = offline::dev_token(
-                &data_dir,
-                &policies,
-                &env,
-                role.as_deref(),
+                &shape.data_dir,
+                &shape.policies,
+                &shape.env,
+                shape.role.as_deref(),
                 extra,
                 ttl.into(),
             )?;
             println!("{}", token.as_str());
             Ok(0)
         }
-        Command::Dev(DevCmd::Claims {
-            env,
-            role,
-            claims,
-            data_dir,
-            policies,
-            format,
-        }) => {
-            let extra = extra_claims(claims.as_deref())?;
-            let made = offline::dev_claims(&data_dir, &policies, &env, role.as_deref(), extra)?;
+        Command::Dev(DevCmd::Claims { shape, format }) => {
+            let extra = extra_claims(shape.claims.as_deref())?;
+            let made = offline::dev_claims(
+                &shape.data_dir,
+                &shape.policies,
+                &shape.env,
+                shape.role.as_deref(),
+                extra,
+            )?;
             println!("{}", json_text(&Value::Object(made.claims), format));
             match (made.role, made.denial) {
                 (Some(role), Some(why)) => eprintln!(
@@ -115,8 +107,9 @@ async fn dispatch(command: Command) -> Result<i32, CliError> {
                      trying `jobpass policy test`"
                 ),
                 (None, _) => eprintln!(
-                    "note: environment `{env}` has no default role: give --role to shape the \
-                     claims to one"
+                    "note: environment `{}` has no default role: give --role to shape the \
+                     claims to one",
+                    shape.env
                 ),
                 (Some(_), None) => {}
             }
