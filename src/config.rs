@@ -564,6 +564,23 @@ pub(crate) fn config_env_var(name: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// Why a credential cannot be exported as the variable `name`: jobpass itself reads it.
+#[must_use]
+pub fn credential_variable_conflict(name: &str) -> Option<&'static str> {
+    if name == "JOBPASS_LEASE_ID" {
+        Some("the variable of the lease's id")
+    } else if is_reserved_env(name)
+        && !name.starts_with("JOBPASS_TEST_")
+        && !name.starts_with("JOBPASS_BENCH_")
+    {
+        Some("a variable the jobpass command line reads")
+    } else if !matches!(config_env_var(name), Ok(false)) {
+        Some("a variable the broker's configuration reads")
+    } else {
+        None
+    }
+}
+
 pub(crate) fn is_reserved_env(name: &str) -> bool {
     const EXACT: &[&str] = &[
         "JOBPASS_ROOT_KEY",

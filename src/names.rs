@@ -27,6 +27,44 @@ pub fn unknown_environment(env: &str) -> String {
     format!("unknown environment `{env}` (GET /v1/envs lists the environments)")
 }
 
+/// The variable `jobpass exchange` exports a grant's credential in: `JOBPASS_` and the grant's
+/// name in capitals, every character other than a letter or digit as `_`; `field` (`USERNAME`,
+/// `CERTIFICATE`, …) appended for the parts of database and certificate credentials.
+#[must_use]
+pub fn credential_variable(grant: &str, field: Option<&str>) -> String {
+    let mut name: String = grant
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if let Some(field) = field {
+        name.push('_');
+        name.push_str(field);
+    }
+    format!("JOBPASS_{name}")
+}
+
+/// The parts of a database credential: (field of the answer, suffix of its variable).
+pub const DATABASE_FIELDS: &[(&str, &str)] = &[
+    ("username", "USERNAME"),
+    ("password", "PASSWORD"),
+    ("host", "HOST"),
+    ("port", "PORT"),
+    ("database", "DATABASE"),
+];
+
+/// The parts of a certificate credential: (field of the answer, suffix of its variable).
+pub const CERTIFICATE_FIELDS: &[(&str, &str)] = &[
+    ("certificate_pem", "CERTIFICATE"),
+    ("private_key_pem", "PRIVATE_KEY"),
+    ("ca_pem", "CA"),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -205,32 +205,25 @@ fn credential_variables(answer: &Value) -> Vec<(Option<String>, String, Zeroizin
     )];
     for c in answer["credentials"].as_array().into_iter().flatten() {
         let grant = c["name"].as_str().unwrap_or("credential");
-        let name = env_name(grant);
         let Some(fields) = c.as_object() else {
             continue;
         };
         if let Some(t) = c["token"].as_str() {
             out.push((
                 Some(grant.to_owned()),
-                format!("JOBPASS_{name}"),
+                crate::names::credential_variable(grant, None),
                 Zeroizing::new(t.to_string()),
             ));
         }
-        for (field, suffix) in [
-            ("username", "USERNAME"),
-            ("password", "PASSWORD"),
-            ("host", "HOST"),
-            ("port", "PORT"),
-            ("database", "DATABASE"),
-            ("certificate_pem", "CERTIFICATE"),
-            ("private_key_pem", "PRIVATE_KEY"),
-            ("ca_pem", "CA"),
-        ] {
-            if let Some(v) = fields.get(field) {
+        let parts = crate::names::DATABASE_FIELDS
+            .iter()
+            .chain(crate::names::CERTIFICATE_FIELDS);
+        for (field, suffix) in parts {
+            if let Some(v) = fields.get(*field) {
                 let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
                 out.push((
                     Some(grant.to_owned()),
-                    format!("JOBPASS_{name}_{suffix}"),
+                    crate::names::credential_variable(grant, Some(suffix)),
                     Zeroizing::new(text),
                 ));
             }
@@ -249,15 +242,8 @@ fn check_variables(answer: &Value) -> Result<(), CliError> {
             Some("a name another credential of the lease has")
         } else if grant.is_none() {
             None
-        } else if crate::config::is_reserved_env(&variable)
-            && !variable.starts_with("JOBPASS_TEST_")
-            && !variable.starts_with("JOBPASS_BENCH_")
-        {
-            Some("a variable the jobpass command line reads")
-        } else if !matches!(crate::config::config_env_var(&variable), Ok(false)) {
-            Some("a variable the broker's configuration reads")
         } else {
-            None
+            crate::config::credential_variable_conflict(&variable)
         };
         if let Some(why) = why {
             return Err(CliError::CredentialVariable {
@@ -282,18 +268,6 @@ fn secret_values(answer: &Value) -> Vec<Zeroizing<String>> {
         }
     }
     out
-}
-
-fn env_name(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn shell_quote(s: &str) -> String {

@@ -40,7 +40,7 @@ use std::fmt;
 
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
-use super::{Condition, Environment, Matcher, PolicySet, Role};
+use super::{Condition, Environment, GrantKind, Matcher, PolicySet, Role};
 
 /// Where the tenant sits in a claim's value.
 #[derive(Debug, Clone, Copy)]
@@ -329,6 +329,8 @@ pub enum LintKind {
     OpenToEveryTenant,
     /// A condition names a claim the environment's issuers do not send.
     UnknownClaim,
+    /// A grant's name would be exported in a variable jobpass itself reads.
+    ExportedVariable,
 }
 
 /// A valid policy that is probably not what its author meant: a role open to every tenant of
@@ -345,9 +347,11 @@ pub struct LintWarning {
     pub environment: String,
     /// Role (empty for a condition of `[environment.require]`).
     pub role: String,
-    /// The multi-tenant issuer, or the environment's issuers (comma-separated).
+    /// The multi-tenant issuer, or the environment's issuers (comma-separated); empty for a
+    /// grant's variable.
     pub issuer: String,
-    /// The claim to add (the platform's preferred tenant claim), or the unknown claim.
+    /// The claim to add (the platform's preferred tenant claim), or the unknown claim; empty
+    /// for a grant's variable.
     pub claim: String,
     /// The whole explanation, on one line.
     pub message: String,
@@ -365,6 +369,7 @@ pub fn warnings(set: &PolicySet) -> Vec<LintWarning> {
     let mut out = Vec::new();
     for env in set.environments() {
         out.extend(unknown_claims(env));
+        out.extend(exported_variables(env));
         for issuer in &env.issuers {
             let Some(platform) = PLATFORMS
                 .iter()
@@ -447,6 +452,50 @@ fn unpinned(
         claim: platform.claim.to_owned(),
         message,
     })
+}
+
+/// A warning for each grant of `env` whose credential `jobpass exchange` would export in a
+/// variable jobpass itself reads (`JOBPASS_SERVER` for a grant `server`, a configuration key):
+/// the exchange refuses to hand such a credential over, so every job asking for the role
+/// would fail.
+fn exported_variables(env: &Environment) -> Vec<LintWarning> {
+    let mut out = Vec::new();
+    for role in &env.roles {
+        for grant in &role.grants {
+            let fields: Vec<Option<&str>> = match grant.kind {
+                GrantKind::Token { .. } | GrantKind::Jwt { .. } => vec![None],
+                GrantKind::Postgres { .. } => crate::names::DATABASE_FIELDS
+                    .iter()
+                    .map(|(_, suffix)| Some(*suffix))
+                    .collect(),
+                GrantKind::X509 { .. } => crate::names::CERTIFICATE_FIELDS
+                    .iter()
+                    .map(|(_, suffix)| Some(*suffix))
+                    .collect(),
+            };
+            let conflict = fields.into_iter().find_map(|field| {
+                let variable = crate::names::credential_variable(&grant.name, field);
+                crate::config::credential_variable_conflict(&variable).map(|why| (variable, why))
+            });
+            if let Some((variable, why)) = conflict {
+                out.push(LintWarning {
+                    kind: LintKind::ExportedVariable,
+                    file: env.file.clone(),
+                    line: role.line,
+                    environment: env.name.clone(),
+                    role: role.name.clone(),
+                    issuer: String::new(),
+                    claim: String::new(),
+                    message: format!(
+                        "environment `{}`, role `{}`: grant `{}` would be exported as {variable}, \
+                         {why}, so `jobpass exchange` refuses to hand it over; rename the grant",
+                        env.name, role.name, grant.name
+                    ),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// A warning for each condition of `env` on a claim that none of its issuers' platforms

@@ -452,3 +452,45 @@ fn the_claims_of_the_real_token_fixtures_are_known() {
         }
     }
 }
+
+/// The warnings of a one-file set whose role `r` has one grant `name` of `kind` (`token`,
+/// `x509`), under an issuer that is no known platform.
+fn lint_grant(name: &str, kind: &str) -> Vec<LintWarning> {
+    let body = match kind {
+        "x509" => "kind = \"x509\"\ncommon_name = \"ci\"",
+        _ => "kind = \"token\"\nsecrets = [\"x/*\"]",
+    };
+    let text = format!(
+        "[environment]\nname = \"e\"\nissuers = [\"https://ci.example.com\"]\naudience = \"a\"\n\
+         max_ttl = \"1h\"\n\n[[role]]\nname = \"r\"\n[role.match]\nsub = \"s\"\n\
+         [[role.grant]]\nname = \"{name}\"\n{body}\n"
+    );
+    match PolicySet::from_files(&[("e.toml".to_owned(), text)], &AnyCapabilities) {
+        Ok(set) => warnings(&set),
+        Err(e) => unreachable!("policy should be valid:\n{e}"),
+    }
+}
+
+#[test]
+fn a_grant_exported_in_a_variable_jobpass_reads_warns() {
+    for (name, kind, variable) in [
+        ("server", "token", "JOBPASS_SERVER"),
+        ("config", "token", "JOBPASS_CONFIG"),
+        ("store", "token", "JOBPASS_STORE"),
+        ("lease-id", "token", "JOBPASS_LEASE_ID"),
+        ("tls", "x509", "JOBPASS_TLS_CERTIFICATE"),
+    ] {
+        let w = lint_grant(name, kind);
+        assert_eq!(w.len(), 1, "{name}: {w:?}");
+        assert_eq!((w[0].kind, w[0].line), (LintKind::ExportedVariable, 8));
+        assert!(
+            w[0].message
+                .contains(&format!("grant `{name}` would be exported as {variable}")),
+            "{}",
+            w[0].message
+        );
+    }
+    for name in ["deploy", "app-config", "s", "test-api"] {
+        assert_eq!(lint_grant(name, "token"), [], "{name}");
+    }
+}
